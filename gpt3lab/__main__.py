@@ -1,0 +1,3 @@
+from gpt3lab.cli import main
+
+raise SystemExit(main())

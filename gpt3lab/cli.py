@@ -1,0 +1,67 @@
+"""`gpt3lab` command line: one subcommand per module, loaded lazily so `--help` stays fast.
+
+Each command module exposes `add_arguments(parser)` and `run(args) -> int | None`.
+User errors (gpt3lab.errors.UserError) print one line and exit 2, never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gpt3lab.errors import UserError
+
+# name -> (module, one-line help). Modules own their flags.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "prepare": ("gpt3lab.data.prepare", "tokenize a corpus into train/val token shards"),
+    "tokenizer": ("gpt3lab.tokenizer_cli", "encode/decode/train tokenizers"),
+    "train": ("gpt3lab.train.cli", "pretrain a GPT (one loop: CPU, GPU, torchrun)"),
+    "generate": ("gpt3lab.generate.cli", "sample text from a checkpoint"),
+    "convert": ("gpt3lab.convert", "import/export Hugging Face GPT-2 checkpoints"),
+    "plot": ("gpt3lab.train.plot", "plot a run's loss curves to PNG"),
+    "size": ("gpt3lab.sizing_cli", "parameters, FLOPs, memory, GPU-time and cost"),
+    "demo": ("gpt3lab.demo", "prepare Shakespeare, train the demo model, sample"),
+    "eval": ("gpt3lab.eval.cli", "zero/one/few-shot evaluation and perplexity"),
+    "finetune": ("gpt3lab.finetune.cli", "fine-tune (full or LoRA) on prompt/completion JSONL"),
+    "serve": ("gpt3lab.serve.cli", "OpenAI-compatible /v1/completions server + playground"),
+    "compress": ("gpt3lab.compress", "compress/decompress a file with the model as the coder"),
+}
+
+
+def _load(name: str):
+    module, _ = COMMANDS[name]
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):
+            raise UserError(f"`gpt3lab {name}` is not available in this build ({module} is missing)") from e
+        raise
+
+
+def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gpt3lab", description="A complete, readable GPT-3.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        # only the chosen command's module is imported (and adds its flags)
+        if argv and argv[0] == name:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        parser = build_parser(argv)
+        args = parser.parse_args(argv)
+        if not args.command:
+            parser.print_help()
+            return 2
+        rc = _load(args.command).run(args)
+        return int(rc or 0)
+    except UserError as e:
+        print(f"gpt3lab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gpt3lab: interrupted", file=sys.stderr)
+        return 130
