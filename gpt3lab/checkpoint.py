@@ -1,0 +1,168 @@
+"""Checkpoint directories: self-describing, written atomically, never unpickled.
+
+    CKPT/config.json        {"format": "gpt3lab-checkpoint", "version": 1, "model": {...}, ...}
+    CKPT/model.safetensors  weights, GPT-2 key names; the tied lm_head is stored once (as wte)
+    CKPT/tokenizer.json     the tokenizer's saved form (gpt3lab.tokenizer)
+    CKPT/train_state/       optional: optimizer.pt (torch.save, loaded with weights_only=True), state.json
+
+A run directory holds checkpoints under RUN/checkpoints/step_NNNNNNN; `resolve` maps a run directory
+to its newest complete checkpoint. A checkpoint is written into a temporary sibling directory and then
+renamed into place, so an interrupted save leaves the previous checkpoint untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gpt3lab.config import ModelConfig, from_dict
+from gpt3lab.errors import CheckpointError
+
+FORMAT = "gpt3lab-checkpoint"
+VERSION = 1
+TIED_KEY = "lm_head.weight"
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    p = Path(path)
+    return (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+
+
+def resolve(path: str | Path) -> Path:
+    """A checkpoint dir, or a run dir -> its newest complete checkpoint. Clear error otherwise."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"{p}: no such checkpoint or run directory")
+    if is_checkpoint(p):
+        return p
+    ckpts = sorted((c for c in (p / "checkpoints").glob("step_*") if is_checkpoint(c)),
+                   key=lambda c: c.name) if (p / "checkpoints").is_dir() else []
+    if not ckpts:
+        raise CheckpointError(f"{p}: not a checkpoint (needs config.json + model.safetensors) and holds no "
+                              f"checkpoints/step_* directory; point at a checkpoint or a run directory")
+    return ckpts[-1]
+
+
+def read_config(ckpt: str | Path) -> dict:
+    path = Path(ckpt) / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; is {ckpt} a gpt3lab checkpoint?") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt JSON ({e}); restore the file or re-save the checkpoint") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
+        raise CheckpointError(f"{path}: not a gpt3lab checkpoint config (format={cfg.get('format')!r}); "
+                              f"for Hugging Face GPT-2 directories use `gpt3lab convert --from-hf`")
+    return cfg
+
+
+def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """State dict ready for safetensors: unwrapped names, tied lm_head dropped, contiguous tensors."""
+    sd = model.state_dict()
+    return {k.removeprefix("_orig_mod."): v.detach().contiguous() for k, v in sd.items() if not k.endswith(TIED_KEY)}
+
+
+def write_dir_atomically(dest: str | Path, fill) -> Path:
+    """Create `dest` by calling fill(tmpdir) on a temp sibling, then rename it into place.
+
+    A crash before the rename leaves only a `.tmp-*` directory (ignored by `resolve`); an existing
+    `dest` is replaced only after the new one is complete.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    try:
+        fill(tmp)
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb") as fh:
+                    os.fsync(fh.fileno())
+        if dest.exists():
+            old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def save_checkpoint(dest: str | Path, model: torch.nn.Module, model_cfg: ModelConfig, tokenizer=None,
+                    extra: dict | None = None, fill_extra=None) -> Path:
+    """Write a complete checkpoint dir atomically.
+
+    extra: more top-level keys for config.json (e.g. {"train": {...}}).
+    fill_extra(tmpdir): writes more files (the trainer's train_state/) into the same atomic directory.
+    """
+    from dataclasses import asdict
+
+    def fill(tmp: Path) -> None:
+        save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        cfg = {"format": FORMAT, "version": VERSION, "model": asdict(model_cfg), **(extra or {})}
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+        if tokenizer is not None:
+            tokenizer.save(tmp)
+        if fill_extra is not None:
+            fill_extra(tmp)
+
+    return write_dir_atomically(dest, fill)
+
+
+def load_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(ckpt) / "model.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e}); "
+                              f"use an earlier checkpoint or re-save it") from None
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
+    """Build the GPT of a checkpoint (or the newest one in a run dir) and load its weights."""
+    from gpt3lab.model import GPT
+
+    ckpt = resolve(path)
+    cfg = from_dict(ModelConfig, read_config(ckpt)["model"], where=f"{ckpt}/config.json model")
+    state = load_state(ckpt)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model = model.to_empty(device=device)
+    expected = set(model_state(model))
+    missing, unexpected = expected - set(state), set(state) - expected
+    if missing or unexpected:
+        raise CheckpointError(f"{ckpt}/model.safetensors does not match its config.json: missing "
+                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+    for k, v in state.items():
+        if tuple(v.shape) != tuple(model.get_parameter(k).shape if k in dict(model.named_parameters())
+                                   else model.get_buffer(k).shape):
+            raise CheckpointError(f"{ckpt}: tensor {k} has shape {tuple(v.shape)}, config expects another; "
+                                  f"the weights and config.json disagree")
+    model.load_state_dict(state, strict=False)
+    model.lm_head.weight = model.transformer.wte.weight      # re-tie after to_empty
+    if dtype is not None:
+        model = model.to(dtype)
+    return model.eval()
+
+
+def load_tokenizer(path: str | Path):
+    from gpt3lab.tokenizer import Tokenizer
+
+    return Tokenizer.load(resolve(path))
+
+
+def load(path: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer) from a checkpoint or run directory: the one-call loader behind gpt3lab.load."""
+    ckpt = resolve(path)
+    return load_model(ckpt, device=device), load_tokenizer(ckpt)
