@@ -1,0 +1,51 @@
+"""`gpt3lab tokenizer encode|decode|train|info`.
+
+encode: stdin text -> space-separated ids on stdout ("<|endoftext|>" is the special token).
+decode: whitespace-separated ids on stdin -> text on stdout (exact bytes).
+train:  SOURCE... --vocab-size N --out DIR -> DIR/gpt3lab_tokenizer.json.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gpt3lab.errors import DataError
+from gpt3lab.tokenizer import load_tokenizer
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, help_ in (("encode", "stdin text -> ids"), ("decode", "stdin ids -> text"),
+                        ("info", "name and vocabulary size")):
+        a = sub.add_parser(name, help=help_)
+        a.add_argument("--tokenizer", default="gpt2", help="gpt2 | saved tokenizer dir/file | data dir")
+    t = sub.add_parser("train", help="train a byte-level BPE on SOURCEs")
+    t.add_argument("sources", nargs="+", metavar="SOURCE", help="files, dirs, globs, JSONL, `shakespeare`")
+    t.add_argument("--vocab-size", type=int, required=True, help="total ids incl. <|endoftext|> (>= 257)")
+    t.add_argument("--out", required=True, metavar="DIR")
+    t.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "train":
+        from gpt3lab.data.sources import read_documents
+        from gpt3lab.tokenizer import Tokenizer
+        docs = read_documents(args.sources, args.encoding_errors)
+        tok = Tokenizer.train((d.text for d in docs), args.vocab_size)
+        print(f"{tok.save(args.out)}: {tok.name} ({tok.vocab_size} ids)")
+        return 0
+    tok = load_tokenizer(args.tokenizer)
+    if args.action == "info":
+        print(f"{tok.name} vocab_size={tok.vocab_size} eot_id={tok.eot_id}")
+    elif args.action == "encode":
+        print(" ".join(map(str, tok.encode(sys.stdin.read()))))
+    else:
+        words = sys.stdin.read().split()
+        try:
+            ids = [int(w) for w in words]
+        except ValueError:
+            bad = next(w for w in words if not w.lstrip("-").isdigit())
+            raise DataError(f"decode input {bad!r} is not a token id; pass whitespace-separated integers") from None
+        sys.stdout.buffer.write(tok.decode_bytes(ids))
+        sys.stdout.flush()
+    return 0
