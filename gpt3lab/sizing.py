@@ -124,22 +124,26 @@ def layer_activation_bytes(cfg: ModelConfig, banded: bool) -> int:
     """Bytes one block saves for backward, per token, under bf16 autocast with fused (SDPA) attention.
 
     The residual stream and LayerNorm run in fp32 (4 B); matmul inputs/outputs are bf16 (2 B):
-    ln_1 input 4h, c_attn input 2h, q/k/v 6a (a banded layer's blocked keys/values are [prev | own]
-    blocks, 2x k and v: 10a), SDPA output 2a + its fp32 log-sum-exp 4·n_head, c_proj input 2a,
-    ln_2 input 4h, c_fc input 2h, GELU input 2f, mlp c_proj input 2f. No T x T score matrix is kept
-    (fused kernels recompute it); dropout adds 1-byte masks when dropout > 0.
+    ln_1 input 4h + mean/rstd 8, c_attn input 2h, q/k/v 6a, SDPA output 2a (which c_proj's input shares:
+    the kernel writes (B, T, nh, hs), so transpose + contiguous copies nothing) + its fp32 log-sum-exp
+    4·n_head, ln_2 input 4h + 8, c_fc input 2h, GELU input 2f, mlp c_proj input 2f. A banded layer also
+    keeps its blocked keys/values ([prev | own] block: 2 copies of k and v, +8a). No T x T scores are
+    kept (fused kernels recompute them); dropout > 0 adds 1-byte residual dropout masks.
+    Checked against the tensors autograd saves in tests/test_sizing.py.
     """
     h, a, f = cfg.d_model, cfg.d_attn, cfg.d_ff
-    qkv = 10 * a if banded else 6 * a
-    total = 12 * h + qkv + 4 * a + 4 * cfg.n_head + 4 * f
+    total = 12 * h + 16 + 8 * a + 4 * cfg.n_head + 4 * f
+    if banded:
+        total += 8 * a
     if cfg.dropout > 0:
         total += 2 * h      # residual dropout masks after attention and MLP
     return total
 
 
 def head_activation_bytes(cfg: ModelConfig) -> int:
-    """Bytes saved per token outside the blocks: ln_f input (fp32), lm_head input, bf16 logits, fp32 log-softmax."""
-    return 4 * cfg.d_model + 2 * cfg.d_model + 2 * cfg.vocab_size + 4 * cfg.vocab_size
+    """Per-token bytes saved outside the blocks: ln_f input (fp32) + stats, lm_head input (bf16),
+    the fp32 log-softmax of the logits, and the int64 targets."""
+    return 4 * cfg.d_model + 8 + 2 * cfg.d_model + 4 * cfg.vocab_size + 8
 
 
 def activation_bytes(cfg: ModelConfig, micro_batch: int = 1, checkpointing: bool = False) -> int:

@@ -105,16 +105,49 @@ def test_activation_formula_with_and_without_checkpointing():
     cfg = ModelConfig(vocab_size=100, context=16, n_layer=4, n_head=2, d_model=8, d_ff=32,
                       attention_pattern="alternating", local_window=4)
     h, a, f, n, V = 8, 8, 32, 2, 100
-    dense = 12 * h + 6 * a + 4 * a + 4 * n + 4 * f
-    banded = dense + 4 * a            # [prev | own] block copies of k and v
+    dense = 12 * h + 16 + 8 * a + 4 * n + 4 * f
+    banded = dense + 8 * a            # [prev | own] block copies of k and v
     assert sizing.layer_activation_bytes(cfg, False) == dense
     assert sizing.layer_activation_bytes(cfg, True) == banded
-    head = 6 * h + 6 * V
+    head = 6 * h + 16 + 4 * V
     tokens = 3 * 16
     assert sizing.activation_bytes(cfg, 3) == tokens * (2 * dense + 2 * banded + head)
+    # checkpointing: each block's fp32 input, plus one (the largest) block while it is recomputed
     assert sizing.activation_bytes(cfg, 3, checkpointing=True) == tokens * (4 * 4 * h + banded + head)
     big = get_preset("gpt3-175b").model_config()
     assert sizing.activation_bytes(big, checkpointing=True) < sizing.activation_bytes(big) / 5
+
+
+def _saved_bytes(model, idx):
+    """Bytes of distinct storages autograd keeps for backward after one bf16-autocast training forward."""
+    import torch
+    weights = {tuple(p.shape) for p in model.parameters()} | {tuple(p.shape)[::-1] for p in model.parameters()}
+    seen = {}
+
+    def pack(t):
+        if tuple(t.shape) not in weights:   # skip weights and their bf16 casts: not activations
+            seen[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            model(idx, idx)
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("ckpt", [False, True])
+def test_activation_formula_matches_what_autograd_saves(ckpt):
+    torch = pytest.importorskip("torch")
+    model_mod = pytest.importorskip("gpt3lab.model")
+    # sizes chosen so no activation shape equals a weight shape (tokens 3*64=192, V 1000, d 32, d_ff 128)
+    cfg = ModelConfig(vocab_size=1000, context=64, n_layer=2, n_head=4, d_model=32, attention_pattern="dense")
+    m = model_mod.GPT(cfg).train()
+    m.checkpoint_activations = ckpt
+    measured = _saved_bytes(m, torch.randint(0, 1000, (3, 64)))
+    expected = sizing.activation_bytes(cfg, 3, checkpointing=ckpt)
+    if ckpt:   # after forward, the recomputed block is not alive yet
+        expected -= 3 * 64 * sizing.layer_activation_bytes(cfg, False)
+    assert measured == pytest.approx(expected, rel=0.02)
 
 
 # ---------------------------------------------------------------------------------------------
