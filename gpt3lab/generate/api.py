@@ -1,0 +1,120 @@
+"""The inference engine's public contract: requests in, streams of token events out.
+
+The OpenAI-compatible server (gpt3lab.serve) talks only to these types and to an object with the
+`EngineLike` shape below; it imports no model code. gpt3lab.generate.engine.Engine implements it.
+
+Errors are typed so a server can map them to HTTP without guessing:
+  InvalidRequestError (400, names the offending `param`), ContextLengthError (400,
+  code "context_length_exceeded"), QueueFullError (429), EngineClosedError (503).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import AsyncIterator, Iterator, Protocol
+
+from gpt3lab.errors import UserError
+
+
+class EngineError(UserError):
+    """Base class of the engine's request errors."""
+
+    status = 400
+    code: str | None = None
+
+    def __init__(self, message: str, param: str | None = None):
+        super().__init__(message)
+        self.param = param
+
+
+class InvalidRequestError(EngineError, ValueError):
+    """A sampling parameter or prompt is invalid; `param` names it."""
+
+
+class ContextLengthError(InvalidRequestError):
+    """prompt tokens + max_tokens exceed the model's context window."""
+
+    code = "context_length_exceeded"
+
+
+class QueueFullError(EngineError):
+    status = 429
+    code = "queue_full"
+
+
+class EngineClosedError(EngineError):
+    status = 503
+    code = "engine_closed"
+
+
+@dataclass
+class SamplingParams:
+    """Per-request sampling controls, with the legacy Completions API's names and defaults."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0          # 0 = greedy; allowed [0, 2]
+    top_p: float = 1.0                # (0, 1]
+    top_k: int = 0                    # 0 = off
+    n: int = 1                        # choices returned
+    best_of: int | None = None        # generate best_of, return the n with highest total logprob (>= n)
+    presence_penalty: float = 0.0     # [-2, 2]; subtract once per token already generated
+    frequency_penalty: float = 0.0    # [-2, 2]; subtract per occurrence in the generated tokens
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> bias in [-100, 100]
+    seed: int | None = None           # reproducible regardless of what else is batched
+    stop: list[str] = field(default_factory=list)       # up to 4; not included in the output
+    stop_token_ids: list[int] = field(default_factory=list)  # <|endoftext|> is always a stop token
+    logprobs: int | None = None       # None = off; 0..5 = chosen token's logprob + top-N alternatives
+    echo: bool = False                # prepend the prompt (and its token logprobs, first one None)
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0            # prompt tokens served from the prefix cache
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class TokenEvent:
+    """One step of one choice. Text deltas are whole UTF-8 characters; concatenated they give the text.
+
+    With echo, a choice's first event carries the prompt: tokens = prompt ids, logprobs with None first.
+    `text_offset` is the character offset of each token's text in the choice's full text (echo included).
+    A token may carry an empty text delta (held back: incomplete UTF-8, or a possible stop-string start).
+    The last event of a choice has finish_reason "stop" or "length" (its token list may be empty).
+    """
+
+    index: int                                   # choice index, 0..n-1
+    text: str = ""
+    tokens: list[int] = field(default_factory=list)
+    token_texts: list[str] = field(default_factory=list)       # each token's own text (decoded alone)
+    logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[dict[str, float] | None] | None = None  # when logprobs >= 1: token text -> logprob
+    text_offset: list[int] = field(default_factory=list)
+    finish_reason: str | None = None
+
+
+class RequestHandle(Protocol):
+    request_id: str
+    usage: Usage                                  # final once the stream ends
+
+    def __iter__(self) -> Iterator[TokenEvent]: ...          # blocking iteration
+    def __aiter__(self) -> AsyncIterator[TokenEvent]: ...    # asyncio iteration
+    def cancel(self) -> None: ...                             # frees its KV blocks at once
+
+
+class EngineLike(Protocol):
+    tokenizer: object                              # encode/decode/eot_id/vocab_size
+    context: int                                   # model context window in tokens
+
+    def submit(self, prompt: list[int], params: SamplingParams,
+               request_id: str | None = None) -> RequestHandle:
+        """Validate (raising the errors above at once) and enqueue; events stream as decoding runs."""
+
+    def stats(self) -> dict:
+        """Counters for /metrics: running, waiting, kv blocks used/total, prefix cache hits/queries, ..."""
+
+    def shutdown(self, cancel_running: bool = False) -> None: ...
