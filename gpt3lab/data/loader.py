@@ -70,10 +70,16 @@ class WindowLoader:
         buf = torch.from_numpy(np.stack(rows).astype(np.int64))  # (B, T+1)
         return buf[:, :-1].contiguous(), buf[:, 1:].contiguous()  # x, y: (B, T)
 
+    def window_starts(self, step: int, batch_size: int | None = None, *, stream: int = _TRAIN_STREAM,
+                      seed: int | None = None) -> np.ndarray:
+        """This rank's window ids (flat index over all shards' window starts) at `step`."""
+        b = self.batch_size if batch_size is None else int(batch_size)
+        rng = np.random.default_rng([self.seed if seed is None else seed, stream, step])
+        starts = self._starts(rng, self.world_size * b)  # the global batch, same on every rank
+        return starts[self.rank * b:(self.rank + 1) * b]
+
     def _batch(self, stream: int, index: int, seed: int, batch_size: int):
-        rng = np.random.default_rng([seed, stream, index])
-        starts = self._starts(rng, self.world_size * batch_size)
-        return self._gather(starts[self.rank * batch_size:(self.rank + 1) * batch_size])
+        return self._gather(self.window_starts(index, batch_size, stream=stream, seed=seed))
 
     def next_batch(self, batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The next (x, y); `batch_size` overrides the per-rank batch for this step (batch-size ramp)."""
