@@ -1,0 +1,260 @@
+"""Import and export Hugging Face `transformers` GPT-2 checkpoints.
+
+    gpt3lab convert --from-hf HF_DIR OUT_DIR        HF GPT-2 dir -> gpt3lab checkpoint
+    gpt3lab convert --to-hf CHECKPOINT_DIR OUT_DIR   gpt3lab checkpoint -> dir GPT2LMHeadModel loads
+
+Our parameter names are GPT-2's, so a conversion is a key copy plus one detail: HF's GPT-2 uses
+`Conv1D` layers that store their weight as (in, out), the transpose of `nn.Linear`'s (out, in), for
+c_attn, c_proj (attention and MLP) and c_fc. Weights are read from `model.safetensors` (or its
+sharded index); a `pytorch_model.bin` is read only with `torch.load(weights_only=True)`, which refuses
+anything but tensors, so no user-supplied pickle code ever runs.
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from gpt3lab.config import ModelConfig
+from gpt3lab.errors import CheckpointError, ConfigError
+
+CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# GELU variants equal to ours (the tanh approximation)
+TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
+HF_ARCHS = ("GPT2LMHeadModel", "GPT2Model", "GPT2DoubleHeadsModel", "GPT2ForSequenceClassification")
+
+
+# ---- reading an HF directory -------------------------------------------------------------------
+
+def read_hf_config(hf_dir: str | Path) -> ModelConfig:
+    """ModelConfig of an HF GPT-2 config.json; a clear CheckpointError for anything else."""
+    hf_dir = Path(hf_dir)
+    path = hf_dir / "config.json"
+    if not hf_dir.is_dir():
+        raise CheckpointError(f"{hf_dir}: no such directory; pass a Hugging Face GPT-2 model directory")
+    if not path.is_file():
+        raise CheckpointError(f"{hf_dir}: not a Hugging Face model directory (no config.json); "
+                              f"pass the folder written by save_pretrained (config.json + model.safetensors)")
+    try:
+        hf = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    if hf.get("format") == "gpt3lab-checkpoint":
+        raise CheckpointError(f"{hf_dir} is already a gpt3lab checkpoint; to export it use "
+                              f"`gpt3lab convert --to-hf {hf_dir} OUT_DIR`")
+    archs = hf.get("architectures") or []
+    if hf.get("model_type") != "gpt2" and not any(a in HF_ARCHS for a in archs):
+        raise CheckpointError(f"{path}: unsupported architecture (model_type={hf.get('model_type')!r}, "
+                              f"architectures={archs}); only GPT-2 (GPT2LMHeadModel) checkpoints convert")
+    act = hf.get("activation_function", "gelu_new")
+    if act not in TANH_GELUS:
+        raise CheckpointError(f"{path}: activation_function={act!r} is not supported; gpt3lab uses "
+                              f"GPT-2's tanh GELU ({', '.join(TANH_GELUS)})")
+    if hf.get("scale_attn_by_inverse_layer_idx") or hf.get("scale_attn_weights") is False:
+        raise CheckpointError(f"{path}: non-standard attention scaling (scale_attn_by_inverse_layer_idx / "
+                              f"scale_attn_weights) is not supported")
+    try:
+        return ModelConfig(
+            vocab_size=hf.get("vocab_size", 50257), context=hf.get("n_positions", hf.get("n_ctx", 1024)),
+            n_layer=hf.get("n_layer", 12), n_head=hf.get("n_head", 12), d_model=hf.get("n_embd", 768),
+            d_ff=hf.get("n_inner"), attention_pattern="dense", dropout=float(hf.get("resid_pdrop", 0.0)),
+            layer_norm_eps=float(hf.get("layer_norm_epsilon", 1e-5)))
+    except ConfigError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def read_hf_state(hf_dir: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of an HF dir: model.safetensors, its sharded index, or pytorch_model.bin (weights only)."""
+    hf_dir = Path(hf_dir)
+    single, index = hf_dir / "model.safetensors", hf_dir / "model.safetensors.index.json"
+    try:
+        if single.is_file():
+            return load_file(str(single))
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            return {k: v for s in shards for k, v in load_file(str(hf_dir / s)).items()}
+        binary = hf_dir / "pytorch_model.bin"
+        if binary.is_file():
+            # weights_only: tensors and plain containers only, never arbitrary pickled objects
+            state = torch.load(binary, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                raise ValueError("expected a flat dict of tensors")
+            return state
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+        raise CheckpointError(f"{hf_dir}: cannot read the weights ({type(e).__name__}: {e}); "
+                              f"the file is corrupt or not a plain tensor file") from None
+    raise CheckpointError(f"{hf_dir}: no weights found (expected model.safetensors, "
+                          f"model.safetensors.index.json or pytorch_model.bin)")
+
+
+def hf_to_gpt3lab_state(state: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+    """HF GPT-2 keys -> ours: add the "transformer." prefix if absent, drop the causal-mask buffers,
+    transpose Conv1D weights, check the lm_head is tied."""
+    out: dict[str, torch.Tensor] = {}
+    for key, t in state.items():
+        if key.endswith((".attn.bias", ".attn.masked_bias")):   # constant mask buffers, not weights
+            continue
+        if key == "lm_head.weight":
+            continue
+        name = key if key.startswith("transformer.") else "transformer." + key
+        out[name] = t.t().contiguous() if name.endswith(CONV1D_SUFFIXES) else t
+    head = state.get("lm_head.weight")
+    wte = out.get("transformer.wte.weight")
+    if head is not None and wte is not None and not torch.equal(head, wte):
+        raise CheckpointError("the checkpoint's lm_head.weight differs from transformer.wte.weight "
+                              "(untied embeddings); gpt3lab's GPT ties them, so it cannot load this model")
+    return out
+
+
+def hf_tokenizer(hf_dir: str | Path):
+    """GPT-2's Tokenizer when the HF dir holds GPT-2's vocab.json + merges.txt; None when it holds none.
+
+    A different BPE vocabulary raises: importing other tokenizers is not supported.
+    """
+    from gpt3lab.tokenizer import Tokenizer, gpt2_files
+
+    hf_dir = Path(hf_dir)
+    vocab, merges = hf_dir / "vocab.json", hf_dir / "merges.txt"
+    if not vocab.is_file():
+        return None
+    enc_file, bpe_file = gpt2_files()
+    same_vocab = json.loads(vocab.read_text(encoding="utf-8")) == json.loads(enc_file.read_text(encoding="utf-8"))
+    same_merges = (not merges.is_file() or _merge_lines(merges) == _merge_lines(bpe_file))
+    if not (same_vocab and same_merges):
+        raise CheckpointError(f"{vocab}: a tokenizer other than GPT-2's; only GPT-2's vocabulary is "
+                              f"imported (remove vocab.json/merges.txt to import the weights alone)")
+    return Tokenizer.gpt2()
+
+
+def _merge_lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#version")]
+
+
+def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
+    """Build a gpt3lab GPT from an HF GPT-2 directory. Returns (model in eval mode, fp32; ModelConfig)."""
+    from gpt3lab.model import GPT
+
+    cfg = read_hf_config(hf_dir)
+    state = hf_to_gpt3lab_state(read_hf_state(hf_dir), cfg.n_layer)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model = model.to_empty(device=device)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(f"{hf_dir}: weights do not match config.json: missing {missing[:4]}, "
+                              f"unexpected {unexpected[:4]}")
+    for k, shape in expected.items():
+        if tuple(state[k].shape) != tuple(shape):
+            raise CheckpointError(f"{hf_dir}: tensor {k} has shape {tuple(state[k].shape)}, config.json "
+                                  f"implies {tuple(shape)}")
+    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
+    model.lm_head.weight = model.transformer.wte.weight       # re-tie after to_empty
+    return model.eval(), cfg
+
+
+# ---- writing an HF directory -------------------------------------------------------------------
+
+def check_exportable(cfg: ModelConfig) -> None:
+    """Raise unless HF's GPT-2 can represent `cfg` exactly."""
+    if cfg.attention_pattern != "dense":
+        raise ConfigError(f"cannot export a model with attention_pattern={cfg.attention_pattern!r}: "
+                          f"Hugging Face GPT-2 has no banded (locally sparse) attention, so its logits "
+                          f"would differ; only dense models export")
+    if cfg.d_attn != cfg.d_model:
+        raise ConfigError(f"cannot export: attention width n_head*d_head={cfg.d_attn} differs from "
+                          f"d_model={cfg.d_model}, which HF GPT-2 cannot represent")
+    if not cfg.bias:
+        raise ConfigError("cannot export a model with bias=False: HF GPT-2 always has biases")
+
+
+def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
+    """config.json for transformers' GPT2LMHeadModel."""
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.context, "n_ctx": cfg.context,
+        "n_embd": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head, "n_inner": cfg.d_ff,
+        "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
+        "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
+        "initializer_range": 0.02, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False, "tie_word_embeddings": True, "use_cache": True,
+        "bos_token_id": 50256, "eos_token_id": 50256,
+        "torch_dtype": str(dtype).removeprefix("torch."),
+    }
+
+
+def gpt3lab_to_hf_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Our state -> HF GPT-2 keys (Conv1D weights transposed to (in, out)); lm_head omitted (tied)."""
+    from gpt3lab.checkpoint import model_state
+
+    return {k: (v.t() if k.endswith(CONV1D_SUFFIXES) else v).contiguous()
+            for k, v in model_state(model).items()}
+
+
+def to_hf(model_or_ckpt, out_dir: str | Path, tokenizer=None) -> Path:
+    """Write an HF GPT-2 directory (config.json, model.safetensors, and GPT-2's vocab.json/merges.txt
+    when the tokenizer is GPT-2's) from a GPT or a checkpoint/run directory. Written atomically."""
+    from gpt3lab.checkpoint import load_model, load_tokenizer, write_dir_atomically
+
+    if isinstance(model_or_ckpt, torch.nn.Module):
+        model = model_or_ckpt
+    else:
+        model = load_model(model_or_ckpt)
+        if tokenizer is None:
+            try:
+                tokenizer = load_tokenizer(model_or_ckpt)
+            except Exception:  # a checkpoint without tokenizer files exports weights alone
+                tokenizer = None
+    cfg = getattr(model, "_orig_mod", model).config
+    check_exportable(cfg)
+    state = gpt3lab_to_hf_state(model)
+    dtype = state["transformer.wte.weight"].dtype
+
+    def fill(tmp: Path) -> None:
+        save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(hf_config(replace(cfg), dtype), indent=2) + "\n")
+        if tokenizer is not None and getattr(tokenizer, "name", None) == "gpt2":
+            from gpt3lab.tokenizer import gpt2_files
+
+            enc, bpe = gpt2_files()
+            shutil.copyfile(enc, tmp / "vocab.json")
+            shutil.copyfile(bpe, tmp / "merges.txt")
+
+    return write_dir_atomically(out_dir, fill)
+
+
+# ---- command line ------------------------------------------------------------------------------
+
+def add_arguments(parser) -> None:
+    way = parser.add_mutually_exclusive_group(required=True)
+    way.add_argument("--from-hf", metavar="HF_DIR", help="import a Hugging Face GPT-2 directory")
+    way.add_argument("--to-hf", metavar="CHECKPOINT_DIR", help="export a gpt3lab checkpoint or run dir")
+    parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to write")
+
+
+def run(args) -> int:
+    if args.from_hf:
+        from gpt3lab.checkpoint import save_checkpoint
+
+        model, cfg = from_hf(args.from_hf)
+        tok = hf_tokenizer(args.from_hf)
+        save_checkpoint(args.out_dir, model, cfg, tokenizer=tok, extra={"source": {"hf_dir": str(args.from_hf)}})
+        note = "" if tok is not None else " (no tokenizer files in the source; weights only)"
+        print(f"imported {args.from_hf} -> {args.out_dir}: {cfg.n_layer} layers, d_model {cfg.d_model}, "
+              f"{model.num_params() / 1e6:.1f}M params{note}")
+    else:
+        out = to_hf(args.to_hf, args.out_dir)
+        print(f"exported {args.to_hf} -> {out} (transformers: GPT2LMHeadModel.from_pretrained({str(out)!r}))")
+    return 0
+
+
+__all__ = ["from_hf", "to_hf", "read_hf_config", "read_hf_state", "hf_config", "check_exportable"]
