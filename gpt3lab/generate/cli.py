@@ -1,0 +1,114 @@
+"""`gpt3lab generate CHECKPOINT_OR_RUN_DIR --prompt TEXT`: sample from a checkpoint, streamed to stdout.
+
+The prompt comes from --prompt, from --prompt-file (one prompt per line, or JSONL objects with a
+"prompt" key), or from stdin. Only the completion is printed (--echo prints the prompt first).
+With several prompts or --n > 1, each sample is preceded by a `=== prompt P sample S ===` line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from gpt3lab.errors import ConfigError, DataError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", help="checkpoint directory or run directory (newest checkpoint)")
+    p.add_argument("--prompt", help="prompt text (default: read stdin)")
+    p.add_argument("--prompt-file",
+                   help="file with one prompt per line (\\n in a line = newline), or JSONL with a 'prompt' key")
+    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per sample (default 64)")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus: smallest set with mass >= p")
+    p.add_argument("--seed", type=int, default=None, help="same seed -> same text")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
+    p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
+    p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
+                   help="weights/cache dtype for decoding (bf16 halves the bytes read per token)")
+
+
+def read_prompts(args) -> list[str]:
+    if args.prompt is not None and args.prompt_file:
+        raise ConfigError("give either --prompt or --prompt-file, not both")
+    if args.prompt is not None:
+        return [args.prompt]
+    if args.prompt_file:
+        return prompts_from_file(Path(args.prompt_file))
+    text = sys.stdin.read()
+    return [text[:-1] if text.endswith("\n") else text]
+
+
+def prompts_from_file(path: Path) -> list[str]:
+    """One prompt per non-empty line; a file whose lines are JSON objects uses their "prompt" field."""
+    try:
+        lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"--prompt-file {path}: cannot read it ({e})") from None
+    if not lines:
+        raise DataError(f"--prompt-file {path}: holds no prompts")
+    if not lines[0].lstrip().startswith("{"):
+        return [line.replace("\\n", "\n") for line in lines]
+    prompts = []
+    for no, line in enumerate(lines, 1):
+        try:
+            prompts.append(json.loads(line)["prompt"])
+        except (ValueError, KeyError, TypeError):
+            raise DataError(f"--prompt-file {path}:{no}: expected a JSON object with a \"prompt\" string") from None
+    return prompts
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+
+
+def run(args) -> int:
+    from gpt3lab.checkpoint import load_model, load_tokenizer, resolve
+    from gpt3lab.generate import stream
+
+    prompts = read_prompts(args)
+    ckpt = resolve(args.checkpoint)
+    model = load_model(ckpt, device=pick_device(args.device),
+                       dtype=torch.bfloat16 if args.dtype == "bf16" else None)
+    tokenizer = load_tokenizer(ckpt)
+    headers = len(prompts) > 1 or args.n > 1
+    out = sys.stdout
+    for pi, prompt in enumerate(prompts):
+        texts: dict[int, list[str]] = {}
+        events = stream(model, tokenizer, prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop, n=args.n)
+        live = not args.no_stream and args.n == 1   # n samples arrive interleaved: print each when done
+        if live:
+            _header(out, headers, pi, 0, prompt, args.echo)
+        for ev in events:
+            if live:
+                out.write(ev.text)
+                out.flush()
+            else:
+                texts.setdefault(ev.index, []).append(ev.text)
+        if live:
+            out.write("\n")
+        for i in sorted(texts):
+            _header(out, headers, pi, i, prompt, args.echo)
+            out.write("".join(texts[i]) + "\n")
+        out.flush()
+    return 0
+
+
+def _header(out, headers: bool, pi: int, i: int, prompt: str, echo: bool) -> None:
+    if headers:
+        out.write(f"=== prompt {pi + 1} sample {i + 1} ===\n")
+    if echo:
+        out.write(prompt)

@@ -1,0 +1,114 @@
+"""Logits -> next token: temperature, top-k, top-p (nucleus), greedy, and the chosen token's logprob.
+
+Every function works on a batch of logits (B, V) and takes its controls either as one Python value
+for all rows or as a (B,) tensor with one value per row, so a continuous-batching engine can mix
+requests with different settings in one call. "Off" values: temperature 0 = greedy (argmax),
+top_k None or 0 = no top-k, top_p None or 1.0 = no top-p.
+
+Logprobs are those of the model's own distribution (log_softmax of the raw logits), not of the
+temperature/top-k/top-p-filtered one, as in the OpenAI Completions API.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from gpt3lab.errors import ConfigError
+
+Param = float | int | torch.Tensor | None
+
+
+def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Raise ConfigError naming the bad value unless temperature >= 0, top_k >= 0, 0 < top_p <= 1."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
+            not math.isfinite(temperature) or temperature < 0:
+        raise ConfigError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+        raise ConfigError(f"top_k={top_k!r} must be a positive integer (or 0/None for no top-k)")
+    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
+                              or not 0.0 < top_p <= 1.0):
+        raise ConfigError(f"top_p={top_p!r} must be in (0, 1] (1 = no nucleus filtering)")
+
+
+def _rows(x: Param, B: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A scalar or (B,) control as a (B, 1) tensor on the logits' device."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device=like.device, dtype=dtype).reshape(B, 1)
+    return torch.full((B, 1), x, device=like.device, dtype=dtype)
+
+
+def top_k_filter(logits: torch.Tensor, k: Param) -> torch.Tensor:
+    """Set all but the k largest logits of each row to -inf. k: int or (B,) ints; 0/None = keep all."""
+    B, V = logits.shape
+    if k is None or (not isinstance(k, torch.Tensor) and (k == 0 or k >= V)):
+        return logits
+    k = _rows(k, B, logits, torch.long).clamp(max=V)                         # (B, 1)
+    kmax = int(k.max())
+    if kmax == 0:
+        return logits
+    top = logits.topk(kmax, dim=-1).values                                   # (B, kmax) descending
+    thresh = top.gather(1, (k - 1).clamp(min=0))                             # (B, 1) k-th largest
+    drop = (logits < thresh) & (k > 0)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: Param) -> torch.Tensor:
+    """Nucleus: keep the smallest set of most likely tokens whose probability mass is >= p (per row).
+
+    p: float or (B,) floats; None/1.0 = keep all. The most likely token is always kept.
+    """
+    B, V = logits.shape
+    if p is None or (not isinstance(p, torch.Tensor) and p >= 1.0):
+        return logits
+    p = _rows(p, B, logits, torch.float32)                                   # (B, 1)
+    sorted_logits, order = logits.sort(dim=-1, descending=True)              # (B, V)
+    probs = sorted_logits.float().softmax(dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs                               # mass of strictly better tokens
+    drop_sorted = mass_before >= p                                           # set already reached p
+    drop_sorted[:, 0] = False
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+def _multinomial(probs: torch.Tensor, generator) -> torch.Tensor:
+    """One draw per row: one generator for the batch, or a list with one per row (per-request seeds)."""
+    if isinstance(generator, Sequence):
+        return torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(generator)])
+    return torch.multinomial(probs, 1, generator=generator).squeeze(1)
+
+
+def sample(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = None, top_p: Param = None,
+           generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pick one token per row of logits (B, V) -> (tokens (B,) long, logprobs (B,) float32).
+
+    Rows with temperature 0 take the argmax (no randomness drawn for them if all rows are greedy).
+    """
+    logits = logits.float()
+    B = logits.shape[0]
+    logprobs = logits.log_softmax(dim=-1)                                    # (B, V)
+    greedy_tok = logits.argmax(dim=-1)                                       # (B,)
+    all_greedy = (temperature == 0) if not isinstance(temperature, torch.Tensor) \
+        else bool((temperature == 0).all())
+    if all_greedy:
+        tok = greedy_tok
+    else:
+        t = _rows(temperature, B, logits, torch.float32)
+        greedy = (t == 0).squeeze(1)
+        x = logits / torch.where(t == 0, torch.ones_like(t), t)
+        x = top_p_filter(top_k_filter(x, top_k), top_p)
+        tok = _multinomial(x.softmax(dim=-1), generator)
+        tok = torch.where(greedy, greedy_tok, tok)
+    return tok, logprobs.gather(1, tok[:, None]).squeeze(1)
+
+
+def top_logprobs(logprobs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The n most likely alternatives of each row of logprobs (B, V) -> (values (B, n), ids (B, n))."""
+    values, ids = logprobs.topk(n, dim=-1)
+    return values, ids
+
+
+__all__ = ["check_sampling", "sample", "top_k_filter", "top_p_filter", "top_logprobs"]
