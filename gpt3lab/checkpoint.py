@@ -3,7 +3,8 @@
     CKPT/config.json        {"format": "gpt3lab-checkpoint", "version": 1, "model": {...}, ...}
     CKPT/model.safetensors  weights, GPT-2 key names; the tied lm_head is stored once (as wte)
     CKPT/tokenizer.json     the tokenizer's saved form (gpt3lab.tokenizer)
-    CKPT/train_state/       optional: optimizer.pt (torch.save, loaded with weights_only=True), state.json
+    CKPT/train_state/       optional: optimizer.pt (torch.save, loaded with weights_only=True) and
+                            state.json (step, tokens seen, RNG states as integer lists, data-loader positions)
 
 A run directory holds checkpoints under RUN/checkpoints/step_NNNNNNN; `resolve` maps a run directory
 to its newest complete checkpoint. A checkpoint is written into a temporary sibling directory and then
@@ -166,3 +167,78 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
     """(model, tokenizer) from a checkpoint or run directory: the one-call loader behind gpt3lab.load."""
     ckpt = resolve(path)
     return load_model(ckpt, device=device), load_tokenizer(ckpt)
+
+
+# ---------------------------------------------------------------------------------------------
+# Run directories and training state (written by gpt3lab.train.loop)
+
+TRAIN_STATE = "train_state"
+
+
+def step_dir(run_dir: str | Path, step: int) -> Path:
+    """RUN/checkpoints/step_NNNNNNN for optimizer step `step`."""
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}"
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (temp dirs of interrupted saves are not listed)."""
+    d = Path(run_dir) / "checkpoints"
+    return sorted((c for c in d.glob("step_*") if is_checkpoint(c)), key=lambda c: c.name) if d.is_dir() else []
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` checkpoints (and stale temp dirs); returns what was removed."""
+    ckpts = list_checkpoints(run_dir)
+    doomed = ckpts[:-keep_last] if keep_last > 0 else ckpts
+    d = Path(run_dir) / "checkpoints"
+    doomed += [p for p in d.glob(".tmp-*")] + [p for p in d.glob(".old-*")] if d.is_dir() else []
+    for p in doomed:
+        shutil.rmtree(p, ignore_errors=True)
+    return doomed
+
+
+def rng_state() -> dict:
+    """Every RNG the loop draws from (dropout: torch CPU/CUDA), as JSON-safe integer lists."""
+    import random
+
+    state = {"torch": torch.get_rng_state().tolist(), "python": list(random.getstate()[1]),
+             "python_version": random.getstate()[0], "python_gauss": random.getstate()[2]}
+    if torch.cuda.is_available():
+        state["cuda"] = [s.tolist() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import random
+
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    random.setstate((state["python_version"], tuple(state["python"]), state["python_gauss"]))
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
+
+
+def save_train_state(ckpt_tmp: str | Path, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Write CKPT/train_state/{optimizer.pt, state.json}; `state` must be JSON-serialisable."""
+    d = Path(ckpt_tmp) / TRAIN_STATE
+    d.mkdir(parents=True, exist_ok=True)
+    torch.save(optimizer.state_dict(), d / "optimizer.pt")
+    (d / "state.json").write_text(json.dumps({**state, "rng": rng_state()}) + "\n")
+
+
+def load_train_state(ckpt: str | Path) -> tuple[dict, dict]:
+    """(optimizer state_dict, state dict) of a checkpoint; CheckpointError when missing or corrupt."""
+    d = Path(ckpt) / TRAIN_STATE
+    if not (d / "state.json").is_file() or not (d / "optimizer.pt").is_file():
+        raise CheckpointError(f"{ckpt} has no complete {TRAIN_STATE}/ (optimizer.pt + state.json); it can be "
+                              f"loaded for inference but not resumed; start a new run from it instead")
+    try:
+        state = json.loads((d / "state.json").read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{d}/state.json: corrupt JSON ({e}); resume from an earlier checkpoint") from None
+    try:
+        # weights_only=True: plain tensors and containers only, never arbitrary pickled objects
+        opt = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError on bad files
+        raise CheckpointError(f"{d}/optimizer.pt: truncated or corrupt ({type(e).__name__}); resume from an "
+                              f"earlier checkpoint") from None
+    return opt, state

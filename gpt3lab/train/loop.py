@@ -1,0 +1,282 @@
+"""THE training loop: pretraining and fine-tuning both run `Trainer.fit`.
+
+The loop knows a model (any nn.Module with `model(x, y) -> (logits, loss)`), a train batch source and an
+optional eval batch source (anything with `next_batch(batch_size) -> (x, y)`, `state_dict()` and
+`load_state_dict()`), a TrainConfig and a `Distributed` seam. It optimises only parameters with
+requires_grad (so LoRA adapters just work) and knows nothing about where batches come from.
+
+One optimizer step = `accum` micro-steps of `batch_size` sequences (accum from the batch ramp), AdamW
+with decoupled weight decay on matrices only, global-norm clipping, LR from `schedule.lr_at`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.config import ModelConfig, TrainConfig
+from gpt3lab.train import perf
+from gpt3lab.train.distributed import Distributed
+from gpt3lab.train.schedule import batch_tokens_at, lr_at, micro_tokens
+
+LOG_FIELDS = ["step", "loss", "lr", "tokens", "tokens_per_s", "mfu", "grad_norm", "val_loss", "val_bpb",
+              "seconds"]
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: decay on weight matrices; none on biases, LayerNorm gains and embeddings.
+
+    Embeddings (wte, wpe and therefore the tied unembedding) are not decayed: decay would shrink the
+    vectors of rare tokens toward zero between their rare updates. Frozen params are left out.
+    """
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    decay, no_decay, seen = [], [], set()
+    for p in model.parameters():            # parameters() yields a tied tensor once
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW(beta1, beta2, eps) over `param_groups`; the fused CUDA kernel on GPUs."""
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                             eps=cfg.eps, fused=device.type == "cuda")
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """'auto' -> bf16 on GPUs that support it, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+
+
+@dataclass
+class RunInfo:
+    """What the loop writes next to its checkpoints (config.json) and how it reports bits/byte."""
+    out_dir: Path | None = None        # None: no logs, no checkpoints (tests, notebooks)
+    tokenizer: object = None           # saved into every checkpoint
+    extra_config: dict | None = None   # more config.json keys, e.g. {"data": "data/shakespeare"}
+    progress: bool = True
+    max_seconds: float | None = None   # wall-clock budget: stop (and save) after this many seconds
+
+
+class Trainer:
+    """Owns model, optimizer and counters; `fit()` trains to cfg.max_steps (or the time budget)."""
+
+    def __init__(self, model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, train_data,
+                 eval_data=None, *, info: RunInfo | None = None, dist: Distributed | None = None,
+                 device: torch.device | str = "cpu"):
+        self.model, self.model_cfg, self.cfg = model, model_cfg, cfg
+        self.train_data, self.eval_data = train_data, eval_data
+        self.info, self.dist = info or RunInfo(), dist or Distributed()
+        self.device = torch.device(device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.model.to(self.device)
+        self.model.checkpoint_activations = cfg.activation_checkpointing
+        self.optimizer = make_optimizer(self.model, cfg, self.device)
+        self.fwd = self.dist.wrap_model(self.model)
+        if cfg.compile:
+            self.fwd = torch.compile(self.fwd)
+        self.step, self.tokens = 0, 0          # optimizer steps done, tokens trained on (all ranks)
+        self._eval_cache = None
+        n = sum(p.numel() for p in model.parameters()) - _embedding_numel(model)
+        self.flops_per_token = perf.flops_per_token(model_cfg, n)
+
+    # ---- one optimizer step ----------------------------------------------------------------------
+    def autocast(self):
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step(self) -> dict:
+        """Accumulate gradients over the micro-batches of one step, clip, update. Returns step stats."""
+        cfg, T = self.cfg, self.model_cfg.context
+        step_tokens = batch_tokens_at(self.tokens, cfg, T, self.dist.world_size)
+        accum = step_tokens // micro_tokens(cfg.batch_size, T, self.dist.world_size)
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.model.train()
+        total = torch.zeros((), device=self.device)
+        for i in range(accum):
+            x, y = self.train_data.next_batch(cfg.batch_size)
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self.dist.no_sync(self.fwd, final_micro_step=i == accum - 1), self.autocast():
+                _, loss = self.fwd(x, y)
+                (loss / accum).backward()
+            total += loss.detach()
+        params = [p for g in self.optimizer.param_groups for p in g["params"]]
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        self.tokens += step_tokens
+        loss = self.dist.all_reduce_mean(total / accum).item()
+        return {"step": self.step, "loss": loss, "lr": lr, "tokens": self.tokens,
+                "grad_norm": float(grad_norm), "_step_tokens": step_tokens}
+
+    # ---- evaluation ------------------------------------------------------------------------------
+    def eval_batches(self) -> list:
+        """The same eval batches every time (fixed_batches when the source has it)."""
+        if self._eval_cache is None:
+            src, n = self.eval_data, self.cfg.eval_batches
+            if hasattr(src, "fixed_batches"):
+                self._eval_cache = src.fixed_batches(n, seed=self.cfg.seed)
+            else:
+                self._eval_cache = [src.next_batch(self.cfg.batch_size) for _ in range(n)]
+        return self._eval_cache
+
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        """Mean val loss over the eval batches, and bits/byte when the source knows its bytes."""
+        self.model.eval()
+        losses = []
+        for x, y in self.eval_batches():
+            with self.autocast():
+                _, loss = self.model(x.to(self.device), y.to(self.device))
+            losses.append(loss.float())
+        val = self.dist.all_reduce_mean(torch.stack(losses).mean()).item()
+        out = {"val_loss": val}
+        src = self.eval_data
+        if getattr(src, "num_bytes", 0) and getattr(src, "num_tokens", 0):
+            out["val_bpb"] = val * src.num_tokens / (src.num_bytes * math.log(2))
+        return out
+
+    # ---- the loop --------------------------------------------------------------------------------
+    def fit(self) -> dict:
+        """Train until cfg.max_steps (or the time budget); returns the last log record."""
+        cfg, main = self.cfg, self.dist.is_main
+        peak = cfg.peak_flops or perf.measured_peak_flops(
+            self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
+                   disable=not (main and self.info.progress), dynamic_ncols=True)
+        start, record = time.perf_counter(), {}
+        while self.step < cfg.max_steps:
+            t0 = time.perf_counter()
+            record = self.train_step()
+            _sync(self.device)
+            dt = time.perf_counter() - t0
+            record["tokens_per_s"] = record.pop("_step_tokens") / dt
+            record["mfu"] = perf.mfu(record["tokens_per_s"], self.flops_per_token, peak)
+            out_of_time = self.info.max_seconds is not None and time.perf_counter() - start > self.info.max_seconds
+            last = self.step == cfg.max_steps or out_of_time
+            if self.eval_data is not None and cfg.eval_batches and (
+                    last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+                record.update(self.evaluate())
+            record["seconds"] = round(time.perf_counter() - start, 3)
+            if main:
+                self.log(record)
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or last:
+                    bar.set_postfix(_postfix(record), refresh=False)
+            if self.step % cfg.save_every == 0 or last:
+                self.save()
+            if out_of_time:
+                break
+        bar.close()
+        return record
+
+    # ---- logs and checkpoints --------------------------------------------------------------------
+    def log(self, record: dict) -> None:
+        """Append one record to RUN/log.jsonl and RUN/log.csv."""
+        if self.info.out_dir is None:
+            return
+        out = Path(self.info.out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        csv = out / "log.csv"
+        new = not csv.exists()
+        with open(csv, "a") as f:
+            if new:
+                f.write(",".join(LOG_FIELDS) + "\n")
+            f.write(",".join("" if record.get(k) is None else repr(record[k]) for k in LOG_FIELDS) + "\n")
+
+    def state(self) -> dict:
+        """JSON part of the training state (the optimizer goes to optimizer.pt)."""
+        s = {"step": self.step, "tokens": self.tokens, "train_data": self.train_data.state_dict()}
+        if self.eval_data is not None:
+            s["eval_data"] = self.eval_data.state_dict()
+        return s
+
+    def save(self) -> Path | None:
+        """Write RUN/checkpoints/step_N atomically (main process only), then keep the last K."""
+        self.dist.barrier()
+        if self.info.out_dir is None or not self.dist.is_main:
+            return None
+        extra = {"train": asdict(self.cfg), **(self.info.extra_config or {})}
+        state = self.state()
+        dest = ckpt_io.save_checkpoint(
+            ckpt_io.step_dir(self.info.out_dir, self.step), self.model, self.model_cfg, self.info.tokenizer,
+            extra=extra, fill_extra=lambda tmp: ckpt_io.save_train_state(tmp, self.optimizer, state))
+        ckpt_io.prune_checkpoints(self.info.out_dir, self.cfg.keep_last)
+        return dest
+
+    def resume(self, ckpt: str | Path) -> None:
+        """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first)."""
+        opt_state, state = ckpt_io.load_train_state(ckpt)
+        try:
+            self.optimizer.load_state_dict(opt_state)
+        except (ValueError, KeyError) as e:
+            raise ckpt_io.CheckpointError(f"{ckpt}: optimizer state does not fit this model ({e}); "
+                                          f"resume with the configuration the run was started with") from None
+        self.step, self.tokens = int(state["step"]), int(state["tokens"])
+        self.train_data.load_state_dict(state["train_data"])
+        if self.eval_data is not None and "eval_data" in state:
+            self.eval_data.load_state_dict(state["eval_data"])
+        ckpt_io.set_rng_state(state["rng"])
+        if self.info.out_dir is not None and self.dist.is_main:
+            truncate_log(self.info.out_dir, self.step)
+
+
+def truncate_log(run_dir: str | Path, step: int) -> None:
+    """Drop log records past `step` (written after the checkpoint we resume from)."""
+    path = Path(run_dir) / "log.jsonl"
+    if not path.exists():
+        return
+    keep = [r for r in read_log(run_dir) if r["step"] <= step]
+    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
+    csv = Path(run_dir) / "log.csv"
+    csv.write_text(",".join(LOG_FIELDS) + "\n" + "".join(
+        ",".join("" if r.get(k) is None else repr(r[k]) for k in LOG_FIELDS) + "\n" for r in keep))
+
+
+def read_log(run_dir: str | Path) -> list[dict]:
+    """Records of RUN/log.jsonl (a torn last line from a killed process is skipped)."""
+    out = []
+    for line in (Path(run_dir) / "log.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out
+
+
+def _embedding_numel(model: torch.nn.Module) -> int:
+    seen = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    return sum(seen.values())
+
+
+def _postfix(r: dict) -> dict:
+    p = {"loss": f"{r['loss']:.3f}", "lr": f"{r['lr']:.1e}", "tok/s": f"{r['tokens_per_s']:.0f}",
+         "mfu": f"{100 * r['mfu']:.1f}%"}
+    if "val_loss" in r:
+        p["val"] = f"{r['val_loss']:.3f}"
+    if "val_bpb" in r:
+        p["bpb"] = f"{r['val_bpb']:.3f}"
+    return p
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

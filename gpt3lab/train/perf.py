@@ -1,0 +1,58 @@
+"""Throughput bookkeeping: FLOPs per token and model-FLOPs utilisation (MFU) against a measured peak."""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from gpt3lab.config import ModelConfig
+
+_PEAK_CACHE: dict[tuple[str, str], float] = {}
+
+
+def flops_per_token(cfg: ModelConfig, n_non_embedding: int) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward): the one formula used everywhere.
+
+    6 * N_non_embedding (every weight: a multiply-add forward, two backward) + the unembedding
+    (6 * d_model * vocab) + attention scores and weighted sum: 6 * 2 * d_attn * (keys seen per query),
+    where keys seen averages (T+1)/2 for causal dense layers and min(window, T) for banded ones
+    (an upper bound; PaLM's appendix B counts 12 * L * d * T for the non-causal case).
+    """
+    T = cfg.context
+    attn = 0.0
+    for layer in range(cfg.n_layer):
+        keys = min(cfg.local_window, T) if cfg.is_banded(layer) else (T + 1) / 2
+        attn += 12 * cfg.d_attn * keys
+    return 6.0 * n_non_embedding + 6.0 * cfg.d_model * cfg.vocab_size + attn
+
+
+def measured_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                        n: int = 1024, repeats: int = 5) -> float:
+    """Best observed FLOP/s of an n x n matmul on `device` in `dtype` (cached per process).
+
+    A practical ceiling for MFU on machines without a datasheet figure (CPUs, shared boxes).
+    """
+    device = torch.device(device)
+    key = (str(device), str(dtype))
+    if key not in _PEAK_CACHE:
+        a = torch.randn(n, n, device=device, dtype=dtype)
+        b = torch.randn(n, n, device=device, dtype=dtype)
+        best = float("inf")
+        for _ in range(repeats + 1):                       # first run warms up kernels / caches
+            _sync(device)
+            t0 = time.perf_counter()
+            a @ b
+            _sync(device)
+            best = min(best, time.perf_counter() - t0)
+        _PEAK_CACHE[key] = 2.0 * n ** 3 / best
+    return _PEAK_CACHE[key]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def mfu(tokens_per_s: float, flops_token: float, peak_flops: float) -> float:
+    """Achieved training FLOP/s over the peak, in [0, 1] (ideally)."""
+    return tokens_per_s * flops_token / peak_flops if peak_flops > 0 else 0.0
