@@ -55,12 +55,12 @@ def _check(n_prompt: int, max_tokens: int, n: int, context: int, stop) -> None:
     for name, v in (("max_tokens", max_tokens), ("n", n)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise ConfigError(f"{name}={v!r} must be a positive integer")
+    if any(not isinstance(s, str) or not s for s in stop):
+        raise ConfigError(f"stop={stop!r}: stop strings must be non-empty strings")
     if n_prompt + max_tokens > context:
         raise ContextOverflowError(
             f"prompt of {n_prompt} tokens + max_tokens={max_tokens} = {n_prompt + max_tokens} exceeds the "
             f"model's context of {context} tokens; shorten the prompt or lower max_tokens")
-    if any(not isinstance(s, str) or not s for s in stop):
-        raise ConfigError(f"stop={stop!r}: stop strings must be non-empty strings")
 
 
 def _decode(model, ids: list[int], n: int, max_tokens: int, gen: torch.Generator, **params):
