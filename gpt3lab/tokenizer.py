@@ -125,7 +125,9 @@ class Tokenizer:
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int) -> "Tokenizer":
-        """Learn a byte-level BPE with `vocab_size` ids in total (256 bytes + merges + `<|endoftext|>`)."""
+        """Learn a byte-level BPE with `vocab_size` ids in total (256 bytes + merges + `<|endoftext|>`).
+
+        A text too small to supply that many merges gives a smaller vocabulary (see `vocab_size`)."""
         ranks = train_ranks(texts, vocab_size, GPT2_PATTERN)
         digest = ranks_digest(sorted(ranks, key=ranks.get), GPT2_PATTERN, {EOT: len(ranks)})
         return cls(ranks, name=f"bpe{len(ranks) + 1}-{digest[:8]}")

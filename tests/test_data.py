@@ -245,3 +245,19 @@ def test_shakespeare_holds_out_whole_plays(tmp_path):
     assert s["train_documents"] + s["val_documents"] == 42
     val = json.loads((tmp_path / "val.json").read_text())["documents"]
     assert all(v.endswith("_gut.txt") for v in val)
+
+
+def test_errors_are_one_line_via_cli(data_dir, corpus, tmp_path, capsys):
+    import shutil
+    d = tmp_path / "d"
+    shutil.copytree(data_dir[0], d)
+    (d / "gpt3lab_tokenizer.json").write_text("garbage")
+    rc, err = _cli(capsys, "tokenizer", "info", "--tokenizer", str(d))
+    assert rc == 2 and err.count("\n") == 1 and "gpt3lab_tokenizer.json is not a gpt3lab tokenizer" in err
+    with open(d / "val_0000.bin", "r+b") as f:
+        f.truncate(3)
+    with pytest.raises(DataError) as e:
+        WindowLoader(d, "val", 8, 2)
+    assert "\n" not in str(e.value) and "val_0000.bin" in str(e.value) and "gpt3lab prepare" in str(e.value)
+    rc = main(["tokenizer", "train", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "t")])
+    assert rc == 0 and Tokenizer.load(tmp_path / "t").vocab_size == 300

