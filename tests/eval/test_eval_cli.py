@@ -1,0 +1,84 @@
+import json
+import math
+
+import pytest
+
+from gpt3lab.cli import main
+from gpt3lab.eval.harness import evaluate_task
+from gpt3lab.eval.prompts import PromptFormat, build_prompt
+from gpt3lab.eval.scoring import loglikelihood
+from gpt3lab.eval.tasks import Task, last_word_items, load_task_file
+
+MC = [{"context": f"Item {i}: the sky is", "choices": ["blue", "a very long green", "red"], "answer": i % 3}
+      for i in range(6)]
+
+
+@pytest.fixture
+def mc_file(tmp_path):
+    f = tmp_path / "sky.jsonl"
+    f.write_text("\n".join(json.dumps(x) for x in MC) + "\n")
+    return f
+
+
+def test_acc_and_acc_norm_as_defined(model, tok, mc_file):
+    task = load_task_file(mc_file)
+    r = evaluate_task(model, tok, task, k=1, seed=4)
+    acc = acc_norm = 0
+    for i, item in enumerate(task.items):
+        p = build_prompt(task.fmt, task.pool, item, 1, 4, i, True)
+        ll = [loglikelihood(model, tok.encode(p.text), tok.encode(" " + c)).logprob for c in item.choices]
+        acc += max(range(3), key=lambda j: ll[j]) == item.answer
+        acc_norm += max(range(3), key=lambda j: ll[j] / len(item.choices[j])) == item.answer   # chars of the choice
+    assert r.metrics == {"acc": acc / 6, "acc_norm": acc_norm / 6}
+
+
+def test_last_word_metrics(model, tok):
+    items = last_word_items("The cat sat on the mat today. " * 60, 5, seed=0, min_words=5, max_words=8)
+    task = Task("lw", "last_word", items[:3], PromptFormat(None, "", "\n\n"), items[3:], [])
+    r = evaluate_task(model, tok, task, k=1)
+    lls, greedy = [], []
+    for i, it in enumerate(task.items):
+        p = build_prompt(task.fmt, task.pool, it, 1, 0, i, False)
+        sc = loglikelihood(model, tok.encode(p.text), tok.encode(it.target))
+        lls.append(sc.logprob)
+        greedy.append(sc.is_greedy)
+    assert r.metrics["acc"] == sum(greedy) / 3
+    assert r.metrics["ppl"] == pytest.approx(math.exp(-sum(lls) / 3), rel=1e-5)
+
+
+def test_cli_end_to_end(ckpt, mc_file, tmp_path, capsys):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    rc = main(["eval", str(ckpt), "--task", str(mc_file), "--task", "arith-2d+", "--shots", "0,1,3",
+               "--limit", "3", "--json", str(out), "--plot", str(png), "--show-prompt"])
+    assert rc == 0
+    res = json.loads(out.read_text())
+    assert set(res["tasks"]) == {"sky", "arith-2d+"} and set(res["tasks"]["sky"]["shots"]) == {"0", "1", "3"}
+    assert res["tasks"]["arith-2d+"]["shots"]["1"]["n"] == 3
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = capsys.readouterr().out
+    assert "acc_norm" in text and "exact_match" in text and "----- prompt: sky, k=3, item 0 -----" in text
+
+
+def test_cli_perplexity(ckpt, tmp_path, capsys):
+    f = tmp_path / "t.txt"
+    f.write_text("To be, or not to be, that is the question. " * 8)
+    assert main(["eval", str(ckpt), "--perplexity", str(f), "--json", str(tmp_path / "p.json")]) == 0
+    p = json.loads((tmp_path / "p.json").read_text())
+    assert p["windows"] > 1 and p["bits_per_byte"] == pytest.approx(
+        p["loss"] * p["tokens"] / (p["bytes"] * math.log(2)))
+
+
+@pytest.mark.parametrize("args, match", [
+    (["--task", "BAD"], "malformed JSON"),
+    (["--task", "nope"], "unknown task 'nope'"),
+    (["--task", "SKY", "--shots", "9"], "9 examples requested but the few-shot pool has only 5"),
+    (["--task", "arith-2d+", "--shots", "40", "--strict-shots", "--limit", "1"], "do not fit"),
+    (["--task", "SKY", "--shots", "x"], "--shots 'x'"),
+])
+def test_cli_errors_exit_nonzero_without_traceback(ckpt, mc_file, tmp_path, capsys, args, match):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"context": "a", "target": "b"}\n{oops\n')
+    args = [str(bad) if a == "BAD" else str(mc_file) if a == "SKY" else a for a in args]
+    assert main(["eval", str(ckpt), *args]) == 2
+    err = capsys.readouterr().err
+    assert match in err and "Traceback" not in err and err.startswith("gpt3lab: error:")
