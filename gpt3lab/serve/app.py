@@ -1,0 +1,227 @@
+"""HTTP routes of `gpt3lab serve` (FastAPI). Routes only: the work is in service.py.
+
+Every error leaves in OpenAI's shape {"error": {"message", "type", "param", "code"}}: FastAPI's 422
+validation body becomes a 400 naming the offending field; 404/405 keep their status.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gpt3lab.generate.api import EngineError
+from gpt3lab.serve.protocol import (CompletionRequest, CompletionResponse, DetokenizeRequest, DetokenizeResponse,
+                                    ErrorResponse, ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
+from gpt3lab.serve.service import ClientDisconnected, CompletionService, CompletionStream, ServeError
+
+log = logging.getLogger("gpt3lab.serve")
+STATIC = Path(__file__).parent / "static"
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/tokenize", "/detokenize",
+          "/tokenizer_info"}
+OPEN_PATHS = {"/", "/health", "/openapi.json", "/docs", "/favicon.ico"}   # no API key needed
+ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
+          413: {"model": ErrorResponse}, 429: {"model": ErrorResponse}}
+
+
+def _error(status: int, message: str, type: str = "invalid_request_error", param=None, code=None) -> JSONResponse:
+    return JSONResponse(ServeError(status, message, type, param, code).body(), status_code=status)
+
+
+class Guard:
+    """ASGI middleware: API-key check (Bearer token) and a request-body size limit, before any routing.
+
+    The body is read here (at most `max_body_bytes`) and replayed to the app; later receive() calls go
+    to the server, so the app still sees `http.disconnect`.
+    """
+
+    def __init__(self, app, api_keys: list[str], max_body_bytes: int, metrics=None):
+        self.app, self.api_keys, self.max_body_bytes = app, [k.encode() for k in api_keys], max_body_bytes
+        self.metrics = metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        if self.metrics is not None:
+            send = self._counting(scope, send)
+        if self.api_keys and scope["path"] not in OPEN_PATHS and not scope["path"].startswith("/static"):
+            if not self._authorized(scope):
+                return await _error(401, "Incorrect or missing API key: send `Authorization: Bearer KEY` with a key "
+                                         "given to `gpt3lab serve --api-key` (or GPT3LAB_API_KEY)",
+                                    code="invalid_api_key")(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        try:
+            declared = int(headers.get(b"content-length", b"0"))
+        except ValueError:
+            declared = 0
+        if declared > self.max_body_bytes:
+            return await self._too_large(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                break
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return await self._too_large(scope, receive, send)
+            more = msg.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+    def _counting(self, scope, send):
+        route = scope["path"] if scope["path"] in ROUTES or scope["path"].startswith("/v1/models") else "other"
+
+        async def counted(msg):
+            if msg["type"] == "http.response.start":
+                self.metrics.request_done(route, msg["status"])
+            await send(msg)
+        return counted
+
+    def _authorized(self, scope) -> bool:
+        auth = dict(scope.get("headers") or []).get(b"authorization", b"")
+        scheme, _, token = auth.partition(b" ")
+        return scheme.lower() == b"bearer" and any(hmac.compare_digest(token.strip(), k) for k in self.api_keys)
+
+    async def _too_large(self, scope, receive, send):
+        await _error(413, f"request body exceeds the limit of {self.max_body_bytes} bytes; send a smaller request "
+                          f"or raise `gpt3lab serve --max-body-bytes`", code="request_too_large")(scope, receive, send)
+
+
+class SSEResponse(StreamingResponse):
+    """A streamed completion that always closes its CompletionStream (cancelling work if the client left)."""
+
+    def __init__(self, stream: CompletionStream):
+        super().__init__(stream.__aiter__(), media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.stream = stream
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        except OSError:          # the client went away mid-send
+            pass
+        finally:
+            await self.body_iterator.aclose()
+            await self.stream.close()
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    errs = exc.errors()
+    if not errs:
+        return "invalid request", None
+    e = errs[0]
+    if e.get("type") == "json_invalid":
+        return ("We could not parse the JSON body of your request: send a valid JSON object "
+                "(Content-Type: application/json)", None)
+    loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+    # union members add their type name to the location; keep the field path only
+    param = ".".join(x for x in loc if not any(c in x for c in "[]()") and not x.startswith(("function-", "constrained-"))) or None
+    msg = e.get("msg", "invalid value")
+    return (f"{param}: {msg}" if param else msg) + f" (got {json.dumps(e.get('input'), default=str)[:200]})", param
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return _error(400, message, param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return _error(404, f"Unknown route: {request.method} {request.url.path}", code="not_found")
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ServeError)
+    async def _serve(request: Request, exc: ServeError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+
+    @app.exception_handler(EngineError)
+    async def _engine(request: Request, exc: EngineError):
+        return JSONResponse(ServeError.from_engine(exc).body(), status_code=exc.status)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, exc: Exception):
+        log.exception("internal error on %s", request.url.path)
+        return _error(500, "internal server error; see the server log", type="server_error")
+
+
+def create_app(service: CompletionService, api_keys: list[str] | None = None,
+               max_body_bytes: int = 4 * 1024 * 1024, on_shutdown=None) -> FastAPI:
+    """The ASGI app over `service`. on_shutdown() runs after the server stops taking requests."""
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        if on_shutdown is not None:
+            on_shutdown()
+
+    app = FastAPI(title="gpt3lab", version="0.1.0", lifespan=lifespan, redoc_url=None,
+                  description="OpenAI-compatible legacy Completions API over a gpt3lab checkpoint.")
+    install_error_handlers(app)
+    add_routes(app, service)
+    app.add_middleware(Guard, api_keys=list(api_keys or []), max_body_bytes=max_body_bytes,
+                       metrics=service.metrics)
+    return app
+
+
+def add_routes(app: FastAPI, service: CompletionService) -> None:
+    m = service.metrics
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground():
+        return HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": service.model_name}
+
+    @app.get("/metrics", response_class=PlainTextResponse)
+    async def metrics():
+        return PlainTextResponse(m.render(service.engine.stats()), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", response_model=ModelList, responses=ERRORS)
+    async def models():
+        return {"object": "list", "data": [service.model_card()]}
+
+    @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
+    async def model(model_id: str):
+        service.check_model(model_id)
+        return service.model_card()
+
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
+    async def completions(body: CompletionRequest, request: Request):
+        try:
+            if body.stream:
+                return SSEResponse(await service.open_stream(body, request.is_disconnected))
+            return JSONResponse(await service.complete(body, request.is_disconnected))
+        except ClientDisconnected:
+            return _error(499, "client closed the request", code="client_closed")
+
+    @app.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
+    async def tokenize(body: TokenizeRequest):
+        return service.tokenize(body)
+
+    @app.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
+    async def detokenize(body: DetokenizeRequest):
+        return service.detokenize(body)
+
+    @app.get("/tokenizer_info")
+    async def tokenizer_info() -> dict:
+        return service.tokenizer_info()
+

@@ -1,0 +1,90 @@
+"""`gpt3lab serve CHECKPOINT_DIR`: the OpenAI-compatible Completions server over the inference engine.
+
+Binds 127.0.0.1 unless --host says otherwise; API keys come from --api-key (repeatable) or the
+GPT3LAB_API_KEY environment variable (comma-separated). SIGTERM/SIGINT stop accepting connections,
+let in-flight requests finish for up to --shutdown-timeout seconds, cancel the rest, then stop the engine.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from gpt3lab.errors import ConfigError, UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="checkpoint or run directory")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the URL is printed)")
+    p.add_argument("--api-key", action="append", default=None,
+                   help="require `Authorization: Bearer KEY` (repeatable; default: $GPT3LAB_API_KEY, else none)")
+    p.add_argument("--model-name", default=None, help="model id clients send (default: the checkpoint dir name)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--max-concurrent", type=int, default=64, help="requests generating at once")
+    p.add_argument("--max-queue", type=int, default=256, help="requests waiting for a slot before 429s")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit (413 above)")
+    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+                   help="seconds in-flight requests get to finish on SIGTERM before they are cancelled")
+    p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+
+
+def api_keys(flag: list[str] | None) -> list[str]:
+    """--api-key values, else $GPT3LAB_API_KEY split on commas; empty strings dropped."""
+    keys = flag if flag else os.environ.get("GPT3LAB_API_KEY", "").split(",")
+    return [k.strip() for k in keys if k and k.strip()]
+
+
+def check_args(args) -> None:
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port} must be in 0..65535")
+    for name in ("max_concurrent", "max_queue", "max_body_bytes"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+
+
+def build_engine(checkpoint: str, device: str):
+    """(engine, checkpoint path): the checkpoint loaded onto `device` behind the batching engine."""
+    from gpt3lab.checkpoint import load, resolve
+    from gpt3lab.generate.cli import pick_device
+    try:
+        from gpt3lab.generate.engine import Engine
+    except ModuleNotFoundError as e:
+        raise UserError("the inference engine (gpt3lab.generate.engine) is not in this build") from e
+    ckpt = resolve(checkpoint)
+    model, tokenizer = load(ckpt, device=pick_device(device))
+    return Engine(model, tokenizer), ckpt
+
+
+def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_timeout: float = 30.0,
+              announce=print) -> None:
+    """Run `app` under uvicorn until SIGTERM/SIGINT; announce(url) once the socket is listening."""
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started and self.servers:
+                h, p = self.servers[0].sockets[0].getsockname()[:2]
+                announce(f"gpt3lab serve: listening on http://{'[' + h + ']' if ':' in h else h}:{p}")
+
+    config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
+                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
+    Server(config).run()
+
+
+def run(args) -> int:
+    from gpt3lab.serve.app import create_app
+    from gpt3lab.serve.service import CompletionService
+
+    check_args(args)
+    engine, ckpt = build_engine(args.checkpoint, args.device)
+    name = args.model_name or ckpt.name
+    service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue)
+    app = create_app(service, api_keys(args.api_key), args.max_body_bytes,
+                     on_shutdown=lambda: engine.shutdown(cancel_running=True))
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_keys(args.api_key):
+        print(f"gpt3lab serve: warning: listening on {args.host} without an API key", file=sys.stderr)
+    serve_app(app, args.host, args.port, args.log_level, args.shutdown_timeout,
+              announce=lambda line: print(f"{line}  (model {name!r})", flush=True))
+    return 0

@@ -1,0 +1,359 @@
+"""The serving layer: a Completions request -> SamplingParams -> engine handles -> response or SSE chunks.
+
+Knows the HTTP-facing contract (OpenAI's legacy Completions API) and the engine's contract
+(gpt3lab.generate.api); imports no model code. Admission control lives here: at most
+`max_concurrent` requests hold a slot, at most `max_queue` wait for one, the rest get 429. A client
+that goes away (polled through `is_disconnected`) has its generations cancelled at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+from gpt3lab.generate.api import (ContextLengthError, EngineError, InvalidRequestError, QueueFullError,
+                                  SamplingParams, TokenEvent)
+from gpt3lab.serve.metrics import Metrics
+from gpt3lab.serve.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
+
+Disconnected = Callable[[], Awaitable[bool]] | None
+MAX_CHOICES = 128             # prompts x n (or best_of) in one request
+POLL_S = 0.1                  # how often a waiting request checks whether its client is still there
+
+
+class ServeError(Exception):
+    """An error with an HTTP status, rendered as OpenAI's {"error": {...}}."""
+
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+
+    @classmethod
+    def from_engine(cls, e: EngineError) -> "ServeError":
+        kind = {429: "rate_limit_error", 503: "service_unavailable"}.get(e.status, "invalid_request_error")
+        return cls(e.status, str(e), kind, getattr(e, "param", None), e.code)
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class ClientDisconnected(Exception):
+    """The HTTP client went away; its generations were cancelled."""
+
+
+class _Choice:
+    """Accumulates one choice's events into the non-streamed response's choice."""
+
+    def __init__(self):
+        self.text: list[str] = []
+        self.tokens: list[str] = []
+        self.logprobs: list[float | None] = []
+        self.top: list[dict | None] = []
+        self.offsets: list[int] = []
+        self.finish_reason: str | None = None
+
+    def add(self, ev: TokenEvent) -> None:
+        self.text.append(ev.text)
+        self.tokens += ev.token_texts
+        self.logprobs += ev.logprobs
+        self.top += ev.top_logprobs if ev.top_logprobs is not None else [None] * len(ev.token_texts)
+        self.offsets += ev.text_offset
+        self.finish_reason = ev.finish_reason or self.finish_reason
+
+    def to_dict(self, index: int, with_logprobs: bool) -> dict:
+        lp = None
+        if with_logprobs:
+            lp = {"tokens": self.tokens, "token_logprobs": self.logprobs,
+                  "top_logprobs": self.top if any(t is not None for t in self.top) else None,
+                  "text_offset": self.offsets}
+        return {"text": "".join(self.text), "index": index, "logprobs": lp, "finish_reason": self.finish_reason}
+
+
+def _event_logprobs(ev: TokenEvent, with_logprobs: bool) -> dict | None:
+    if not with_logprobs:
+        return None
+    return {"tokens": ev.token_texts, "token_logprobs": ev.logprobs, "top_logprobs": ev.top_logprobs,
+            "text_offset": ev.text_offset}
+
+
+def _usage(handles) -> dict:
+    prompt = sum(h.usage.prompt_tokens for h in handles)
+    completion = sum(h.usage.completion_tokens for h in handles)
+    cached = sum(h.usage.cached_tokens for h in handles)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": cached}}
+
+
+class CompletionService:
+    """Turns validated requests into engine work; one instance per server."""
+
+    def __init__(self, engine, model_name: str, max_concurrent: int = 64, max_queue: int = 256,
+                 metrics: Metrics | None = None):
+        self.engine = engine
+        self.tokenizer = engine.tokenizer
+        self.model_name = model_name
+        self.max_concurrent, self.max_queue = max_concurrent, max_queue
+        self.metrics = metrics or Metrics()
+        self.created = int(time.time())
+        self._slots: asyncio.Semaphore | None = None    # made lazily inside the server's event loop
+
+    # ---- models and tokenizer ---------------------------------------------------------------
+    def model_card(self) -> dict:
+        return {"id": self.model_name, "object": "model", "created": self.created, "owned_by": "gpt3lab",
+                "max_model_len": self.engine.context}
+
+    def check_model(self, name: str | None) -> None:
+        if name is not None and name != self.model_name:
+            raise ServeError(404, f"The model `{name}` does not exist; this server serves `{self.model_name}` "
+                                  f"(see GET /v1/models)", param="model", code="model_not_found")
+
+    def tokenize(self, req: TokenizeRequest) -> dict:
+        self.check_model(req.model)
+        ids = self.tokenizer.encode(req.prompt)
+        return {"tokens": ids, "count": len(ids), "max_model_len": self.engine.context}
+
+    def detokenize(self, req: DetokenizeRequest) -> dict:
+        self.check_model(req.model)
+        self._check_ids(req.tokens, "tokens")
+        return {"prompt": self.tokenizer.decode(req.tokens)}
+
+    def tokenizer_info(self) -> dict:
+        """What lm-eval's `remote` tokenizer backend reads (it probes for `eos_token`)."""
+        eot = self.tokenizer.decode([self.tokenizer.eot_id])
+        return {"eos_token": eot, "bos_token": eot, "pad_token": None, "vocab_size": self.tokenizer.vocab_size,
+                "model_max_length": self.engine.context, "tokenizer_class": "gpt3lab"}
+
+    def _check_ids(self, ids: list[int], param: str) -> None:
+        V = self.tokenizer.vocab_size
+        bad = [t for t in ids if not 0 <= t < V]
+        if bad:
+            raise ServeError(400, f"token id {bad[0]} is outside the vocabulary (0..{V - 1})", param=param)
+
+    # ---- request -> engine inputs -----------------------------------------------------------
+    def prompts(self, prompt) -> list[list[int]]:
+        """The four accepted prompt shapes -> a list of token-id prompts (an empty text -> <|endoftext|>)."""
+        if isinstance(prompt, str):
+            prompt = [prompt]
+        elif prompt and isinstance(prompt[0], int):
+            prompt = [prompt]
+        out = []
+        for p in prompt:
+            ids = (self.tokenizer.encode(p) or [self.tokenizer.eot_id]) if isinstance(p, str) else list(p)
+            self._check_ids(ids, "prompt")
+            out.append(ids)
+        return out
+
+    def prepare(self, req: CompletionRequest) -> tuple[list[list[int]], SamplingParams]:
+        """Validate what the schema cannot (model, vocab, context) and build the engine's params."""
+        self.check_model(req.model)
+        if req.suffix:
+            raise ServeError(400, "suffix is not supported: gpt3lab models are left-to-right only (no insertion); "
+                                  "drop the `suffix` field", param="suffix", code="unsupported_parameter")
+        n = req.n or 1
+        best_of = req.best_of
+        if best_of is not None and best_of < n:
+            raise ServeError(400, f"best_of={best_of} must be >= n={n}", param="best_of")
+        if req.stream and best_of is not None and best_of > n:
+            raise ServeError(400, "best_of > n cannot be streamed (the best choices are known only at the end); "
+                                  "set stream=false or best_of=n", param="best_of")
+        prompts = self.prompts(req.prompt)
+        if len(prompts) * max(n, best_of or 0) > MAX_CHOICES:
+            raise ServeError(400, f"{len(prompts)} prompts x {max(n, best_of or 0)} choices exceeds the limit of "
+                                  f"{MAX_CHOICES} per request; split the request", param="n")
+        max_tokens = 16 if req.max_tokens is None else req.max_tokens
+        for ids in prompts:
+            if len(ids) + max_tokens > self.engine.context:
+                raise ContextLengthError(
+                    f"This model's maximum context length is {self.engine.context} tokens, however you requested "
+                    f"{len(ids) + max_tokens} tokens ({len(ids)} in your prompt; {max_tokens} for the completion). "
+                    f"Please reduce your prompt or max_tokens.", "prompt")
+        bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
+        self._check_ids(list(bias), "logit_bias")
+        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
+        params = SamplingParams(
+            max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, n=n, best_of=best_of,
+            presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
+            logit_bias=bias, seed=None if req.seed is None else req.seed % 2 ** 63, stop=stop,
+            logprobs=req.logprobs, echo=bool(req.echo))
+        return prompts, params
+
+    # ---- admission ------------------------------------------------------------------------------
+    async def _race(self, aw, is_disconnected: Disconnected):
+        """Await `aw`, but cancel it and raise ClientDisconnected if the client goes away first."""
+        task = asyncio.ensure_future(aw)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=POLL_S)
+            if done:
+                return task.result()
+            if is_disconnected is not None and await is_disconnected():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                raise ClientDisconnected()
+
+    async def _acquire(self, is_disconnected: Disconnected) -> None:
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.max_concurrent)
+        m = self.metrics
+        if self._slots.locked() and m.waiting >= self.max_queue:
+            raise QueueFullError(f"the server is at capacity ({self.max_concurrent} running, {m.waiting} queued); "
+                                 f"retry later")
+        m.waiting += 1
+        try:
+            await self._race(self._slots.acquire(), is_disconnected)
+        finally:
+            m.waiting -= 1
+        m.running += 1
+
+    def _release(self) -> None:
+        self.metrics.running -= 1
+        self._slots.release()
+
+    def _submit(self, prompts: list[list[int]], params: SamplingParams, rid: str) -> list:
+        handles = []
+        try:
+            for i, ids in enumerate(prompts):
+                handles.append(self.engine.submit(ids, params, request_id=f"{rid}-{i}"))
+        except BaseException:
+            for h in handles:
+                h.cancel()
+            raise
+        return handles
+
+    def _account(self, usage: dict, t0: float) -> None:
+        self.metrics.tokens(usage["prompt_tokens"], usage["completion_tokens"],
+                            usage["prompt_tokens_details"]["cached_tokens"])
+        self.metrics.observe(latency=time.perf_counter() - t0)
+
+    # ---- non-streamed ---------------------------------------------------------------------------
+    async def complete(self, req: CompletionRequest, is_disconnected: Disconnected = None) -> dict:
+        """The whole response body of a non-streamed request."""
+        prompts, params = self.prepare(req)
+        t0, rid = time.perf_counter(), f"cmpl-{uuid.uuid4().hex}"
+        await self._acquire(is_disconnected)
+        handles, first = [], []
+        try:
+            handles = self._submit(prompts, params, rid)
+            per_prompt = await self._race(asyncio.gather(*(self._collect(h, params.n, first) for h in handles)),
+                                          is_disconnected)
+        except ClientDisconnected:
+            self.metrics.cancelled += 1
+            for h in handles:
+                h.cancel()
+            raise
+        finally:
+            self._release()
+        with_lp = params.logprobs is not None
+        choices = [c.to_dict(i * params.n + j, with_lp) for i, cs in enumerate(per_prompt) for j, c in enumerate(cs)]
+        usage = _usage(handles)
+        self._account(usage, t0)
+        if first:
+            self.metrics.observe(ttft=first[0] - t0)
+        return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": self.model_name,
+                "choices": choices, "usage": usage}
+
+    async def _collect(self, handle, n: int, first: list) -> list[_Choice]:
+        choices = [_Choice() for _ in range(n)]
+        try:
+            async for ev in handle:
+                if not first and ev.tokens:
+                    first.append(time.perf_counter())
+                choices[ev.index].add(ev)
+        except EngineError as e:
+            raise ServeError.from_engine(e) from None
+        return choices
+
+    # ---- streamed -------------------------------------------------------------------------------
+    async def open_stream(self, req: CompletionRequest, is_disconnected: Disconnected = None) -> "CompletionStream":
+        """Validate, take a slot and submit; errors here still become a plain HTTP error response."""
+        prompts, params = self.prepare(req)
+        t0, rid = time.perf_counter(), f"cmpl-{uuid.uuid4().hex}"
+        await self._acquire(is_disconnected)
+        try:
+            handles = self._submit(prompts, params, rid)
+        except BaseException:
+            self._release()
+            raise
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+        return CompletionStream(self, rid, handles, params, include_usage, t0)
+
+
+class CompletionStream:
+    """Server-sent events of one streamed request; close() cancels unfinished generations and frees the slot."""
+
+    def __init__(self, service: CompletionService, rid: str, handles: list, params: SamplingParams,
+                 include_usage: bool, t0: float):
+        self.service, self.rid, self.handles, self.params = service, rid, handles, params
+        self.include_usage, self.t0 = include_usage, t0
+        self.finished = False
+        self._closed = False
+
+    def _chunk(self, choices: list[dict], usage: dict | None = None) -> str:
+        body = {"id": self.rid, "object": "text_completion", "created": int(time.time()),
+                "model": self.service.model_name, "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
+        return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+    async def _merged(self) -> AsyncIterator[tuple[int, TokenEvent]]:
+        """Events of all prompts' handles as they come: (prompt index, event)."""
+        q: asyncio.Queue = asyncio.Queue()
+
+        async def pump(i, h):
+            try:
+                async for ev in h:
+                    await q.put((i, ev))
+            except BaseException as e:   # forwarded to the reader, which re-raises it
+                await q.put((i, e))
+            finally:
+                await q.put((i, None))
+
+        tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(self.handles)]
+        try:
+            live = len(tasks)
+            while live:
+                i, item = await q.get()
+                if item is None:
+                    live -= 1
+                elif isinstance(item, BaseException):
+                    raise item
+                else:
+                    yield i, item
+        finally:
+            for t in tasks:
+                t.cancel()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        with_lp, n, first = self.params.logprobs is not None, self.params.n, True
+        try:
+            async for i, ev in self._merged():
+                if not (ev.text or ev.tokens or ev.finish_reason):
+                    continue
+                if first and ev.tokens:
+                    self.service.metrics.observe(ttft=time.perf_counter() - self.t0)
+                    first = False
+                yield self._chunk([{"text": ev.text, "index": i * n + ev.index,
+                                    "logprobs": _event_logprobs(ev, with_lp), "finish_reason": ev.finish_reason}])
+        except EngineError as e:
+            yield f"data: {json.dumps(ServeError.from_engine(e).body())}\n\n"
+            return
+        self.finished = True
+        usage = _usage(self.handles)
+        self.service._account(usage, self.t0)
+        if self.include_usage:
+            yield self._chunk([], usage)
+        yield "data: [DONE]\n\n"
+
+    async def close(self) -> None:
+        """Idempotent; called by the HTTP layer when the response ends for any reason."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self.finished:
+            self.service.metrics.cancelled += 1
+            for h in self.handles:
+                h.cancel()
+        self.service._release()
