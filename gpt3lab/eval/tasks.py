@@ -235,7 +235,7 @@ def scramble(word: str, mode: str, rng: random.Random) -> str:
 
 # ---- built-in: LAMBADA-style last word ------------------------------------------------------------------
 
-def last_word_items(text: str, n: int, seed: int, min_words: int = 40, max_words: int = 80) -> list[Item]:
+def last_word_items(text: str, n: int, seed: int, min_words: int = 30, max_words: int = 50) -> list[Item]:
     """Passages cut from `text` that end a sentence with a word: context = passage minus its last word,
     target = " " + last word (punctuation after it dropped). Non-overlapping, chosen with a seeded RNG."""
     words = text.split()
