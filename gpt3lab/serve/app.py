@@ -119,7 +119,12 @@ class SSEResponse(StreamingResponse):
             await self.stream.close()
 
 
+HINTS = {"prompt": "expected a string, a list of strings, a list of token ids or a list of token-id lists",
+         "stop": "expected a non-empty string or a list of at most 4 non-empty strings"}
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    """FastAPI's validation errors -> (one message, the top-level field it is about)."""
     errs = exc.errors()
     if not errs:
         return "invalid request", None
@@ -128,10 +133,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         return ("We could not parse the JSON body of your request: send a valid JSON object "
                 "(Content-Type: application/json)", None)
     loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-    # union members add their type name to the location; keep the field path only
-    param = ".".join(x for x in loc if not any(c in x for c in "[]()") and not x.startswith(("function-", "constrained-"))) or None
-    msg = e.get("msg", "invalid value")
-    return (f"{param}: {msg}" if param else msg) + f" (got {json.dumps(e.get('input'), default=str)[:200]})", param
+    param = loc[0] if loc else None
+    got = json.dumps(e.get("input"), default=str)[:200]
+    if param in HINTS and len([x for x in errs if x.get("loc", ())[1:2] == (param,)]) > 1:
+        return f"{param}: {HINTS[param]} (got {got})", param       # a union: every member failed
+    tags = {"str", "int", "float", "bool", "list", "dict"}    # union member names pydantic adds to the path
+    where = ".".join(x for x in loc if x not in tags and not any(c in x for c in "[]()-")) or param
+    return (f"{where}: " if where else "") + f"{e.get('msg', 'invalid value')} (got {got})", param
 
 
 def install_error_handlers(app: FastAPI) -> None:
