@@ -27,19 +27,104 @@ def _band_mask(block: int, window: int, device: torch.device) -> torch.Tensor:
     return (c > a) & (c <= a + window)
 
 
+@lru_cache(maxsize=32)
+def _window_mask(nb: int, block: int, window: int, dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask (1, nb, Bq, W+Bq) for the CPU kernel: the band, and for the first blocks the
+    W zero keys padded in front of position 0 hidden too (key position s-W+c >= 0)."""
+    a = torch.arange(block)[:, None]
+    c = torch.arange(window + block)[None, :]
+    s = torch.arange(nb)[:, None, None] * block
+    ok = (c > a) & (c <= a + window) & (c >= window - s)                  # (nb, Bq, W+Bq)
+    return torch.zeros(ok.shape, dtype=dtype).masked_fill_(~ok, float("-inf"))[None]
+
+
+def _windows(t: torch.Tensor, W: int, Bq: int, nb: int) -> torch.Tensor:
+    """(N, T', hs) -> overlapping key windows (N, nb, W+Bq, hs) as a strided view (no copy):
+    window j covers positions j*Bq-W .. j*Bq+Bq-1 of t padded with W zero rows in front."""
+    N, _, hs = t.shape
+    p = F.pad(t, (0, 0, W, 0))                                          # (N, W+T', hs)
+    return p.as_strided((N, nb, W + Bq, hs), (p.stride(0), Bq * hs, hs, 1))
+
+
+def _fold_windows(gw: torch.Tensor, W: int, T: int) -> torch.Tensor:
+    """Adjoint of _windows: sum the gradients of overlapping windows back onto positions 0..T-1."""
+    N, nb, L, hs = gw.shape
+    Bq = L - W
+    r = L // Bq                                   # each window spans r chunks of Bq rows
+    gw = gw.view(N, nb, r, Bq, hs)
+    acc = gw.new_zeros(N, nb + r - 1, Bq, hs)
+    for i in range(r):
+        acc[:, i:i + nb] += gw[:, :, i]
+    return acc.view(N, (nb + r - 1) * Bq, hs)[:, W:W + T]
+
+
+class _BandedCPU(torch.autograd.Function):
+    """Banded attention on PyTorch's CPU flash kernel: one call over all query blocks, each block
+    reading its key window through a strided view (no copies), with a hand-written backward that
+    folds the window gradients back (the generic unfold/pad/cat backward costs more than the math)."""
+
+    _fwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+    _bwd = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward.default
+
+    @staticmethod
+    def forward(ctx, q, k, v, W: int, Bq: int):
+        B, nh, T, hs = q.shape
+        nb = -(-T // Bq)
+        Tp = nb * Bq
+        if Tp != T:   # whole blocks; padded keys sit after every real query, so the band hides them
+            q, k, v = (F.pad(t, (0, 0, 0, Tp - T)) for t in (q, k, v))
+        qb = q.reshape(B * nh, nb, Bq, hs)                                  # (B*nh, nb, Bq, hs)
+        kw, vw = (_windows(t.reshape(B * nh, Tp, hs), W, Bq, nb) for t in (k, v))  # (B*nh, nb, W+Bq, hs)
+        mask = _window_mask(nb, Bq, W, q.dtype)
+        out, lse = _BandedCPU._fwd(qb, kw, vw, 0.0, False, attn_mask=mask)
+        ctx.save_for_backward(qb, kw, vw, out, lse, mask)
+        ctx.dims = (B, nh, T, W)
+        return out.reshape(B, nh, Tp, hs)[:, :, :T]
+
+    @staticmethod
+    def backward(ctx, g):
+        qb, kw, vw, out, lse, mask = ctx.saved_tensors
+        B, nh, T, W = ctx.dims
+        N, nb, Bq, hs = qb.shape
+        if nb * Bq != T:
+            g = F.pad(g, (0, 0, 0, nb * Bq - T))
+        gq, gk, gv = _BandedCPU._bwd(g.reshape(N, nb, Bq, hs).contiguous(), qb, kw, vw, out, lse, 0.0, False,
+                                     attn_mask=mask)
+        gq = gq.reshape(B, nh, nb * Bq, hs)[:, :, :T]
+        gk, gv = (_fold_windows(t, W, T).view(B, nh, T, hs) for t in (gk, gv))
+        return gq, gk, gv, None, None
+
+
+def _default_block(window: int) -> int:
+    # measured at T=2048, W=256 (BENCHMARKS.md): Bq = W/4 balances wasted band work (T*Bq) against
+    # the per-block overhead and the (W+Bq)/Bq-fold window gradients
+    return window // 4 if window % 4 == 0 and window >= 16 else window
+
+
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
                      dropout_p: float = 0.0, block: int | None = None) -> torch.Tensor:
     """Locally banded causal attention in O(T*W). q, k, v: (B, nh, T, hs) -> (B, nh, T, hs).
 
-    The first W queries see every earlier token, so they are plain causal attention. After that,
-    queries go in blocks of `block` (default W); a block starting at s needs only keys s-W .. s+block-1,
-    which `unfold` cuts out as overlapping windows, so the work is T * (W + block) instead of T^2.
+    Queries go in blocks of `block` rows; a block starting at s needs only keys s-W .. s+block-1,
+    so the work is T * (W + block) instead of T^2 / 2. On CPU (fp32/bf16, no dropout) this runs as
+    one flash-kernel call over strided key windows with a custom backward; elsewhere the windows are
+    cut with `unfold` and autograd derives the backward.
     """
     B, nh, T, hs = q.shape
     W = window
     if W >= T:   # the band covers everything: plain causal attention
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
-    Bq = block or W
+    Bq = block or _default_block(W)
+    if (q.device.type == "cpu" and dropout_p == 0.0 and q.dtype in (torch.float32, torch.bfloat16)
+            and W % Bq == 0 and q.dtype == k.dtype == v.dtype):
+        return _BandedCPU.apply(q, k, v, W, Bq)
+    return _banded_unfold(q, k, v, W, Bq, dropout_p)
+
+
+def _banded_unfold(q, k, v, W: int, Bq: int, dropout_p: float) -> torch.Tensor:
+    """Portable banded attention: the first W queries are plain causal attention, then blocks of Bq
+    queries attend to their W+Bq keys, cut out as overlapping windows by `unfold`."""
+    B, nh, T, hs = q.shape
     head = F.scaled_dot_product_attention(q[:, :, :W], k[:, :, :W], v[:, :, :W], is_causal=True,
                                           dropout_p=dropout_p)                    # (B, nh, W, hs)
     nb = -(-(T - W) // Bq)

@@ -1,0 +1,75 @@
+"""Banded attention equals the masked reference; tokens outside the band have no influence."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt3lab.config import ModelConfig
+from gpt3lab.model import banded_attention, reference_attention
+from gpt3lab.model.attention import CausalSelfAttention, _banded_unfold
+
+CASES = [(64, 16, None), (100, 16, 8), (37, 8, 4), (200, 32, 32), (50, 16, 16), (17, 16, None),
+         (9, 2, 1), (9, 1, None), (300, 64, None), (129, 48, 12)]
+
+
+def _qkv(T, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(2, 3, T, 8, generator=g, dtype=dtype).requires_grad_() for _ in range(3)]
+
+
+def _fwd_bwd(fn, q, k, v):
+    y = fn(q, k, v)
+    grads = torch.autograd.grad(y, (q, k, v), torch.ones_like(y) * torch.linspace(-1, 1, y.shape[-1]))
+    return y, grads
+
+
+@pytest.mark.parametrize("T,W,block", CASES)
+def test_banded_equals_reference_values_and_grads(T, W, block):
+    q, k, v = _qkv(T)
+    y, g = _fwd_bwd(lambda *t: banded_attention(*t, W, block=block), q, k, v)
+    yr, gr = _fwd_bwd(lambda *t: reference_attention(*t, W), q, k, v)
+    torch.testing.assert_close(y, yr, atol=2e-6, rtol=1e-5)
+    for a, b in zip(g, gr):
+        torch.testing.assert_close(a, b, atol=5e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("T,W,block", [(100, 16, 8), (37, 8, 4), (129, 48, 16)])
+def test_portable_unfold_path_equals_reference(T, W, block):
+    # the non-CPU/dropout fallback, run here on CPU to keep it honest
+    q, k, v = _qkv(T)
+    y, g = _fwd_bwd(lambda *t: _banded_unfold(*t, W, block, 0.0), q, k, v)
+    yr, gr = _fwd_bwd(lambda *t: reference_attention(*t, W), q, k, v)
+    torch.testing.assert_close(y, yr, atol=2e-6, rtol=1e-5)
+    for a, b in zip(g, gr):
+        torch.testing.assert_close(a, b, atol=5e-6, rtol=1e-5)
+
+
+def test_bf16_close_to_fp32_reference():
+    q, k, v = _qkv(150, torch.bfloat16)
+    y = banded_attention(q, k, v, 32)
+    yr = reference_attention(*(t.float() for t in (q, k, v)), 32)
+    assert (y.float() - yr).abs().max().item() < 2e-2
+
+
+def test_reference_without_window_is_causal_sdpa():
+    q, k, v = _qkv(33)
+    torch.testing.assert_close(reference_attention(q, k, v),
+                               F.scaled_dot_product_attention(q, k, v, is_causal=True), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("pattern,expect_zero", [("banded", True), ("dense", False)])
+def test_token_outside_window_has_exactly_zero_gradient(pattern, expect_zero):
+    W, T, t = 8, 40, 30
+    cfg = ModelConfig(vocab_size=10, context=64, n_layer=1, n_head=2, d_model=16,
+                      attention_pattern=pattern, local_window=W)
+    torch.manual_seed(0)
+    attn = CausalSelfAttention(cfg, layer_idx=0)
+    x = torch.randn(1, T, 16, requires_grad=True)
+    y = attn(x)
+    (gx,) = torch.autograd.grad(y[0, t].sum(), x)
+    assert gx[0, t - W + 1].abs().sum() > 0                 # the oldest token inside the band matters
+    outside = gx[0, : t - W + 1]                            # t-W and earlier
+    if expect_zero:
+        assert torch.count_nonzero(outside) == 0
+    else:
+        assert outside[-1].abs().sum() > 0
+    assert torch.count_nonzero(gx[0, t + 1:]) == 0          # causal: no future influence
