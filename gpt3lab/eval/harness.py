@@ -141,14 +141,17 @@ def plot(results: dict, path: str | Path, title: str = "") -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
+    top, all_ks = 0.0, set()
     for name, r in results.items():
         ks = sorted(int(k) for k in r["shots"])
-        ax.plot(ks, [100 * r["shots"][str(k)]["metrics"][r["primary"]] for k in ks], marker="o",
-                label=f"{name} ({r['primary']})")
+        ys = [100 * r["shots"][str(k)]["metrics"][r["primary"]] for k in ks]
+        ax.plot(ks, ys, marker="o", label=f"{name} ({r['primary']})")
+        top, all_ks = max(top, *ys), all_ks | set(ks)
     ax.set_xscale("symlog", linthresh=1)
+    ax.set_xticks(sorted(all_ks), [str(k) for k in sorted(all_ks)])
+    ax.set_ylim(0, max(10.0, min(100.0, top * 1.15)))
     ax.set_xlabel("number of examples in context (K)")
     ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(bottom=0)
     ax.set_title(title or "in-context learning")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
