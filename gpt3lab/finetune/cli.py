@@ -1,0 +1,212 @@
+"""`gpt3lab finetune --from CHECKPOINT --data FILE.jsonl --out RUN_DIR [--method full|lora] ...`
+
+Full or LoRA fine-tuning through the one training loop (`gpt3lab.train.loop.Trainer`): the same schedule,
+clipping, accumulation, checkpoints, exact resume and DDP as pretraining. Settings are layered as in
+`gpt3lab train`: FINETUNE_DEFAULTS[method] < --config FILE < --set < flags. model.* comes from the base
+checkpoint; only model.dropout may be changed.
+
+RUN_DIR/checkpoints/step_N   training checkpoints (LoRA: base + adapter weights, config.json "lora" key)
+RUN_DIR/adapter/             LoRA only: adapter.safetensors + adapter_config.json (+ tokenizer)
+RUN_DIR/merged/              LoRA with --merge: a plain checkpoint with the adapters folded into W
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import torch
+
+from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.config import ModelConfig, TrainConfig
+from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
+from gpt3lab.model import lora
+
+FINETUNE_DEFAULTS = {
+    "full": dict(lr=1e-4, warmup_steps=10, max_steps=200, batch_size=8, weight_decay=0.1, eval_every=50,
+                 eval_batches=10, save_every=100, log_every=10),
+    # adapters start at zero and are few: a larger LR; no decay pulling them back to zero
+    "lora": dict(lr=1e-3, warmup_steps=10, max_steps=200, batch_size=8, weight_decay=0.0, eval_every=50,
+                 eval_batches=10, save_every=100, log_every=10),
+}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--from", dest="base", metavar="CHECKPOINT", help="base: checkpoint or run dir, or a "
+                   "Hugging Face GPT-2 dir (not needed with --resume)")
+    p.add_argument("--data", metavar="FILE", help="prompt/completion .jsonl, or a plain-text file")
+    p.add_argument("--out", required=True, metavar="RUN_DIR")
+    p.add_argument("--val-data", metavar="FILE", help="validation file (default: split --val-fraction off)")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="seeded validation split (default 0.1)")
+    p.add_argument("--method", choices=("full", "lora"), default="full")
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lora-alpha", type=float, default=16.0)
+    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-targets", default="c_attn,c_proj", help=f"comma list of {', '.join(lora.ALL_TARGETS)}")
+    p.add_argument("--pad", action="store_true", help="one example per row (default: pack whole examples)")
+    p.add_argument("--include-prompt", action="store_true", help="take the loss on prompt tokens too")
+    p.add_argument("--strict", action="store_true", help="error on examples longer than the context "
+                   "(default: skip them and report the count)")
+    p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}}')
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=3e-4")
+    p.add_argument("--merge", action="store_true", help="LoRA: also write RUN_DIR/merged (adapters folded in)")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    lcfg = None
+    if args.method == "lora":
+        lcfg = lora.LoRAConfig(args.lora_rank, args.lora_alpha, args.lora_dropout,
+                               tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()))
+    s = finetune(args.base, args.data, args.out, method=args.method, lora_cfg=lcfg, val_data=args.val_data,
+                 val_fraction=args.val_fraction, pack=not args.pad, include_prompt=args.include_prompt,
+                 strict=args.strict, resume=args.resume, max_steps=args.max_steps, config_file=args.config,
+                 overrides=args.set, merge=args.merge, max_seconds=args.time_budget,
+                 progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
+    val = f", val loss {s['val_loss']:.4f}" if s.get("val_loss") is not None else ""
+    print(f"{s['result']}: step {s['step']}, loss {s['loss']:.4f}{val}")
+    return 0
+
+
+def _base_model(base, overrides: list[str], config_file, max_steps, method: str):
+    """(model, tokenizer, ModelConfig, TrainConfig, resolved base path) for a new run."""
+    from gpt3lab.model import GPT
+    from gpt3lab.train.cli import layer_configs
+
+    if base is None:
+        raise ConfigError("--from CHECKPOINT is required (the model to fine-tune)")
+    base_path = Path(base)
+    if not lora._is_hf(base_path):
+        base_path = ckpt_io.resolve(base_path)
+    model, tok = lora.load_base(base_path)
+    model_d, train_d, _ = layer_configs(asdict(model.config), dict(FINETUNE_DEFAULTS[method]), config_file,
+                                        overrides, max_steps)
+    changed = sorted(k for k, v in model_d.items() if getattr(model.config, k) != v and k != "dropout")
+    if changed:
+        raise ConfigError(f"model.{changed[0]}: the model's shape comes from the base checkpoint {base}; "
+                          f"only model.dropout may be set when fine-tuning")
+    mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
+    if mcfg.dropout != model.config.dropout:       # rebuild so every dropout module takes the new rate
+        state = model.state_dict()
+        model = GPT(mcfg)
+        model.load_state_dict(state)
+    return model.train(), tok, mcfg, tcfg, base_path.resolve()
+
+
+def _resumed_model(out: Path, overrides, config_file, max_steps):
+    """(model, tokenizer, ModelConfig, TrainConfig, checkpoint, saved finetune settings) to resume."""
+    from gpt3lab.train.cli import _check_resume_compatible, layer_configs
+
+    ckpts = ckpt_io.list_checkpoints(out)
+    if not ckpts:
+        raise CheckpointError(f"--resume: {out} holds no checkpoint (checkpoints/step_*); drop --resume")
+    ckpt = ckpts[-1]
+    saved = ckpt_io.read_config(ckpt)
+    if "finetune" not in saved:
+        raise CheckpointError(f"--resume: {ckpt} is not a fine-tuning checkpoint; use `gpt3lab train --resume`")
+    model_d, train_d, _ = layer_configs(saved["model"], saved.get("train", {}), config_file, overrides, max_steps)
+    mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
+    _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+    model = (lora.load_lora_checkpoint(ckpt) if lora.is_lora_checkpoint(ckpt) else ckpt_io.load_model(ckpt))
+    return model.train(), ckpt_io.load_tokenizer(ckpt), mcfg, tcfg, ckpt, saved
+
+
+def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRAConfig | None = None,
+             val_data=None, val_fraction: float = 0.1, pack: bool = True, include_prompt: bool = False,
+             strict: bool = False, resume: bool = False, max_steps: int | None = None, config_file=None,
+             overrides=(), merge: bool = False, max_seconds: float | None = None, progress: bool = True,
+             log=lambda m: None) -> dict:
+    """Fine-tune `base` on `data` into `out_dir` (or resume it); returns a summary dict."""
+    from gpt3lab.finetune.data import load_datasets
+    from gpt3lab.train.distributed import from_env, local_device
+    from gpt3lab.train.loop import RunInfo, Trainer
+
+    out, overrides = Path(out_dir), list(overrides)
+    if resume:
+        model, tok, mcfg, tcfg, ckpt, saved = _resumed_model(out, overrides, config_file, max_steps)
+        ft = saved["finetune"]
+        lora_cfg = lora.LoRAConfig(**{**saved["lora"], "targets": tuple(saved["lora"]["targets"])}) \
+            if "lora" in saved else None
+        data = data or ft["data"]
+    else:
+        if method not in FINETUNE_DEFAULTS:
+            raise ConfigError(f"--method {method!r} must be full or lora")
+        if out.exists() and ((out / "checkpoints").exists() or (out / "log.jsonl").exists()):
+            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or pick a new --out")
+        if merge and method != "lora":
+            raise ConfigError("--merge applies to --method lora (a full fine-tune's checkpoint is already merged)")
+        if data is None:
+            raise DataError("--data FILE is required (prompt/completion .jsonl or a plain-text file)")
+        lora_cfg = (lora_cfg or lora.LoRAConfig()) if method == "lora" else None
+        model, tok, mcfg, tcfg, base_path = _base_model(base, overrides, config_file, max_steps, method)
+        ft = {"method": method, "base": str(base_path), "base_fingerprint": lora.fingerprint(model),
+              "data": str(data), "val_data": None if val_data is None else str(val_data),
+              "val_fraction": val_fraction, "pack": pack, "include_prompt": include_prompt, "strict": strict}
+        if lora_cfg is not None:
+            lora.inject_lora(model, lora_cfg)
+    device = local_device(tcfg.device)
+    dist = from_env(tcfg.parallel, device)
+    train, val, stats = load_datasets(
+        data, tok, mcfg.context, tcfg.batch_size, val_data=ft["val_data"], val_fraction=ft["val_fraction"],
+        seed=tcfg.seed, pack=ft["pack"], include_prompt=ft["include_prompt"], strict=ft["strict"],
+        rank=dist.rank, world_size=dist.world_size)
+    trainable, total = lora.param_counts(model)
+    _report(log, stats, trainable, total, ft["method"])
+    extra = {"finetune": ft, **({"lora": {**asdict(lora_cfg), "targets": list(lora_cfg.targets)}}
+                                 if lora_cfg is not None else {})}
+    info = RunInfo(out_dir=out, tokenizer=tok, extra_config=extra, progress=progress, max_seconds=max_seconds)
+    trainer = Trainer(model, mcfg, tcfg, train, val, info=info, dist=dist, device=device)
+    if resume:
+        trainer.resume(ckpt)
+        if trainer.step >= tcfg.max_steps:
+            raise ConfigError(f"{ckpt} is already at step {trainer.step} >= max_steps {tcfg.max_steps}; "
+                              f"pass a larger --max-steps to train further")
+    try:
+        record = trainer.fit()
+    finally:
+        dist.close()
+    result = _export(trainer, out, ft, lora_cfg, tok, merge, log) if dist.is_main else None
+    return {"run_dir": str(out), "result": str(result or ckpt_io.step_dir(out, trainer.step)),
+            "checkpoint": str(ckpt_io.step_dir(out, trainer.step)), "step": trainer.step,
+            "loss": record.get("loss"), "val_loss": record.get("val_loss"), "trainable_params": trainable,
+            "total_params": total, "data": asdict(stats), "model": asdict(mcfg), "train": asdict(tcfg)}
+
+
+def _report(log, stats, trainable: int, total: int, method: str) -> None:
+    skipped = (f"; skipped {stats.skipped_too_long} example(s) longer than the context (lines "
+               f"{', '.join(map(str, stats.skipped_lines[:10]))}{'…' if len(stats.skipped_lines) > 10 else ''}; "
+               f"--strict makes this an error)") if stats.skipped_too_long else ""
+    log(f"data {stats.path}: {stats.train_examples} train / {stats.val_examples} val examples in "
+        f"{stats.train_rows} / {stats.val_rows} rows, {stats.target_tokens} train target tokens{skipped}")
+    log(f"{method}: {trainable:,} of {total:,} parameters trainable ({100 * trainable / total:.3f}%)")
+
+
+def _export(trainer, out: Path, ft: dict, lora_cfg, tok, merge: bool, log) -> Path | None:
+    """LoRA: RUN/adapter (and RUN/merged with merge). Returns what a user should load."""
+    if lora_cfg is None:
+        return None
+    model = trainer.model
+    dest = lora.save_adapter(out / "adapter", model, lora_cfg, ft["base"], ft["base_fingerprint"], tok,
+                             extra={"step": trainer.step})
+    log(f"adapter: {dest} ({sum(v.numel() for v in lora.lora_state(model).values()):,} parameters)")
+    if merge:
+        merged = lora.merge_lora(_clone(model)).eval()
+        dest = ckpt_io.save_checkpoint(out / "merged", merged, trainer.model_cfg, tok,
+                                       extra={"finetune": {**ft, "merged_from_step": trainer.step}})
+        log(f"merged checkpoint: {dest}")
+    return dest
+
+
+def _clone(model: torch.nn.Module) -> torch.nn.Module:
+    import copy
+
+    m = copy.deepcopy(model).cpu()
+    m.lm_head.weight = m.transformer.wte.weight
+    return m
+
+
+__all__ = ["add_arguments", "run", "finetune", "FINETUNE_DEFAULTS"]
