@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 
 from gpt3lab.errors import ConfigError, UserError
 
@@ -47,11 +49,13 @@ def build_engine(checkpoint: str, device: str):
     """(engine, checkpoint path): the checkpoint loaded onto `device` behind the batching engine."""
     from gpt3lab.checkpoint import load, resolve
     from gpt3lab.generate.cli import pick_device
+    ckpt = resolve(checkpoint)
     try:
         from gpt3lab.generate.engine import Engine
     except ModuleNotFoundError as e:
+        if e.name != "gpt3lab.generate.engine":
+            raise
         raise UserError("the inference engine (gpt3lab.generate.engine) is not in this build") from e
-    ckpt = resolve(checkpoint)
     model, tokenizer = load(ckpt, device=pick_device(device))
     return Engine(model, tokenizer), ckpt
 
@@ -70,6 +74,11 @@ def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_ti
 
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
                             timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
+    if threading.current_thread() is threading.main_thread():
+        # uvicorn re-raises the signal it caught once it has shut down; a no-op handler turns that
+        # into a normal return, so a graceful SIGTERM exits 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: None)
     Server(config).run()
 
 

@@ -1,0 +1,94 @@
+"""Client disconnects cancel generation; SIGTERM lets in-flight streams finish; the CLI's user errors."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import MODEL
+
+HERE = Path(__file__).parent
+
+
+def wait_for(cond, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_stream_disconnect_cancels_generation_and_frees_slot(server_factory):
+    srv = server_factory(step_delay=0.02)
+    body = {"model": MODEL, "prompt": "long", "max_tokens": 100, "temperature": 0, "stream": True}
+    with httpx.Client(base_url=srv.url, timeout=30) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            lines = r.iter_lines()
+            got = [next(lines) for _ in range(3)]
+            assert any(x.startswith("data: {") for x in got)
+        # the response is closed after 3 lines: the server must notice, cancel, and free the slot
+        assert wait_for(lambda: srv.engine.cancelled == 1)
+        assert wait_for(lambda: srv.service.metrics.running == 0 and srv.engine.running == 0)
+        assert srv.service.metrics.cancelled == 1
+
+
+def test_non_streamed_disconnect_cancels_generation(server_factory):
+    srv = server_factory(step_delay=0.02)
+    body = {"model": MODEL, "prompt": "long", "max_tokens": 100, "temperature": 0}
+    with httpx.Client(base_url=srv.url, timeout=0.5) as c:
+        with pytest.raises(httpx.ReadTimeout):
+            c.post("/v1/completions", json=body)
+    assert wait_for(lambda: srv.engine.cancelled == 1)
+    assert wait_for(lambda: srv.service.metrics.running == 0)
+
+
+def start_server(checkpoint, delay: float, *extra: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, str(HERE / "fake_server.py"), str(checkpoint), str(delay), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert "listening on http://127.0.0.1:" in line, (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc, line.split("listening on ")[1].split()[0]
+
+
+def test_sigterm_finishes_in_flight_stream_then_exits(checkpoint):
+    proc, url = start_server(checkpoint, 0.02)
+    try:
+        body = {"model": checkpoint.name, "prompt": "bye", "max_tokens": 40, "temperature": 0, "stream": True}
+        with httpx.Client(base_url=url, timeout=30) as c:
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                lines = r.iter_lines()
+                first = next(lines)
+                proc.send_signal(signal.SIGTERM)
+                rest = [first] + list(lines)
+        data = [x[6:] for x in rest if x.startswith("data: ")]
+        assert data[-1] == "[DONE]"
+        assert json.loads(data[-2])["choices"][0]["finish_reason"] in ("length", "stop")
+        assert proc.wait(timeout=20) == 0
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url + "/health", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_cli_reports_bad_checkpoint_without_traceback(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "gpt3lab", "serve", str(tmp_path / "missing"), "--port", "0"],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "GPT3LAB_API_KEY": ""})
+    assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_api_keys_from_flag_or_env(monkeypatch):
+    from gpt3lab.serve.cli import api_keys
+    monkeypatch.setenv("GPT3LAB_API_KEY", "a, b,")
+    assert api_keys(None) == ["a", "b"]
+    assert api_keys(["x"]) == ["x"]
+    monkeypatch.delenv("GPT3LAB_API_KEY")
+    assert api_keys(None) == []
