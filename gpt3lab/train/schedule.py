@@ -33,7 +33,7 @@ def grad_accum_steps(target_tokens: int | None, batch_size: int, context: int, w
     per = micro_tokens(batch_size, context, world_size)
     if target_tokens is None:
         return 1
-    return max(1, round(target_tokens / per))
+    return max(1, int(target_tokens / per + 0.5))          # round half up
 
 
 def batch_tokens_at(tokens_seen: int, cfg: TrainConfig, context: int, world_size: int = 1) -> int:

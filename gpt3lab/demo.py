@@ -1,0 +1,107 @@
+"""`gpt3lab demo` (what `make demo` runs): Shakespeare -> BPE shards -> the "demo" model -> plot -> sample.
+
+1. prepare the bundled Shakespeare corpus with a BPE tokenizer trained on the train plays (cached in
+   ./data/shakespeare-bpe4096 and reused when present; whole plays are held out for validation),
+2. train the "demo" preset into runs/demo, capped by its max_steps AND a wall-clock budget,
+3. plot runs/demo/loss.png, report bits/byte over the whole held-out split, print a sample.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import shutil
+import time
+from pathlib import Path
+
+import torch
+
+from gpt3lab.errors import UserError
+
+TOKENIZER = "bpe:4096"
+DATA_DIR = Path("data") / "shakespeare-bpe4096"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=str(DATA_DIR), help="data dir (prepared here once, then reused)")
+    p.add_argument("--out", default="runs/demo", help="run dir (replaced if it holds an earlier demo run)")
+    p.add_argument("--time-budget", type=float, default=600.0, metavar="SECONDS",
+                   help="wall-clock cap on training (the preset's max_steps caps it too)")
+    p.add_argument("--max-steps", type=int, help="override the preset's max_steps")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for gpt3lab train")
+    p.add_argument("--prompt", default="ROMEO:\n", help="prompt of the printed sample")
+    p.add_argument("--sample-tokens", type=int, default=200)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def prepare_data(data_dir: Path, progress: bool = True) -> Path:
+    """Prepare Shakespeare into `data_dir` unless a complete preparation is already there."""
+    from gpt3lab.data import load_data_tokenizer, prepare
+
+    if (data_dir / "prepare.json").is_file():
+        try:
+            load_data_tokenizer(data_dir)
+            print(f"demo: reusing {data_dir}")
+            return data_dir
+        except UserError:
+            pass  # incomplete or stale: prepare again
+    print(f"demo: preparing Shakespeare into {data_dir} ({TOKENIZER})")
+    prepare(["shakespeare"], data_dir, tokenizer=TOKENIZER, progress=progress)
+    return data_dir
+
+
+@torch.no_grad()
+def split_bpb(model, loader, batch_size: int = 16) -> float:
+    """Bits per UTF-8 byte over all non-overlapping windows of a split (mean token loss scaled by
+    the split's tokens/bytes)."""
+    model.eval()
+    total, count = 0.0, 0
+    for x, y in loader.sequential_batches(batch_size):
+        _, loss = model(x, y)
+        total += loss.item() * y.numel()
+        count += y.numel()
+    return total / count * loader.num_tokens / (loader.num_bytes * math.log(2))
+
+
+def run(args: argparse.Namespace) -> int:
+    from gpt3lab.checkpoint import load
+    from gpt3lab.data import WindowLoader
+    from gpt3lab.train.cli import train
+    from gpt3lab.train.plot import plot_run
+
+    t0 = time.perf_counter()
+    data = prepare_data(Path(args.data), progress=not args.no_progress)
+    out = Path(args.out)
+    if (out / "log.jsonl").exists():
+        shutil.rmtree(out)      # an earlier demo run: start over
+    s = train(data, out, preset="demo", overrides=args.set, max_steps=args.max_steps,
+              max_seconds=args.time_budget, progress=not args.no_progress)
+    png = plot_run(out)
+    model, tok = load(out)
+    val = WindowLoader(data, "val", model.config.context, 16)
+    bpb = split_bpb(model, val)
+    print(f"demo: {s['params'] / 1e6:.2f}M params, {s['step']} steps, {s['tokens'] / 1e6:.1f}M tokens in "
+          f"{s['seconds']:.0f} s; checkpoint {s['checkpoint']}, plot {png}")
+    print(f"demo: held-out val bits/byte {bpb:.3f} (all {val.num_tokens:,} val tokens, whole plays)")
+    print(f"demo: sample (temperature 0.8, top-k 50, seed 0):\n")
+    print(args.prompt + _sample(model, tok, args.prompt, args.sample_tokens))
+    print(f"\ndemo: done in {time.perf_counter() - t0:.0f} s; load it with gpt3lab.load({str(out)!r})")
+    return 0
+
+
+def _sample(model, tok, prompt: str, n: int) -> str:
+    try:
+        from gpt3lab.generate import generate
+    except ImportError:  # the generation engine is optional for the demo
+        return _minimal_sample(model, tok, prompt, n)
+    return generate(model, tok, prompt, max_tokens=n, temperature=0.8, top_k=50, seed=0).text
+
+
+@torch.no_grad()
+def _minimal_sample(model, tok, prompt: str, n: int) -> str:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([tok.encode(prompt)])
+    for _ in range(n):
+        logits, _ = model(ids[:, -model.config.context:])
+        probs = torch.softmax(logits[0, -1] / 0.8, dim=-1)
+        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)[None]], dim=1)
+    return tok.decode(ids[0, len(tok.encode(prompt)):].tolist())
