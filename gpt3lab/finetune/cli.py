@@ -146,6 +146,7 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
         ft = {"method": method, "base": str(base_path), "base_fingerprint": lora.fingerprint(model),
               "data": str(data), "val_data": None if val_data is None else str(val_data),
               "val_fraction": val_fraction, "pack": pack, "include_prompt": include_prompt, "strict": strict}
+        torch.manual_seed(tcfg.seed)   # adapter init and dropout: the same on every rank and every rerun
         if lora_cfg is not None:
             lora.inject_lora(model, lora_cfg)
     device = local_device(tcfg.device)
