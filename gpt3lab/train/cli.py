@@ -120,7 +120,8 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     tok = load_data_tokenizer(data)
     if preset and resume:
         p = get_preset(preset)
-        model_d, train_d = {**model_d, **p.model}, {**train_d, **p.train}
+        preset_model = {k: v for k, v in p.model.items() if k != "vocab_size"}   # the data decides vocab
+        model_d, train_d = {**model_d, **preset_model}, {**train_d, **p.train}
     model_d, train_d, vocab_explicit = layer_configs(model_d, train_d, config_file, overrides, max_steps)
     if not vocab_explicit and not resume:
         model_d["vocab_size"] = tok.vocab_size

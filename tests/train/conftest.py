@@ -29,3 +29,14 @@ def tiny_data(tmp_path_factory):
     out = root / "data"
     prepare([str(src)], out, "bpe:300", val_fraction=0.25, seed=0, progress=False)
     return out
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    """The test machine is small and shared: one intra-op thread avoids oversubscription stalls."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -1,0 +1,124 @@
+import json
+
+import pytest
+import torch
+
+from gpt3lab import checkpoint as ck
+from gpt3lab.config import ModelConfig, TrainConfig
+from gpt3lab.data import WindowLoader, load_data_tokenizer
+from gpt3lab.errors import CheckpointError
+from gpt3lab.model import GPT
+from gpt3lab.train.loop import RunInfo, Trainer
+
+TINY = dict(context=32, n_layer=2, d_model=32, n_head=4)
+
+
+def _trainer(data, out, **train):
+    tok = load_data_tokenizer(data)
+    torch.manual_seed(0)
+    mcfg = ModelConfig(vocab_size=tok.vocab_size, **TINY)
+    cfg = TrainConfig(**{"batch_size": 4, "max_steps": 6, "warmup_steps": 2, "save_every": 3, "eval_every": 0,
+                         "eval_batches": 1, "peak_flops": 1e12, "precision": "fp32", **train})
+    return Trainer(GPT(mcfg), mcfg, cfg, WindowLoader(data, "train", 32, 4, seed=1),
+                   info=RunInfo(out_dir=out, tokenizer=tok, progress=False))
+
+
+def test_train_state_round_trip(tiny_data, tmp_path):
+    a = _trainer(tiny_data, tmp_path / "run")
+    a.fit()
+    next_rand = torch.rand(3)                                    # the RNG as it was at the final save
+    ckpt = ck.resolve(tmp_path / "run")
+    assert ckpt.name == "step_0000006"
+    model, tok = ck.load(tmp_path / "run")                       # the one-call loader
+    for k, v in ck.model_state(a.model).items():
+        assert torch.equal(model.state_dict()[k], v), k
+    b = _trainer(tiny_data, tmp_path / "run")
+    b.model.load_state_dict(model.state_dict())
+    b.resume(ckpt)
+    assert torch.equal(torch.rand(3), next_rand)
+    assert (b.step, b.tokens) == (6, 6 * 4 * 32)
+    assert b.train_data.state_dict() == a.train_data.state_dict()
+    sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for i in sa["state"]:
+        for k in sa["state"][i]:
+            assert torch.equal(sa["state"][i][k], sb["state"][i][k])
+
+
+def test_rng_state_restored_exactly(tmp_path):
+    torch.manual_seed(123)
+    state = ck.rng_state()
+    want = torch.rand(5)
+    json.dumps(state)                                            # JSON-safe, no pickle
+    torch.rand(7)
+    ck.set_rng_state(state)
+    assert torch.equal(torch.rand(5), want)
+
+
+def test_interrupted_save_leaves_previous_checkpoint(tiny_data, tmp_path):
+    tr = _trainer(tiny_data, tmp_path / "run", max_steps=3)
+    tr.fit()                                                     # step_0000003 exists
+    before = ck.resolve(tmp_path / "run")
+
+    def boom(tmp):
+        (tmp / "half-written").write_bytes(b"x" * 10)
+        raise KeyboardInterrupt("killed mid-save")
+
+    with pytest.raises(KeyboardInterrupt):
+        ck.save_checkpoint(ck.step_dir(tmp_path / "run", 4), tr.model, tr.model_cfg, fill_extra=boom)
+    assert ck.resolve(tmp_path / "run") == before
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == ["step_0000003"]
+    # a SIGKILL leaves the temp dir behind: it must never be taken for a checkpoint
+    stale = tmp_path / "run" / "checkpoints" / ".tmp-step_0000009-abc"
+    stale.mkdir()
+    for f in ("config.json", "model.safetensors"):
+        (stale / f).write_bytes((before / f).read_bytes())
+    assert ck.resolve(tmp_path / "run") == before
+    assert ck.list_checkpoints(tmp_path / "run") == [before]
+    ck.load(tmp_path / "run")
+
+
+def test_keep_last_k(tiny_data, tmp_path):
+    _trainer(tiny_data, tmp_path / "run", max_steps=12, save_every=2, keep_last=2).fit()
+    assert [p.name for p in ck.list_checkpoints(tmp_path / "run")] == ["step_0000010", "step_0000012"]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_0000010", "step_0000012"]
+
+
+@pytest.fixture()
+def saved(tiny_data, tmp_path):
+    _trainer(tiny_data, tmp_path / "run", max_steps=3).fit()
+    return ck.resolve(tmp_path / "run")
+
+
+def test_truncated_weights_are_a_checkpoint_error(saved):
+    f = saved / "model.safetensors"
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
+        ck.load(saved)
+
+
+def test_corrupt_train_state_is_a_checkpoint_error(saved):
+    opt = saved / "train_state" / "optimizer.pt"
+    opt.write_bytes(opt.read_bytes()[:100])
+    with pytest.raises(CheckpointError, match="optimizer.pt"):
+        ck.load_train_state(saved)
+    (saved / "train_state" / "state.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="state.json"):
+        ck.load_train_state(saved)
+    (saved / "config.json").write_text("")
+    with pytest.raises(CheckpointError, match="config.json"):
+        ck.load(saved)
+
+
+class _Evil:
+    def __reduce__(self):
+        return (exec, ("import pathlib; pathlib.Path('PWNED').touch()",))
+
+
+def test_optimizer_file_is_never_unpickled(saved, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    (saved / "train_state" / "optimizer.pt").write_bytes(b"")
+    torch.save({"state": _Evil()}, saved / "train_state" / "optimizer.pt")
+    with pytest.raises(CheckpointError):
+        ck.load_train_state(saved)
+    assert not (tmp_path / "PWNED").exists()
