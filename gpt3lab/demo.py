@@ -49,6 +49,32 @@ def prepare_data(data_dir: Path, progress: bool = True) -> Path:
     return data_dir
 
 
+def fit_steps(data: Path, overrides: list[str], budget_s: float, probe_steps: int = 6) -> int:
+    """Steps of the demo preset that fit in `budget_s` on this machine, measured now (at most the
+    preset's max_steps). The cosine schedule then ends at the budget instead of being cut off mid-way."""
+    from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides
+    from gpt3lab.data import WindowLoader, load_data_tokenizer
+    from gpt3lab.model import GPT
+    from gpt3lab.presets import get_preset
+    from gpt3lab.train.loop import Trainer
+
+    p = get_preset("demo")
+    mcfg = apply_overrides(ModelConfig(**{**p.model, "vocab_size": load_data_tokenizer(data).vocab_size}),
+                           overrides, "model")
+    cfg = apply_overrides(TrainConfig(**p.train), overrides, "train")
+    tr = Trainer(GPT(mcfg), mcfg, cfg, WindowLoader(data, "train", mcfg.context, cfg.batch_size))
+    tr.train_step()                                            # warm-up (allocations, kernel choice)
+    t0 = time.perf_counter()
+    for _ in range(probe_steps):
+        tr.train_step()
+    step_s = (time.perf_counter() - t0) / probe_steps
+    evals = cfg.max_steps // max(cfg.eval_every, 1) + 1
+    eval_s = evals * cfg.eval_batches * step_s / 3             # a forward pass ~ 1/3 of a train step
+    steps = int(0.9 * (budget_s - eval_s) / step_s)            # 10% headroom: the machine is shared
+    print(f"demo: {step_s:.2f} s/step here -> {min(steps, cfg.max_steps)} steps fit in {budget_s:.0f} s")
+    return max(1, min(steps, cfg.max_steps))
+
+
 @torch.no_grad()
 def split_bpb(model, loader, batch_size: int = 16) -> float:
     """Bits per UTF-8 byte over all non-overlapping windows of a split (mean token loss scaled by
@@ -73,7 +99,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "log.jsonl").exists():
         shutil.rmtree(out)      # an earlier demo run: start over
-    s = train(data, out, preset="demo", overrides=args.set, max_steps=args.max_steps,
+    max_steps = args.max_steps or fit_steps(data, args.set, args.time_budget)
+    s = train(data, out, preset="demo", overrides=args.set, max_steps=max_steps,
               max_seconds=args.time_budget, progress=not args.no_progress)
     png = plot_run(out)
     model, tok = load(out)
