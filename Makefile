@@ -26,6 +26,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -x -p no:cacheprovider
 
 test-slow: $(STAMP)
+	$(BIN)/pip install -q -e ".[dev,lmeval]" "$(TORCH)"
 	$(BIN)/python -m pytest -q -m slow
 
 clean:
