@@ -49,8 +49,17 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
     return parser
 
 
+# commands that run the model for long enough that the allocator matters (see launcher.py)
+HEAVY = {"train", "generate", "demo", "eval", "finetune", "serve", "compress"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:   # a real process: may re-exec itself under tcmalloc (never inside tests)
+        argv = sys.argv[1:]
+        if argv and argv[0] in HEAVY:
+            from gpt3lab.launcher import use_fast_allocator
+
+            use_fast_allocator()
     try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
