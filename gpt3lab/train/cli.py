@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
     s = train(args.data, args.out, preset=args.preset, config_file=args.config, overrides=args.set,
               max_steps=args.max_steps, resume=args.resume, max_seconds=args.time_budget,
               progress=not args.no_progress)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0                                   # torchrun: rank 0 reports
     bpb = f", val bits/byte {s['val_bpb']:.3f}" if s.get("val_bpb") is not None else ""
     print(f"{s['checkpoint']}: step {s['step']}, loss {s['loss']:.4f}{bpb}")
     return 0
