@@ -27,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="DATA_DIR", help="prepared data dir (gpt3lab prepare); on --resume "
                    "defaults to the run's")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run dir: checkpoints/, log.jsonl, log.csv")
-    p.add_argument("--preset", help="model + train defaults (see gpt3lab size --list)")
+    p.add_argument("--preset", help="model + train defaults from gpt3lab/presets.py (tiny, demo, gpt3-small, ...)")
     p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
     p.add_argument("--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}}')
