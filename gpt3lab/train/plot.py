@@ -43,10 +43,11 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
 
 def _ema(xs: list[float], beta: float = 0.9) -> list[float]:
-    out, m = [], None
-    for x in xs:
-        m = x if m is None else beta * m + (1 - beta) * x
-        out.append(m)
+    """Bias-corrected exponential moving average (no lag toward the first value)."""
+    out, m = [], 0.0
+    for t, x in enumerate(xs, 1):
+        m = beta * m + (1 - beta) * x
+        out.append(m / (1 - beta ** t))
     return out
 
 
