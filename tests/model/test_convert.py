@@ -162,3 +162,17 @@ def test_cli_import_then_load(tmp_path, hf_dir, capsys):
         assert (model(ids)[0] - _hf_logits(hf_dir, ids)).abs().max().item() <= 1e-4
     assert main(["convert", "--from-hf", str(tmp_path / "nope"), str(tmp_path / "x")]) == 2
     assert "no such directory" in capsys.readouterr().err
+
+
+def test_cli_export_refuses_banded_and_exports_dense(tmp_path, capsys):
+    from gpt3lab.cli import main
+
+    for pattern in ("alternating", "dense"):
+        cfg = ModelConfig(vocab_size=60, context=16, n_layer=2, n_head=2, d_model=16, attention_pattern=pattern)
+        save_checkpoint(tmp_path / pattern, GPT(cfg), cfg)
+    assert main(["convert", "--to-hf", str(tmp_path / "alternating"), str(tmp_path / "hf_a")]) == 2
+    assert "no banded" in capsys.readouterr().err
+    assert not (tmp_path / "hf_a").exists()
+    assert main(["convert", "--to-hf", str(tmp_path / "dense"), str(tmp_path / "hf_d")]) == 0
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "hf_d")
+    assert hf.config.n_layer == 2 and hf.config.vocab_size == 60
