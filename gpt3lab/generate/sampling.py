@@ -111,4 +111,29 @@ def top_logprobs(logprobs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Te
     return values, ids
 
 
-__all__ = ["check_sampling", "sample", "top_k_filter", "top_p_filter", "top_logprobs"]
+def apply_logit_bias(logits: torch.Tensor, biases: Sequence[dict[int, float] | None]) -> torch.Tensor:
+    """Add each row's {token id: bias} to logits (B, V); OpenAI's logit_bias (-100 bans, +100 forces)."""
+    rows = [(i, t, b) for i, bias in enumerate(biases) for t, b in (bias or {}).items()]
+    if not rows:
+        return logits
+    r, t, b = zip(*rows)
+    out = logits.clone()
+    out[list(r), list(t)] += torch.tensor(b, device=logits.device, dtype=logits.dtype)
+    return out
+
+
+def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, presence: Param, frequency: Param) -> torch.Tensor:
+    """OpenAI's penalties: logit -= presence * [count > 0] + frequency * count.
+
+    counts (B, V): how often each token was already generated in the row (the prompt does not count).
+    presence, frequency: scalars or (B,) per row.
+    """
+    B = logits.shape[0]
+    pres = _rows(presence if presence is not None else 0.0, B, logits, logits.dtype)   # (B, 1)
+    freq = _rows(frequency if frequency is not None else 0.0, B, logits, logits.dtype)
+    counts = counts.to(logits.dtype)
+    return logits - pres * (counts > 0).to(logits.dtype) - freq * counts
+
+
+__all__ = ["check_sampling", "sample", "top_k_filter", "top_p_filter", "top_logprobs", "apply_logit_bias",
+           "apply_penalties"]

@@ -1,0 +1,216 @@
+"""Paged KV cache: a fixed pool of blocks, per-sequence block tables, prefix caching with LRU eviction.
+
+A *block* holds the keys and values of `block_size` consecutive tokens of ONE layer, so banded layers
+can give back blocks that fall wholly outside their window while dense layers keep theirs. A sequence
+owns one block table per layer (physical block ids; -1 = not held).
+
+Prefix caching: once a block is full, it is registered under (hash of every token up to and including
+it, layer). A new request walks its prompt's block hashes and takes the longest run already cached.
+Blocks nobody references stay cached, oldest-released first out (LRU), until the pool needs them.
+
+`PagedStep` is what the model sees during one forward pass over a packed batch (1, N) of several
+sequences' tokens: it implements the model's cache protocol (positions / attend / advance) by
+writing each token's k, v into its sequence's blocks and attending per sequence over gathered blocks.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from gpt3lab.config import ModelConfig
+
+
+def block_hash(parent: bytes, tokens: list[int]) -> bytes:
+    """Hash of a full block given its parent's hash: identifies all tokens from position 0 to its end."""
+    h = hashlib.blake2b(parent, digest_size=16)
+    h.update(b"".join(t.to_bytes(4, "little") for t in tokens))
+    return h.digest()
+
+
+def prefix_hashes(tokens: list[int], block_size: int) -> list[bytes]:
+    """Hashes of the full blocks of `tokens` (a trailing partial block has none)."""
+    out, parent = [], b""
+    for j in range(len(tokens) // block_size):
+        parent = block_hash(parent, tokens[j * block_size:(j + 1) * block_size])
+        out.append(parent)
+    return out
+
+
+class BlockPool:
+    """`num_blocks` physical blocks (+1 scratch block, never handed out) with refcounts and a prefix cache.
+
+    Storage: k, v of shape (num_blocks + 1, n_head, block_size, d_head), shared by all layers.
+    A block is in exactly one state: free (no content), cached (ref 0 but registered under a hash,
+    evictable, LRU order), or used (ref > 0).
+    """
+
+    def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device="cpu",
+                 dtype: torch.dtype = torch.float32, enable_prefix_caching: bool = True):
+        self.cfg, self.num_blocks, self.block_size = cfg, num_blocks, block_size
+        shape = (num_blocks + 1, cfg.n_head, block_size, cfg.d_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.scratch = num_blocks                           # stands in for missing blocks in gathers
+        self.ref = [0] * num_blocks
+        self.key_of: list[tuple | None] = [None] * num_blocks   # (hash, layer) when registered
+        self.free: list[int] = list(range(num_blocks - 1, -1, -1))
+        self.lru: OrderedDict[int, None] = OrderedDict()    # cached, unreferenced blocks; oldest first
+        self.table: dict[tuple, int] = {}                   # (hash, layer) -> block id
+        self.enable_prefix_caching = enable_prefix_caching
+
+    @staticmethod
+    def bytes_per_block(cfg: ModelConfig, block_size: int, dtype: torch.dtype) -> int:
+        return 2 * cfg.n_head * block_size * cfg.d_head * torch.empty((), dtype=dtype).element_size()
+
+    def available(self) -> int:
+        """Blocks that can be handed out now (free + evictable)."""
+        return len(self.free) + len(self.lru)
+
+    def used(self) -> int:
+        return self.num_blocks - self.available()
+
+    def allocate(self) -> int:
+        """A block with ref 1: a free one, else the least recently released cached one (evicted)."""
+        if self.free:
+            b = self.free.pop()
+        else:
+            b, _ = self.lru.popitem(last=False)
+            del self.table[self.key_of[b]]
+            self.key_of[b] = None
+        self.ref[b] = 1
+        return b
+
+    def acquire(self, b: int) -> None:
+        """One more reference to block b (a prefix-cache hit or a fork)."""
+        if self.ref[b] == 0:
+            del self.lru[b]
+        self.ref[b] += 1
+
+    def release(self, b: int) -> bool:
+        """Drop a reference; True when the block went back to the pool (free or cached)."""
+        self.ref[b] -= 1
+        if self.ref[b] > 0:
+            return False
+        if self.key_of[b] is not None:
+            self.lru[b] = None
+        else:
+            self.free.append(b)
+        return True
+
+    def register(self, b: int, h: bytes, layer: int) -> None:
+        """Make full block b findable under (h, layer); a block already cached under it wins."""
+        key = (h, layer)
+        if self.enable_prefix_caching and key not in self.table and self.key_of[b] is None:
+            self.table[key] = b
+            self.key_of[b] = key
+
+    def lookup(self, h: bytes, layer: int) -> int | None:
+        return self.table.get((h, layer)) if self.enable_prefix_caching else None
+
+    def copy_block(self, src: int, dst: int) -> None:
+        self.k[dst].copy_(self.k[src])
+        self.v[dst].copy_(self.v[src])
+
+
+@dataclass
+class Segment:
+    """One sequence's slice of a packed step: tokens start..start+length of a sequence with `tables`."""
+
+    tables: list[list[int]]     # per layer: physical block ids covering positions 0..start+length-1
+    start: int
+    length: int
+
+
+class PagedStep:
+    """The model's cache for one packed forward pass (1, N): decode segments (length 1) first, then chunks.
+
+    Decode rows attend as one batch over their gathered, padded block tables with a length mask;
+    each longer chunk (prefill) attends alone with a causal (and, for banded layers, window) mask.
+    """
+
+    def __init__(self, pool: BlockPool, segments: list[Segment]):
+        self.pool, self.segs = pool, segments
+        bs, dev = pool.block_size, pool.k.device
+        self.n_dec = next((i for i, s in enumerate(segments) if s.length != 1), len(segments))
+        self.N = sum(s.length for s in segments)
+        pos = [p for s in segments for p in range(s.start, s.start + s.length)]
+        self.pos = torch.tensor(pos, device=dev)                                        # (N,)
+        L = pool.cfg.n_layer
+        blk = [[s.tables[l][p // bs] for s in segments for p in range(s.start, s.start + s.length)]
+               for l in range(L)]
+        self.write_blk = torch.tensor(blk, device=dev)                                  # (L, N)
+        self.write_slot = self.pos % bs                                                  # (N,)
+        self._decode_tables(segments[:self.n_dec], L, bs, dev)
+
+    def _decode_tables(self, dec: list[Segment], L: int, bs: int, dev) -> None:
+        if not dec:
+            return
+        nb = max(-(-(s.start + 1) // bs) for s in dec)
+        scratch = self.pool.scratch
+        rows = [[[b if b >= 0 else scratch for b in s.tables[l][:nb]] + [scratch] * (nb - len(s.tables[l][:nb]))
+                 for s in dec] for l in range(L)]
+        self.dec_tables = torch.tensor(rows, device=dev)                                 # (L, D, nb)
+        k_pos = torch.arange(nb * bs, device=dev)[None, :]                               # (1, nb*bs)
+        q_pos = torch.tensor([s.start for s in dec], device=dev)[:, None]               # (D, 1)
+        self.dec_causal = k_pos <= q_pos                                                 # (D, nb*bs)
+        self.dec_qpos = q_pos
+
+    def positions(self, T: int) -> torch.Tensor:
+        return self.pos[None, :]                                                         # (1, N)
+
+    def advance(self, T: int) -> None:
+        pass    # the engine moves each sequence forward after the step
+
+    def attend(self, layer: int, q, k, v, window: int | None) -> torch.Tensor:
+        """q, k, v (1, nh, N, hs) -> (1, nh, N, hs); stores k, v into the sequences' blocks first."""
+        pool, blk = self.pool, self.write_blk[layer]
+        pool.k[blk, :, self.write_slot] = k[0].transpose(0, 1).to(pool.k.dtype)          # (N, nh, hs)
+        pool.v[blk, :, self.write_slot] = v[0].transpose(0, 1).to(pool.v.dtype)
+        outs = []
+        if self.n_dec:
+            outs.append(self._attend_decode(layer, q[0, :, :self.n_dec], window))
+        at = self.n_dec
+        for s in self.segs[self.n_dec:]:
+            outs.append(self._attend_chunk(layer, s, q[0, :, at:at + s.length], window))
+            at += s.length
+        return torch.cat(outs, dim=1)[None]
+
+    def _gather(self, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Block ids (..., nb) -> keys, values (..., nh, nb*bs, hs)."""
+        pool = self.pool
+        k, v = pool.k[tables], pool.v[tables]                                 # (..., nb, nh, bs, hs)
+        nd = tables.dim()
+        perm = tuple(range(nd - 1)) + (nd, nd - 1, nd + 1, nd + 2)
+        shape = tables.shape[:-1] + (pool.cfg.n_head, -1, pool.cfg.d_head)
+        return k.permute(perm).reshape(shape), v.permute(perm).reshape(shape)
+
+    def _attend_decode(self, layer: int, q, window: int | None) -> torch.Tensor:
+        """q (nh, D, hs): one new token per sequence -> (nh, D, hs)."""
+        keys, vals = self._gather(self.dec_tables[layer])                     # (D, nh, nb*bs, hs)
+        allowed = self.dec_causal
+        if window is not None:
+            k_pos = torch.arange(allowed.shape[1], device=q.device)[None, :]
+            allowed = allowed & (self.dec_qpos - k_pos < window)
+        y = F.scaled_dot_product_attention(q.transpose(0, 1)[:, :, None], keys.to(q.dtype), vals.to(q.dtype),
+                                           attn_mask=allowed[:, None, None, :])  # (D, nh, 1, hs)
+        return y[:, :, 0].transpose(0, 1)
+
+    def _attend_chunk(self, layer: int, s: Segment, q, window: int | None) -> torch.Tensor:
+        """q (nh, T, hs) of positions start..start+T-1 -> (nh, T, hs), over keys 0..start+T-1."""
+        bs, end = self.pool.block_size, s.start + s.length
+        lo = 0 if window is None else max(0, s.start - window + 1) // bs       # first block the band reaches
+        ids = [b if b >= 0 else self.pool.scratch for b in s.tables[layer][lo:-(-end // bs)]]
+        keys, vals = self._gather(torch.tensor(ids, device=q.device))          # (nh, nb*bs, hs)
+        k_pos = torch.arange(lo * bs, lo * bs + keys.shape[1], device=q.device)[None, :]
+        q_pos = torch.arange(s.start, end, device=q.device)[:, None]
+        allowed = k_pos <= q_pos
+        if window is not None:
+            allowed &= q_pos - k_pos < window
+        return F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=allowed)
+
+
+__all__ = ["BlockPool", "PagedStep", "Segment", "block_hash", "prefix_hashes"]
