@@ -550,8 +550,15 @@ class Engine:
                           list(req.echo_top) if req.params.logprobs else None, offsets)
 
     def _top(self, lp: torch.Tensor, k: int) -> list[dict[str, float]]:
+        """The k most likely tokens of each row as {text: logprob}; tokens with the same text keep the best."""
         vals, ids = lp.topk(k, dim=-1)
-        return [{self.tokenizer.decode([i]): v for v, i in zip(vr, ir)} for vr, ir in zip(vals.tolist(), ids.tolist())]
+        out = []
+        for vr, ir in zip(vals.tolist(), ids.tolist()):
+            d: dict[str, float] = {}
+            for v, i in zip(vr, ir):
+                d.setdefault(self.tokenizer.decode([i]), v)
+            out.append(d)
+        return out
 
     # ---- sampling step ----------------------------------------------------------------------------
     def _sample_and_emit(self, batch: list[tuple[_Seq, torch.Tensor]]) -> None:
