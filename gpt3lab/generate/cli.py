@@ -1,5 +1,8 @@
 """`gpt3lab generate CHECKPOINT_OR_RUN_DIR --prompt TEXT`: sample from a checkpoint, streamed to stdout.
 
+Every prompt is submitted to the batching engine (gpt3lab.generate.engine) at once, so a file of
+prompts decodes as one continuous batch; outputs are printed in prompt order.
+
 The prompt comes from --prompt, from --prompt-file (one prompt per line, or JSONL objects with a
 "prompt" key), or from stdin. Only the completion is printed (--echo prints the prompt first).
 With several prompts or --n > 1, each sample is preceded by a `=== prompt P sample S ===` line.
@@ -75,24 +78,36 @@ def pick_device(name: str) -> torch.device:
 
 
 def run(args) -> int:
+    """All prompts go to the batching engine at once; one prompt with n=1 streams, the rest print when done."""
     from gpt3lab.checkpoint import load_model, load_tokenizer, resolve
-    from gpt3lab.generate import stream
+    from gpt3lab.generate.api import SamplingParams
+    from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
     ckpt = resolve(args.checkpoint)
     model = load_model(ckpt, device=pick_device(args.device),
                        dtype=torch.bfloat16 if args.dtype == "bf16" else None)
     tokenizer = load_tokenizer(ckpt)
+    params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
+                            top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
+                            stop=list(args.stop))
+    engine = Engine(model, tokenizer)
+    try:
+        handles = [engine.submit(tokenizer.encode(p) or [tokenizer.eot_id], params) for p in prompts]
+        _print_all(sys.stdout, prompts, handles, args)
+    finally:
+        engine.shutdown(cancel_running=True)
+    return 0
+
+
+def _print_all(out, prompts: list[str], handles: list, args) -> None:
     headers = len(prompts) > 1 or args.n > 1
-    out = sys.stdout
-    for pi, prompt in enumerate(prompts):
+    live = not args.no_stream and len(prompts) == 1 and args.n == 1
+    for pi, (prompt, h) in enumerate(zip(prompts, handles)):
         texts: dict[int, list[str]] = {}
-        events = stream(model, tokenizer, prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, seed=args.seed, stop=args.stop, n=args.n)
-        live = not args.no_stream and args.n == 1   # n samples arrive interleaved: print each when done
         if live:
             _header(out, headers, pi, 0, prompt, args.echo)
-        for ev in events:
+        for ev in h:     # the engine keeps decoding the later prompts meanwhile
             if live:
                 out.write(ev.text)
                 out.flush()
@@ -104,7 +119,6 @@ def run(args) -> int:
             _header(out, headers, pi, i, prompt, args.echo)
             out.write("".join(texts[i]) + "\n")
         out.flush()
-    return 0
 
 
 def _header(out, headers: bool, pi: int, i: int, prompt: str, echo: bool) -> None:
