@@ -58,7 +58,7 @@ def main() -> None:
     args = ap.parse_args()
     # one thread: on a shared 2-core box two threads per tiny matmul lose more to contention than they gain
     torch.set_num_threads(1)
-    steps = dict(pre=30, ft=20) if args.quick else dict(pre=400, ft=200)
+    steps = dict(pre=30, ft=20) if args.quick else dict(pre=400, ft=350)
     out = Path(args.out)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -80,7 +80,7 @@ def main() -> None:
     t0 = time.perf_counter()
     s = finetune(out / "base", jsonl, out / "lora", method="lora", max_steps=steps["ft"], merge=True,
                  progress=False, lora_cfg=lora.LoRAConfig(rank=8, alpha=16, targets=("c_attn", "c_proj")),
-                 overrides=common + ["train.lr=3e-3", "train.warmup_steps=20"])
+                 overrides=common + ["train.lr=5e-3", "train.warmup_steps=20"])
     t_lora = time.perf_counter() - t0
     frac = f"{100 * s['trainable_params'] / s['total_params']:.1f}%"
     m, _ = lora.load_with_adapter(out / "lora" / "adapter")
@@ -90,7 +90,7 @@ def main() -> None:
 
     t0 = time.perf_counter()
     s = finetune(out / "base", jsonl, out / "full", method="full", max_steps=steps["ft"], progress=False,
-                 overrides=common + ["train.lr=1e-3", "train.warmup_steps=20"])
+                 overrides=common + ["train.lr=2e-3", "train.warmup_steps=20"])
     t_full = time.perf_counter() - t0
     m, _ = ckpt_io.load(out / "full")
     rows.append(("full fine-tune", accuracy(m, tok, task), t_full, "100%"))
