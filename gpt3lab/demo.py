@@ -117,6 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sample(model, tok, prompt: str, n: int) -> str:
+    n = max(1, min(n, model.config.context - len(tok.encode(prompt))))   # stay within the context
     try:
         from gpt3lab.generate import generate
     except ImportError:  # the generation engine is optional for the demo
