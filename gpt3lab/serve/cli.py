@@ -12,7 +12,7 @@ import signal
 import sys
 import threading
 
-from gpt3lab.errors import ConfigError, UserError
+from gpt3lab.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,6 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
     p.add_argument("--max-concurrent", type=int, default=64, help="requests generating at once")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting for a slot before 429s")
+    p.add_argument("--kv-memory", default="1GiB",
+                   help="KV cache budget of the engine, e.g. 512MiB, 2GiB or bytes (default 1GiB)")
+    p.add_argument("--max-running", type=int, default=64, help="sequences the engine decodes at once")
+    p.add_argument("--max-batch-tokens", type=int, default=512,
+                   help="tokens per engine forward pass (decode rows + prompt chunks)")
+    p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    p.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit (413 above)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM before they are cancelled")
@@ -40,24 +47,45 @@ def api_keys(flag: list[str] | None) -> list[str]:
 def check_args(args) -> None:
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"--port {args.port} must be in 0..65535")
-    for name in ("max_concurrent", "max_queue", "max_body_bytes"):
+    for name in ("max_concurrent", "max_queue", "max_body_bytes", "max_running", "max_batch_tokens", "block_size"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
+    parse_bytes(args.kv_memory)
 
 
-def build_engine(checkpoint: str, device: str):
+_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
+
+
+def parse_bytes(text: str) -> int:
+    """'512MiB' / '2GB' / '1000000' -> bytes (>= 1); ConfigError naming the value otherwise."""
+    s = str(text).strip().lower()
+    num = s.rstrip("kmgib")
+    try:
+        n = int(float(num) * _UNITS[s[len(num):]])
+    except (ValueError, KeyError):
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--kv-memory {text!r} is not a size; use e.g. 512MiB, 2GiB or a byte count")
+    return n
+
+
+def engine_config(args):
+    """The serve flags that configure the engine, as an EngineConfig."""
+    from gpt3lab.generate.engine import EngineConfig
+    return EngineConfig(block_size=args.block_size, kv_memory_bytes=parse_bytes(args.kv_memory),
+                        max_batch_tokens=args.max_batch_tokens, max_running=args.max_running,
+                        max_waiting=args.max_queue + args.max_concurrent,
+                        enable_prefix_caching=not args.no_prefix_caching)
+
+
+def build_engine(checkpoint: str, device: str, config=None):
     """(engine, checkpoint path): the checkpoint loaded onto `device` behind the batching engine."""
     from gpt3lab.checkpoint import load, resolve
     from gpt3lab.generate.cli import pick_device
+    from gpt3lab.generate.engine import Engine
     ckpt = resolve(checkpoint)
-    try:
-        from gpt3lab.generate.engine import Engine
-    except ModuleNotFoundError as e:
-        if e.name != "gpt3lab.generate.engine":
-            raise
-        raise UserError("the inference engine (gpt3lab.generate.engine) is not in this build") from e
     model, tokenizer = load(ckpt, device=pick_device(device))
-    return Engine(model, tokenizer), ckpt
+    return Engine(model, tokenizer, config), ckpt
 
 
 def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_timeout: float = 30.0,
@@ -87,7 +115,7 @@ def run(args) -> int:
     from gpt3lab.serve.service import CompletionService
 
     check_args(args)
-    engine, ckpt = build_engine(args.checkpoint, args.device)
+    engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args))
     name = args.model_name or ckpt.name
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue)
     app = create_app(service, api_keys(args.api_key), args.max_body_bytes,
