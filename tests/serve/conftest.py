@@ -1,4 +1,10 @@
-"""Fixtures: a tiny random GPT checkpoint and a real server on a free loopback port (uvicorn in a thread)."""
+"""Fixtures: a tiny random GPT checkpoint and a real server on a free loopback port (uvicorn in a thread).
+
+Servers run the real inference engine (gpt3lab.generate.engine.Engine) over the checkpoint. Only tests
+that need scripted timing (a slow stream to disconnect from, a full queue for 429s) ask for the
+FakeEngine with `step_delay`: the real engine finishes a tiny model's request in milliseconds, so those
+races could not be staged reliably with it.
+"""
 from __future__ import annotations
 
 import socket
@@ -59,14 +65,18 @@ class ThreadServer:
 
 
 def make_server(model_and_tokenizer, api_keys=(), max_concurrent=64, max_queue=256, max_body_bytes=1 << 20,
-                step_delay=0.0, engine_queue=256):
-    from fake_engine import FakeEngine
-
+                step_delay=None, engine_queue=256):
+    """A server over the real Engine; over FakeEngine (one token per `step_delay` s) when step_delay is given."""
+    from gpt3lab.generate.engine import Engine
     from gpt3lab.serve.app import create_app
     from gpt3lab.serve.service import CompletionService
 
     model, tok = model_and_tokenizer
-    engine = FakeEngine(model, tok, max_queue=engine_queue, step_delay=step_delay)
+    if step_delay is None:
+        engine = Engine(model, tok, kv_memory_bytes=64 << 20, max_waiting=engine_queue)
+    else:
+        from fake_engine import FakeEngine
+        engine = FakeEngine(model, tok, max_queue=engine_queue, step_delay=step_delay)
     service = CompletionService(engine, MODEL, max_concurrent=max_concurrent, max_queue=max_queue)
     app = create_app(service, list(api_keys), max_body_bytes, on_shutdown=lambda: engine.shutdown(True))
     srv = ThreadServer(app)

@@ -1,5 +1,5 @@
 """`python tests/serve/fake_server.py CKPT STEP_DELAY [--api-key K]`: the real serve stack (create_app +
-serve_app, signals included) over FakeEngine, for subprocess tests and benchmarks while no engine exists."""
+serve_app, signals included) over FakeEngine, for subprocess tests that need a slow, scripted stream (SIGTERM while a request is in flight)."""
 from __future__ import annotations
 
 import sys

@@ -26,6 +26,8 @@ def wait_for(cond, timeout=10.0):
     return False
 
 
+# The disconnect and SIGTERM tests use FakeEngine (step_delay): they need a request still generating when
+# the client drops or the signal arrives, and the real engine finishes the tiny model's request in milliseconds.
 def test_stream_disconnect_cancels_generation_and_frees_slot(server_factory):
     srv = server_factory(step_delay=0.02)
     body = {"model": MODEL, "prompt": "long", "max_tokens": 100, "temperature": 0, "stream": True}
@@ -77,6 +79,39 @@ def test_sigterm_finishes_in_flight_stream_then_exits(checkpoint):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_gpt3lab_serve_cli_runs_the_real_engine(checkpoint):
+    """`gpt3lab serve` end to end: engine flags parsed, greedy text equals gpt3lab.generate, SIGTERM exits 0."""
+    from gpt3lab.checkpoint import load
+    from gpt3lab.generate import generate
+    model, tok = load(checkpoint)
+    want = generate(model, tok, "The end is", max_tokens=12, temperature=0)
+    proc = subprocess.Popen([sys.executable, "-m", "gpt3lab", "serve", str(checkpoint), "--port", "0", "--device", "cpu",
+                             "--kv-memory", "16MiB", "--max-running", "4", "--block-size", "8"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "GPT3LAB_API_KEY": ""})
+    try:
+        line = proc.stdout.readline()
+        assert "listening on http://127.0.0.1:" in line, proc.stderr.read() if proc.poll() is not None else line
+        url = line.split("listening on ")[1].split()[0]
+        body = {"model": checkpoint.name, "prompt": "The end is", "max_tokens": 12, "temperature": 0}
+        r = httpx.post(url + "/v1/completions", json=body, timeout=30).json()
+        assert r["choices"][0]["text"] == want.text and r["choices"][0]["finish_reason"] == want.finish_reason
+        blocks = [x for x in httpx.get(url + "/metrics").text.splitlines() if x.startswith("gpt3lab_engine_kv_blocks_total ")]
+        assert blocks and float(blocks[0].split()[-1]) == 4 * 2 * (128 // 8)   # capped at max_running full contexts
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.parametrize("flag,value", [("--kv-memory", "lots"), ("--max-running", "0")])
+def test_cli_rejects_bad_engine_flags(checkpoint, flag, value):
+    r = subprocess.run([sys.executable, "-m", "gpt3lab", "serve", str(checkpoint), "--port", "0", flag, value],
+                       capture_output=True, text=True, timeout=60, env={**os.environ, "GPT3LAB_API_KEY": ""})
+    assert r.returncode == 2 and flag in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_reports_bad_checkpoint_without_traceback(tmp_path):
