@@ -438,9 +438,11 @@ class Engine:
         plan, segs, rows = self._plan()
         logits = self._forward(plan, segs, rows)                                  # (R, V)
         self.counters["steps"] += 1
-        batch = self._advance(plan, logits)
-        if batch:
-            self._sample_and_emit(batch)
+        seqs, rows = self._advance(plan, logits)
+        if seqs:
+            if rows != list(range(logits.shape[0])):    # echo rows or forked choices: pick/repeat rows
+                logits = logits[torch.tensor(rows, device=logits.device)]
+            self._sample_and_emit(seqs, logits)
 
     def _plan(self):
         """Decode rows (one token each) first, then prompt chunks within max_batch_tokens."""
@@ -475,12 +477,13 @@ class Engine:
         x = tr.wte(idx) + tr.wpe(step.positions(len(ids)))                          # (1, N, d)
         for block in tr.h:
             x = block(x, step)
-        x = tr.ln_f(x)
-        return self.model.lm_head(x[0, rows]).float()                               # (R, V)
+        if len(rows) < len(ids):        # only the rows that sample (or echo) reach ln_f and the unembedding
+            x = x[:, torch.tensor(rows, dtype=torch.long, device=self.device)]         # (1, R, d)
+        return self.model.lm_head(tr.ln_f(x[0])).float()                            # (R, V)
 
-    def _advance(self, plan, logits: torch.Tensor) -> list[tuple[_Seq, torch.Tensor]]:
-        """Move sequences forward; -> (sequence, next-token logits) for those that sample now."""
-        batch, i = [], 0
+    def _advance(self, plan, logits: torch.Tensor) -> tuple[list[_Seq], list[int]]:
+        """Move sequences forward; -> (sequences that sample now, the row of `logits` each samples from)."""
+        seqs, rows, i = [], [], 0
         for s, c in plan:
             start, echo = s.computed, self._wants_echo(s)
             s.computed += c
@@ -492,9 +495,10 @@ class Engine:
             elif s.computed == len(s.tokens):
                 i += 1
             if s.computed == len(s.tokens):
-                row = logits[i - 1]
-                batch += [(s, row)] if s.req.forked else [(f, row) for f in self._fork(s.req)]
-        return batch
+                new = [s] if s.req.forked else self._fork(s.req)
+                seqs += new
+                rows += [i - 1] * len(new)
+        return seqs, rows
 
     # ---- choices: fork, echo ----------------------------------------------------------------------
     def _fork(self, req: _Request) -> list[_Seq]:
@@ -561,14 +565,17 @@ class Engine:
         return out
 
     # ---- sampling step ----------------------------------------------------------------------------
-    def _sample_and_emit(self, batch: list[tuple[_Seq, torch.Tensor]]) -> None:
-        seqs = [s for s, _ in batch]
-        logits = torch.stack([row for _, row in batch])                             # (S, V)
-        raw = logits.log_softmax(-1)                                                # reported logprobs
+    def _sample_and_emit(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
+        """logits (S, V): row i is seqs[i]'s next-token logits. Sample, then emit one event per sequence."""
         tok = self._sample(seqs, self._adjust(seqs, logits))                        # (S,)
-        lps = raw.gather(1, tok[:, None])[:, 0].tolist()
         k = max(s.req.params.logprobs or 0 for s in seqs)
-        tops = self._top(raw, k) if k else [None] * len(seqs)
+        if k:
+            raw = logits.log_softmax(-1)                                            # reported logprobs (S, V)
+            lps = raw.gather(1, tok[:, None])[:, 0].tolist()
+            tops = self._top(raw, k)
+        else:   # the chosen tokens' logprobs alone: no (S, V) log_softmax written out
+            lps = (logits.gather(1, tok[:, None])[:, 0] - logits.logsumexp(-1)).tolist()
+            tops = [None] * len(seqs)
         for s, t, lp, top in zip(seqs, tok.tolist(), lps, tops):
             n = s.req.params.logprobs
             self._emit(s, t, lp, dict(itertools.islice(top.items(), n)) if n else None)
@@ -593,6 +600,8 @@ class Engine:
 
     def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> torch.Tensor:
         ps = [s.req.params for s in seqs]
+        if all(p.temperature == 0 for p in ps):
+            return logits.argmax(-1)                    # greedy: no per-row generators, no softmax
         temp = torch.tensor([p.temperature for p in ps])
         top_k = torch.tensor([p.top_k for p in ps]) if any(p.top_k for p in ps) else None
         top_p = torch.tensor([p.top_p for p in ps]) if any(p.top_p < 1 for p in ps) else None

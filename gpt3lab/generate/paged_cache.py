@@ -43,7 +43,9 @@ def prefix_hashes(tokens: list[int], block_size: int) -> list[bytes]:
 class BlockPool:
     """`num_blocks` physical blocks (+1 scratch block, never handed out) with refcounts and a prefix cache.
 
-    Storage: k, v of shape (num_blocks + 1, n_head, block_size, d_head), shared by all layers.
+    Storage: k, v of shape (n_head, num_blocks + 1, block_size, d_head), shared by all layers. Heads come
+    first so that gathering a table's blocks along dim 1 gives (nh, nb, bs, hs), whose (nb, bs) merge into
+    one key axis as a free view: one copy per gather, straight into a reused buffer (see `gather`).
     A block is in exactly one state: free (no content), cached (ref 0 but registered under a hash,
     evictable, LRU order), or used (ref > 0).
     """
@@ -51,9 +53,10 @@ class BlockPool:
     def __init__(self, cfg: ModelConfig, num_blocks: int, block_size: int, device="cpu",
                  dtype: torch.dtype = torch.float32, enable_prefix_caching: bool = True):
         self.cfg, self.num_blocks, self.block_size = cfg, num_blocks, block_size
-        shape = (num_blocks + 1, cfg.n_head, block_size, cfg.d_head)
+        shape = (cfg.n_head, num_blocks + 1, block_size, cfg.d_head)
         self.k = torch.zeros(shape, device=device, dtype=dtype)
         self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self._buf = torch.empty(0, device=device, dtype=dtype)    # gather output, grown on demand
         self.scratch = num_blocks                           # stands in for missing blocks in gathers
         self.ref = [0] * num_blocks
         self.key_of: list[tuple | None] = [None] * num_blocks   # (hash, layer) when registered
@@ -112,8 +115,21 @@ class BlockPool:
         return self.table.get((h, layer)) if self.enable_prefix_caching else None
 
     def copy_block(self, src: int, dst: int) -> None:
-        self.k[dst].copy_(self.k[src])
-        self.v[dst].copy_(self.v[src])
+        self.k[:, dst].copy_(self.k[:, src])
+        self.v[:, dst].copy_(self.v[:, src])
+
+    def gather(self, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blocks `ids` (n,) -> keys, values (nh, n * bs, hs): one index_select each into a reused buffer.
+
+        The views are overwritten by the next gather: use them before gathering again.
+        """
+        nh, _, bs, hs = self.k.shape
+        n = ids.numel() * nh * bs * hs
+        if self._buf.numel() < 2 * n:
+            self._buf = torch.empty(4 * n, device=self.k.device, dtype=self.k.dtype)   # room to grow
+        k = torch.index_select(self.k, 1, ids, out=self._buf[:n].view(nh, ids.numel(), bs, hs))
+        v = torch.index_select(self.v, 1, ids, out=self._buf[n:2 * n].view(nh, ids.numel(), bs, hs))
+        return k.view(nh, -1, hs), v.view(nh, -1, hs)                  # (nh, n*bs, hs)
 
 
 @dataclass
@@ -128,7 +144,8 @@ class Segment:
 class PagedStep:
     """The model's cache for one packed forward pass (1, N): decode segments (length 1) first, then chunks.
 
-    Decode rows attend as one batch over their gathered, padded block tables with a length mask;
+    Decode rows attend as one batch over their gathered, padded block tables with a length mask
+    (heads as SDPA's batch dim, sequences as its head dim, so the gathered keys need no transpose);
     each longer chunk (prefill) attends alone with a causal (and, for banded layers, window) mask.
     """
 
@@ -142,8 +159,7 @@ class PagedStep:
         L = pool.cfg.n_layer
         blk = [[s.tables[l][p // bs] for s in segments for p in range(s.start, s.start + s.length)]
                for l in range(L)]
-        self.write_blk = torch.tensor(blk, device=dev)                                  # (L, N)
-        self.write_slot = self.pos % bs                                                  # (N,)
+        self.write_at = torch.tensor(blk, device=dev) * bs + self.pos % bs              # (L, N) slot in (NB+1)*bs
         self._decode_tables(segments[:self.n_dec], L, bs, dev)
 
     def _decode_tables(self, dec: list[Segment], L: int, bs: int, dev) -> None:
@@ -167,9 +183,10 @@ class PagedStep:
 
     def attend(self, layer: int, q, k, v, window: int | None) -> torch.Tensor:
         """q, k, v (1, nh, N, hs) -> (1, nh, N, hs); stores k, v into the sequences' blocks first."""
-        pool, blk = self.pool, self.write_blk[layer]
-        pool.k[blk, :, self.write_slot] = k[0].transpose(0, 1).to(pool.k.dtype)          # (N, nh, hs)
-        pool.v[blk, :, self.write_slot] = v[0].transpose(0, 1).to(pool.v.dtype)
+        pool, where = self.pool, self.write_at[layer]
+        nh, _, _, hs = pool.k.shape
+        pool.k.view(nh, -1, hs).index_copy_(1, where, k[0].to(pool.k.dtype))               # (nh, N, hs) into slots
+        pool.v.view(nh, -1, hs).index_copy_(1, where, v[0].to(pool.v.dtype))
         outs = []
         if self.n_dec:
             outs.append(self._attend_decode(layer, q[0, :, :self.n_dec], window))
@@ -177,34 +194,28 @@ class PagedStep:
         for s in self.segs[self.n_dec:]:
             outs.append(self._attend_chunk(layer, s, q[0, :, at:at + s.length], window))
             at += s.length
-        return torch.cat(outs, dim=1)[None]
-
-    def _gather(self, tables: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Block ids (..., nb) -> keys, values (..., nh, nb*bs, hs)."""
-        pool = self.pool
-        k, v = pool.k[tables], pool.v[tables]                                 # (..., nb, nh, bs, hs)
-        nd = tables.dim()
-        perm = tuple(range(nd - 1)) + (nd, nd - 1, nd + 1, nd + 2)
-        shape = tables.shape[:-1] + (pool.cfg.n_head, -1, pool.cfg.d_head)
-        return k.permute(perm).reshape(shape), v.permute(perm).reshape(shape)
+        return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))[None]
 
     def _attend_decode(self, layer: int, q, window: int | None) -> torch.Tensor:
         """q (nh, D, hs): one new token per sequence -> (nh, D, hs)."""
-        keys, vals = self._gather(self.dec_tables[layer])                     # (D, nh, nb*bs, hs)
+        tables = self.dec_tables[layer]                                        # (D, nb)
+        nh, D, hs = q.shape
+        keys, vals = self.pool.gather(tables.reshape(-1))                      # (nh, D*nb*bs, hs)
+        keys, vals = keys.view(nh, D, -1, hs), vals.view(nh, D, -1, hs)       # (nh, D, nb*bs, hs)
         allowed = self.dec_causal
         if window is not None:
             k_pos = torch.arange(allowed.shape[1], device=q.device)[None, :]
             allowed = allowed & (self.dec_qpos - k_pos < window)
-        y = F.scaled_dot_product_attention(q.transpose(0, 1)[:, :, None], keys.to(q.dtype), vals.to(q.dtype),
-                                           attn_mask=allowed[:, None, None, :])  # (D, nh, 1, hs)
-        return y[:, :, 0].transpose(0, 1)
+        y = F.scaled_dot_product_attention(q[:, :, None], keys.to(q.dtype), vals.to(q.dtype),
+                                           attn_mask=allowed[None, :, None, :])  # (nh, D, 1, hs)
+        return y[:, :, 0]
 
     def _attend_chunk(self, layer: int, s: Segment, q, window: int | None) -> torch.Tensor:
         """q (nh, T, hs) of positions start..start+T-1 -> (nh, T, hs), over keys 0..start+T-1."""
         bs, end = self.pool.block_size, s.start + s.length
         lo = 0 if window is None else max(0, s.start - window + 1) // bs       # first block the band reaches
         ids = [b if b >= 0 else self.pool.scratch for b in s.tables[layer][lo:-(-end // bs)]]
-        keys, vals = self._gather(torch.tensor(ids, device=q.device))          # (nh, nb*bs, hs)
+        keys, vals = self.pool.gather(torch.tensor(ids, device=q.device))      # (nh, nb*bs, hs)
         k_pos = torch.arange(lo * bs, lo * bs + keys.shape[1], device=q.device)[None, :]
         q_pos = torch.arange(s.start, end, device=q.device)[:, None]
         allowed = k_pos <= q_pos
