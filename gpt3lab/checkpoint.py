@@ -164,8 +164,18 @@ def load_tokenizer(path: str | Path):
 
 
 def load(path: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer) from a checkpoint or run directory: the one-call loader behind gpt3lab.load."""
-    ckpt = resolve(path)
+    """(model, tokenizer) from a checkpoint or run directory: the one-call loader behind gpt3lab.load.
+
+    LoRA fine-tunes load too: an adapter directory (base + adapter), a LoRA run or its checkpoints.
+    """
+    from gpt3lab.model import lora
+
+    p = Path(path)
+    if lora.is_adapter_dir(p) or lora.is_adapter_dir(p / "adapter"):
+        return lora.load_with_adapter(p, device=device)
+    ckpt = resolve(p)
+    if lora.is_lora_checkpoint(ckpt):
+        return lora.load_with_adapter(ckpt, device=device)
     return load_model(ckpt, device=device), load_tokenizer(ckpt)
 
 

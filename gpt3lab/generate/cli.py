@@ -79,15 +79,14 @@ def pick_device(name: str) -> torch.device:
 
 def run(args) -> int:
     """All prompts go to the batching engine at once; one prompt with n=1 streams, the rest print when done."""
-    from gpt3lab.checkpoint import load_model, load_tokenizer, resolve
+    from gpt3lab.checkpoint import load
     from gpt3lab.generate.api import SamplingParams
     from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
-    ckpt = resolve(args.checkpoint)
-    model = load_model(ckpt, device=pick_device(args.device),
-                       dtype=torch.bfloat16 if args.dtype == "bf16" else None)
-    tokenizer = load_tokenizer(ckpt)
+    model, tokenizer = load(args.checkpoint, device=pick_device(args.device))   # LoRA adapters too
+    if args.dtype == "bf16":
+        model = model.to(torch.bfloat16)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
                             top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
                             stop=list(args.stop))

@@ -1,6 +1,3 @@
-import json
-import random
-
 import pytest
 import torch
 
@@ -9,27 +6,14 @@ from gpt3lab.config import ModelConfig
 from gpt3lab.model import GPT
 from gpt3lab.tokenizer import Tokenizer
 
+from ft_helpers import tiny_model, write_addition  # noqa: F401
+
 TEXT = "12+34=46\n57+21=78\n" * 30 + "The quick brown fox jumps over the lazy dog. " * 20
 
 
 @pytest.fixture(scope="session")
 def ft_tok():
     return Tokenizer.train([TEXT], 300)
-
-
-def tiny_model(tok, context=32, seed=0, dropout=0.0):
-    torch.manual_seed(seed)
-    return GPT(ModelConfig(vocab_size=tok.vocab_size, context=context, n_layer=2, n_head=2, d_model=32,
-                           dropout=dropout))
-
-
-def write_addition(path, n, seed=0):
-    r = random.Random(seed)
-    with open(path, "w") as f:
-        for _ in range(n):
-            a, b = r.randint(10, 99), r.randint(10, 99)
-            f.write(json.dumps({"prompt": f"{a}+{b}=", "completion": str(a + b)}) + "\n")
-    return path
 
 
 @pytest.fixture(scope="session")

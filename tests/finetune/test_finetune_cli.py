@@ -48,6 +48,12 @@ def test_lora_exports_merge_and_checkpoint_agree(base_ckpt, add_data, tmp_path):
         base = ckpt_io.load_model(base_ckpt)(X)[0]
     assert torch.equal(via_adapter, via_ckpt)
     assert torch.allclose(merged, via_adapter, atol=1e-5) and not torch.allclose(merged, base, atol=1e-4)
+    # the one-call loader (gpt3lab.load) recognises adapter dirs, LoRA run dirs and LoRA checkpoints
+    import gpt3lab
+    with torch.no_grad():
+        for path in (tmp_path / "r" / "adapter", tmp_path / "r", ckpt_io.step_dir(tmp_path / "r", 3)):
+            model, tok = gpt3lab.load(path)
+            assert torch.equal(model(X)[0], via_adapter) and tok.vocab_size == model.config.vocab_size
 
 
 def test_full_finetune_trains_every_weight_and_lowers_loss(base_ckpt, add_data, tmp_path):

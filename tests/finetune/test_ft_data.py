@@ -9,7 +9,7 @@ from gpt3lab.errors import ConfigError, DataError
 from gpt3lab.finetune.data import (IGNORE, Example, RowBatches, build_rows, encode_example, load_datasets, load_examples,
                                    read_jsonl, split)
 
-from conftest import tiny_model
+from ft_helpers import tiny_model
 
 
 def test_loss_is_cross_entropy_over_completion_tokens_only(ft_tok):

@@ -10,7 +10,7 @@ from gpt3lab.model import GPT, lora
 from gpt3lab.presets import get_preset
 from gpt3lab.train.loop import RunInfo, Trainer
 
-from conftest import tiny_model
+from ft_helpers import tiny_model
 
 X = torch.randint(0, 250, (2, 12), generator=torch.Generator().manual_seed(0))
 
