@@ -157,23 +157,27 @@ class PagedStep:
         pos = [p for s in segments for p in range(s.start, s.start + s.length)]
         self.pos = torch.tensor(pos, device=dev)                                        # (N,)
         L = pool.cfg.n_layer
-        blk = [[s.tables[l][p // bs] for s in segments for p in range(s.start, s.start + s.length)]
-               for l in range(L)]
-        self.write_at = torch.tensor(blk, device=dev) * bs + self.pos % bs              # (L, N) slot in (NB+1)*bs
-        self._decode_tables(segments[:self.n_dec], L, bs, dev)
+        # where each token's k, v go: slot = block * bs + offset in the flattened (NB+1)*bs axis
+        blocks = [self._decode_tables(segments[:self.n_dec], L, bs, dev)]                # (L, D)
+        for s in segments[self.n_dec:]:   # tables are per-sequence lists: one tensor each, indexed in torch
+            p = torch.arange(s.start, s.start + s.length, device=dev)
+            blocks.append(torch.tensor(s.tables, device=dev)[:, p // bs])                # (L, length)
+        self.write_at = torch.cat(blocks, 1) * bs + self.pos % bs                        # (L, N)
 
-    def _decode_tables(self, dec: list[Segment], L: int, bs: int, dev) -> None:
+    def _decode_tables(self, dec: list[Segment], L: int, bs: int, dev) -> torch.Tensor:
+        """Padded block tables of the decode rows (missing blocks -> scratch); -> their write blocks (L, D)."""
         if not dec:
-            return
+            return torch.zeros(L, 0, dtype=torch.long, device=dev)
         nb = max(-(-(s.start + 1) // bs) for s in dec)
-        scratch = self.pool.scratch
-        rows = [[[b if b >= 0 else scratch for b in s.tables[l][:nb]] + [scratch] * (nb - len(s.tables[l][:nb]))
-                 for s in dec] for l in range(L)]
-        self.dec_tables = torch.tensor(rows, device=dev)                                 # (L, D, nb)
+        rows = [[t[:nb] + [-1] * (nb - len(t)) for s in dec for t in [s.tables[l]]] for l in range(L)]
+        tables = torch.tensor(rows, device=dev)                                          # (L, D, nb)
+        self.dec_tables = tables.masked_fill(tables < 0, self.pool.scratch)
+        last = torch.tensor([s.start // bs for s in dec], device=dev)                   # (D,) block being written
         k_pos = torch.arange(nb * bs, device=dev)[None, :]                               # (1, nb*bs)
         q_pos = torch.tensor([s.start for s in dec], device=dev)[:, None]               # (D, 1)
         self.dec_causal = k_pos <= q_pos                                                 # (D, nb*bs)
         self.dec_qpos = q_pos
+        return tables.gather(2, last[None, :, None].expand(L, -1, 1))[..., 0]            # (L, D)
 
     def positions(self, T: int) -> torch.Tensor:
         return self.pos[None, :]                                                         # (1, N)
