@@ -64,9 +64,13 @@ def read_config(ckpt: str | Path) -> dict:
     return cfg
 
 
-def model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """State dict ready for safetensors: unwrapped names, tied lm_head dropped, contiguous tensors."""
-    sd = model.state_dict()
+def model_state(model: torch.nn.Module, sd: dict | None = None) -> dict[str, torch.Tensor]:
+    """State dict ready for safetensors: unwrapped names, tied lm_head dropped, contiguous tensors.
+
+    sd: an already gathered state dict (FSDP: full tensors collected from the shards) instead of
+    model.state_dict().
+    """
+    sd = model.state_dict() if sd is None else sd
     return {k.removeprefix("_orig_mod."): v.detach().contiguous() for k, v in sd.items() if not k.endswith(TIED_KEY)}
 
 
@@ -99,16 +103,17 @@ def write_dir_atomically(dest: str | Path, fill) -> Path:
 
 
 def save_checkpoint(dest: str | Path, model: torch.nn.Module, model_cfg: ModelConfig, tokenizer=None,
-                    extra: dict | None = None, fill_extra=None) -> Path:
+                    extra: dict | None = None, fill_extra=None, weights: dict | None = None) -> Path:
     """Write a complete checkpoint dir atomically.
 
     extra: more top-level keys for config.json (e.g. {"train": {...}}).
     fill_extra(tmpdir): writes more files (the trainer's train_state/) into the same atomic directory.
+    weights: the full state dict to write instead of model.state_dict() (gathered FSDP weights).
     """
     from dataclasses import asdict
 
     def fill(tmp: Path) -> None:
-        save_file(model_state(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_file(model_state(model, weights), str(tmp / "model.safetensors"), metadata={"format": "pt"})
         cfg = {"format": FORMAT, "version": VERSION, "model": asdict(model_cfg), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
@@ -227,11 +232,14 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all([torch.tensor(s, dtype=torch.uint8) for s in state["cuda"]])
 
 
-def save_train_state(ckpt_tmp: str | Path, optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """Write CKPT/train_state/{optimizer.pt, state.json}; `state` must be JSON-serialisable."""
+def save_train_state(ckpt_tmp: str | Path, optimizer: torch.optim.Optimizer | dict, state: dict) -> None:
+    """Write CKPT/train_state/{optimizer.pt, state.json}; `state` must be JSON-serialisable.
+
+    optimizer: an optimizer, or its state dict (the trainer passes the portable by-name form).
+    """
     d = Path(ckpt_tmp) / TRAIN_STATE
     d.mkdir(parents=True, exist_ok=True)
-    torch.save(optimizer.state_dict(), d / "optimizer.pt")
+    torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), d / "optimizer.pt")
     (d / "state.json").write_text(json.dumps({**state, "rng": rng_state()}) + "\n")
 
 

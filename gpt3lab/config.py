@@ -106,7 +106,11 @@ class TrainConfig:
     # GPT-3 batch-size ramp: grow linearly from ramp_start_tokens to batch_tokens over ramp_tokens tokens
     ramp_tokens: int = 0
     ramp_start_tokens: int | None = None
-    parallel: str = "none"           # "none" | "ddp" | "fsdp"
+    # token-denominated LR schedule (GPT-3 presets): when set, warmup/decay follow tokens, not steps
+    warmup_tokens: int | None = None
+    decay_tokens: int | None = None  # cosine ends here; None = the run's end
+    schedule_scale: str = "none"     # "auto": scale warmup/decay/ramp tokens by run tokens / 300B; or a number
+    parallel: str = "none"           # "none" | "ddp" | "fsdp" (ddp/fsdp under torchrun)
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
@@ -124,6 +128,18 @@ class TrainConfig:
             raise ConfigError(f"train.precision={self.precision!r} must be auto, fp32 or bf16")
         if self.parallel not in ("none", "ddp", "fsdp"):
             raise ConfigError(f"train.parallel={self.parallel!r} must be none, ddp or fsdp")
+        if self.schedule_scale not in ("none", "auto"):
+            try:
+                ok = float(self.schedule_scale) > 0
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ConfigError(f"train.schedule_scale={self.schedule_scale!r} must be none, auto or a "
+                                  f"positive number")
+        for name in ("warmup_tokens", "decay_tokens"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"train.{name}={v} must be >= 0")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise ConfigError(f"train.batch_tokens={self.batch_tokens} must be positive")
 

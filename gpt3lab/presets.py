@@ -33,27 +33,37 @@ class Preset:
         return ModelConfig(**{**self.model, **overrides})
 
 
-def _gpt3(n_layer, d_model, n_head, d_head, batch_m, lr, params, note="") -> Preset:
+_SEQS = {0.5: 256, 1.0: 512, 2.0: 1024, 3.2: 1600}   # the table's batch (M tokens) -> sequences
+
+
+def _gpt3(n_layer, d_model, n_head, d_head, batch_m, lr, params, ramp_b, note="") -> Preset:
     batch_tokens = int(batch_m * 1_000_000)
     return Preset(
         model=dict(vocab_size=50257, context=2048, n_layer=n_layer, d_model=d_model, n_head=n_head,
                    d_head=d_head, attention_pattern="alternating", local_window=256),
-        # Paper: Adam(0.9, 0.95, 1e-8), clip 1.0, wd 0.1, warmup 375M tokens, cosine to 10% over 260B tokens.
-        train=dict(lr=lr, batch_tokens=batch_tokens, beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1,
-                   grad_clip=1.0, min_lr_ratio=0.1, warmup_steps=max(1, round(375e6 / batch_tokens))),
+        # Paper: Adam(0.9, 0.95, 1e-8), clip 1.0, wd 0.1, warmup 375M tokens, cosine to 10% over 260B of
+        # 300B tokens, batch ramped linearly from 32k tokens over the first 4-12B tokens. The table's
+        # 0.5M/1M/2M/3.2M-token batches are taken as whole 2048-token sequences (256/512/1024/1600),
+        # so the batch splits evenly over power-of-two world sizes. The paper gives the ramp length only
+        # as "4-12B depending on model size": we interpolate log-linearly in parameters (ramp_b).
+        # schedule_scale=auto squeezes warmup, decay and ramp by run tokens / 300B (train/schedule.py).
+        train=dict(lr=lr, batch_tokens=_SEQS[batch_m] * 2048, beta1=0.9, beta2=0.95, eps=1e-8,
+                   weight_decay=0.1, grad_clip=1.0, min_lr_ratio=0.1, warmup_tokens=375_000_000,
+                   decay_tokens=260_000_000_000, ramp_start_tokens=32_768, ramp_tokens=int(ramp_b * 1e9),
+                   schedule_scale="auto"),
         paper_params=params, paper_batch_tokens=batch_tokens, note=note)
 
 
 PRESETS: dict[str, Preset] = {
     # --- GPT-3, Table 2.1 -------------------------------------------------------------------------
-    "gpt3-small": _gpt3(12, 768, 12, 64, 0.5, 6.0e-4, 125e6),
-    "gpt3-medium": _gpt3(24, 1024, 16, 64, 0.5, 3.0e-4, 350e6),
-    "gpt3-large": _gpt3(24, 1536, 16, 96, 0.5, 2.5e-4, 760e6),
-    "gpt3-xl": _gpt3(24, 2048, 16, 128, 1.0, 2.0e-4, 1.3e9, "paper says 24 heads; 16 x 128 tiles d_model"),
-    "gpt3-2.7b": _gpt3(32, 2560, 32, 80, 1.0, 1.6e-4, 2.7e9),
-    "gpt3-6.7b": _gpt3(32, 4096, 32, 128, 2.0, 1.2e-4, 6.7e9),
-    "gpt3-13b": _gpt3(40, 5140, 40, 128, 2.0, 1.0e-4, 13.0e9, "d_model 5140 kept; attention width 5120"),
-    "gpt3-175b": _gpt3(96, 12288, 96, 128, 3.2, 0.6e-4, 175.0e9),
+    "gpt3-small": _gpt3(12, 768, 12, 64, 0.5, 6.0e-4, 125e6, 4.0),
+    "gpt3-medium": _gpt3(24, 1024, 16, 64, 0.5, 3.0e-4, 350e6, 5.1),
+    "gpt3-large": _gpt3(24, 1536, 16, 96, 0.5, 2.5e-4, 760e6, 6.0),
+    "gpt3-xl": _gpt3(24, 2048, 16, 128, 1.0, 2.0e-4, 1.3e9, 6.6, "paper says 24 heads; 16 x 128 tiles d_model"),
+    "gpt3-2.7b": _gpt3(32, 2560, 32, 80, 1.0, 1.6e-4, 2.7e9, 7.4),
+    "gpt3-6.7b": _gpt3(32, 4096, 32, 128, 2.0, 1.2e-4, 6.7e9, 8.4),
+    "gpt3-13b": _gpt3(40, 5140, 40, 128, 2.0, 1.0e-4, 13.0e9, 9.1, "d_model 5140 kept; attention width 5120"),
+    "gpt3-175b": _gpt3(96, 12288, 96, 128, 3.2, 0.6e-4, 175.0e9, 12.0),
     # --- GPT-2 124M shape (dense, context 1024): what HF `gpt2` checkpoints have -----------------------
     "gpt2": Preset(model=dict(vocab_size=50257, context=1024, n_layer=12, d_model=768, n_head=12)),
     # --- small CPU sizes ------------------------------------------------------------------------------

@@ -4,6 +4,10 @@
 Settings are layered: dataclass defaults < preset < config FILE ({"model": {...}, "train": {...}}) < --set
 < explicit flags. model.vocab_size defaults to the data's tokenizer. On --resume the run's saved configs are
 the base; only bookkeeping settings (RESUME_MAY_CHANGE) may differ from them.
+
+Distributed: `torchrun --nproc_per_node N -m gpt3lab train ... --set train.parallel=ddp|fsdp`. batch_size
+is per process. A resume may use another world size W (and mode): the global micro-batch (batch_size x
+world size of the saved run) is kept, so batch_size becomes global / W, which W must divide.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_over
 from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
 
 RESUME_MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "save_every", "keep_last",
-                     "device", "compile", "peak_flops"}
+                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -74,11 +78,28 @@ def layer_configs(model_d: dict, train_d: dict, config_file: str | None, overrid
     return asdict(mcfg), asdict(tcfg), vocab_explicit
 
 
+def _resume_batch_size(saved: dict, tcfg: TrainConfig, overrides: list[str], world: int) -> TrainConfig:
+    """Per-process batch_size for resuming on `world` processes: the saved global micro-batch / world."""
+    old_b, old_w = saved.get("train", {}).get("batch_size", tcfg.batch_size), int(saved.get("world_size", 1))
+    glob = old_b * old_w
+    explicit = any(o.split("=", 1)[0].strip() in ("batch_size", "train.batch_size") for o in overrides)
+    if explicit and tcfg.batch_size * world != glob:
+        raise ConfigError(f"--set batch_size={tcfg.batch_size} on {world} process(es) gives a global micro-batch "
+                          f"of {tcfg.batch_size * world}, the run used {glob} ({old_w} x {old_b}); drop the "
+                          f"setting (batch_size is derived on resume)")
+    if glob % world:
+        raise ConfigError(f"cannot resume on world size {world}: it does not divide the run's global "
+                          f"micro-batch of {glob} sequences ({old_w} processes x batch_size {old_b}); "
+                          f"use a world size dividing {glob}")
+    return replace(tcfg, batch_size=glob // world)
+
+
 def _check_resume_compatible(saved_model: dict, saved_train: dict, mcfg: ModelConfig, tcfg: TrainConfig,
                              ckpt: Path) -> None:
+    saved_train = {k: v for k, v in saved_train.items() if k != "batch_size"}   # see _resume_batch_size
     bad = [f"model.{k}: {saved_model.get(k)!r} -> {v!r}" for k, v in asdict(mcfg).items() if saved_model.get(k) != v]
     bad += [f"train.{k}: {saved_train.get(k)!r} -> {v!r}" for k, v in asdict(tcfg).items()
-            if saved_train.get(k) != v and k not in RESUME_MAY_CHANGE]
+            if k in saved_train and saved_train.get(k) != v and k not in RESUME_MAY_CHANGE]
     if bad:
         raise CheckpointError(f"cannot resume {ckpt} with a different configuration ({'; '.join(bad)}); only "
                               f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change on --resume")
@@ -133,8 +154,12 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
                           f"{tok.name} (vocab_size {tok.vocab_size}) in {data}; drop the setting or "
                           f"prepare the data with a matching tokenizer")
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if resume:
+        tcfg = _resume_batch_size(saved, tcfg, overrides, world)
         _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+    from gpt3lab.train.schedule import check_world_size
+    check_world_size(tcfg, mcfg.context, world)
 
     device = local_device(tcfg.device)
     dist = from_env(tcfg.parallel, device)

@@ -1,14 +1,20 @@
 """The one seam between the training loop and multi-process training.
 
 The loop only calls the methods of `Distributed`; the single-process version below is rank 0 of 1.
-`from_env()` returns a DDP version when launched by torchrun (WORLD_SIZE > 1 and train.parallel=ddp).
+`from_env()` picks the version for this process: `DDP` or `FSDP` under torchrun (train.parallel), else
+single-process. Checkpoints are always written in one portable form, whatever the mode: full (gathered)
+model weights and an optimizer state keyed by parameter name with full tensors. So a run saved by N
+processes resumes on M processes (any mode), as long as M divides the global micro-batch.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 
 import torch
+
+from gpt3lab.errors import CheckpointError, ConfigError
 
 
 class Distributed:
@@ -21,7 +27,8 @@ class Distributed:
         """Only the main process logs, evaluates for the log and writes checkpoints."""
         return self.rank == 0
 
-    def wrap_model(self, model: torch.nn.Module) -> torch.nn.Module:
+    def wrap_model(self, model: torch.nn.Module, precision: str = "fp32") -> torch.nn.Module:
+        """The module the loop calls for training (the optimizer is built after this, on its params)."""
         return model
 
     def no_sync(self, model: torch.nn.Module, final_micro_step: bool):
@@ -37,6 +44,57 @@ class Distributed:
     def close(self) -> None:
         pass
 
+    # ---- checkpoints: every rank calls these (gathering is collective); rank 0 writes ---------------
+    def model_state(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Full, unsharded weights on the CPU (GPT-2 key names, tied lm_head included)."""
+        return {k: _full(v).cpu() for k, v in model.state_dict().items()}
+
+    def optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+        """Optimizer state keyed by parameter name, full tensors on the CPU (mode-independent)."""
+        names = _param_names(model)
+        sd = optimizer.state_dict()
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        state = {names[id(p)]: {k: _full(v).cpu() for k, v in sd["state"][i].items()}
+                 for i, p in enumerate(params) if i in sd["state"]}
+        groups, i = [], 0
+        for g in sd["param_groups"]:
+            groups.append({**g, "params": [names[id(p)] for p in params[i:i + len(g["params"])]]})
+            i += len(g["params"])
+        return {"format": "by-name", "state": state, "param_groups": groups}
+
+    def load_optimizer_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, saved: dict) -> None:
+        """Inverse of `optimizer_state`: map names back to this optimizer's params, re-shard DTensors."""
+        if saved.get("format") != "by-name":        # checkpoints written before the portable format
+            optimizer.load_state_dict(saved)
+            return
+        names = _param_names(model)
+        params = [p for g in optimizer.param_groups for p in g["params"]]
+        ids = {names[id(p)]: i for i, p in enumerate(params)}
+        groups = saved["param_groups"]
+        if [n for g in groups for n in g["params"]] != list(ids):
+            raise CheckpointError("saved optimizer state lists other parameters than this model trains")
+        state = {ids[n]: {k: _like(v, params[ids[n]]) for k, v in s.items()} for n, s in saved["state"].items()}
+        optimizer.load_state_dict({"state": state, "param_groups": [
+            {**g, "params": [ids[n] for n in g["params"]]} for g in groups]})
+
+
+def _full(t):
+    """A DTensor (FSDP shard) gathered to the whole tensor; plain tensors as they are."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
+    """A saved full state tensor laid out like `param` (sharded the same way when it is a DTensor)."""
+    if hasattr(param, "device_mesh") and value.dim() > 0:
+        from torch.distributed.tensor import distribute_tensor
+        return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
+    return value
+
+
+def _param_names(model: torch.nn.Module) -> dict[int, str]:
+    """id(param) -> its first name (a tied weight is named once, as named_parameters yields it)."""
+    return {id(p): n.removeprefix("_orig_mod.") for n, p in model.named_parameters()}
+
 
 class DDP(Distributed):
     """torch.distributed DistributedDataParallel (one process per device, launched by torchrun)."""
@@ -45,11 +103,11 @@ class DDP(Distributed):
         import torch.distributed as dist
 
         backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
         self.dist, self.device = dist, device
         self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
 
-    def wrap_model(self, model):
+    def wrap_model(self, model, precision="fp32"):
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [self.device.index] if self.device.type == "cuda" else None
@@ -60,15 +118,44 @@ class DDP(Distributed):
 
     def all_reduce_mean(self, value):
         value = value.detach().clone()
-        self.dist.all_reduce(value, op=self.dist.ReduceOp.AVG if self.device.type == "cuda"
-                             else self.dist.ReduceOp.SUM)
-        return value if self.device.type == "cuda" else value / self.world_size
+        # gloo has no AVG: sum and divide
+        self.dist.all_reduce(value, op=self.dist.ReduceOp.SUM)
+        return value / self.world_size
 
     def barrier(self):
         self.dist.barrier()
 
     def close(self):
         self.dist.destroy_process_group()
+
+
+class FSDP(DDP):
+    """FSDP2 (`fully_shard`): each block's parameters, grads and optimizer state are sharded over ranks.
+
+    Each transformer block is one unit (all-gathered just before its forward/backward, freed after);
+    the root unit holds the embeddings (wte, tied to lm_head), wpe and ln_f. Under precision=bf16 the
+    gathered parameters are bf16 and gradients are reduced in fp32; the sharded master weights and the
+    optimizer stay fp32.
+    """
+
+    def wrap_model(self, model, precision="fp32"):
+        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+              if precision == "bf16" else MixedPrecisionPolicy())
+        for block in model.transformer.h:
+            fully_shard(block, mp_policy=mp)
+        fully_shard(model, mp_policy=mp)
+        return model
+
+    def no_sync(self, model, final_micro_step):
+        model.set_requires_gradient_sync(final_micro_step)   # reduce-scatter only on the last micro-step
+        return contextlib.nullcontext()
+
+
+def launched_by_torchrun() -> bool:
+    """torchrun (or any launcher speaking its protocol) sets RANK, WORLD_SIZE and MASTER_ADDR."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"))
 
 
 def local_device(requested: str) -> torch.device:
@@ -81,13 +168,26 @@ def local_device(requested: str) -> torch.device:
 
 
 def from_env(parallel: str, device: torch.device) -> Distributed:
-    """The Distributed for this process: DDP under torchrun with parallel=ddp, else single-process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    """The Distributed for this process.
+
+    Under torchrun: DDP or FSDP as train.parallel says (parallel=none with WORLD_SIZE > 1 is an error:
+    the ranks would train separate models). Without torchrun: fsdp is an error (sharding needs a
+    process group), ddp runs single-process with a warning (DDP over one process is the plain loop).
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if not launched_by_torchrun():
+        if parallel == "fsdp":
+            raise ConfigError("train.parallel=fsdp needs a torchrun launch, e.g. `torchrun --nproc_per_node N "
+                              "-m gpt3lab train ... --set train.parallel=fsdp`; for one process use parallel=none")
         if parallel == "ddp":
-            if device.type == "cuda":
-                torch.cuda.set_device(device)
-            return DDP(device)
-        from gpt3lab.errors import ConfigError
-        raise ConfigError(f"launched with WORLD_SIZE={os.environ['WORLD_SIZE']} but train.parallel="
-                          f"{parallel!r}; use --set train.parallel=ddp (fsdp is not implemented yet)")
-    return Distributed()
+            print("gpt3lab: warning: train.parallel=ddp without torchrun; training as a single process",
+                  file=sys.stderr)
+        return Distributed()
+    if parallel == "none":
+        if world > 1:
+            raise ConfigError(f"launched by torchrun with WORLD_SIZE={world} but train.parallel='none'; "
+                              f"use --set train.parallel=ddp or --set train.parallel=fsdp")
+        return Distributed()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return (FSDP if parallel == "fsdp" else DDP)(device)

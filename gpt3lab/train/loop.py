@@ -6,7 +6,9 @@ optional eval batch source (anything with `next_batch(batch_size) -> (x, y)`, `s
 requires_grad (so LoRA adapters just work) and knows nothing about where batches come from.
 
 One optimizer step = `accum` micro-steps of `batch_size` sequences (accum from the batch ramp), AdamW
-with decoupled weight decay on matrices only, global-norm clipping, LR from `schedule.lr_at`.
+with decoupled weight decay on matrices only, global-norm clipping, LR from `schedule.lr_for`.
+Data parallelism (DDP / FSDP) enters only through the `Distributed` seam: it wraps the model, skips the
+gradient all-reduce on non-final micro-steps, averages logged losses and gathers checkpoints.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.config import ModelConfig, TrainConfig
 from gpt3lab.train import perf
 from gpt3lab.train.distributed import Distributed
-from gpt3lab.train.schedule import batch_tokens_at, lr_at, micro_tokens
+from gpt3lab.train.schedule import batch_tokens_at, lr_for, micro_tokens, scaled
 
 LOG_FIELDS = ["step", "loss", "lr", "tokens", "tokens_per_s", "mfu", "grad_norm", "val_loss", "val_bpb",
               "seconds"]
@@ -83,8 +85,9 @@ class Trainer:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.model.to(self.device)
         self.model.checkpoint_activations = cfg.activation_checkpointing
-        self.optimizer = make_optimizer(self.model, cfg, self.device)
-        self.fwd = self.dist.wrap_model(self.model)
+        self.fwd = self.dist.wrap_model(self.model, self.precision)   # FSDP shards params in place
+        self.optimizer = make_optimizer(self.model, cfg, self.device)  # ...so build AdamW on the shards
+        self.sched = scaled(cfg, model_cfg.context, self.dist.world_size)   # schedule_scale resolved
         if cfg.compile:
             self.fwd = torch.compile(self.fwd)
         self.step, self.tokens = 0, 0          # optimizer steps done, tokens trained on (all ranks)
@@ -100,10 +103,10 @@ class Trainer:
 
     def train_step(self) -> dict:
         """Accumulate gradients over the micro-batches of one step, clip, update. Returns step stats."""
-        cfg, T = self.cfg, self.model_cfg.context
-        step_tokens = batch_tokens_at(self.tokens, cfg, T, self.dist.world_size)
-        accum = step_tokens // micro_tokens(cfg.batch_size, T, self.dist.world_size)
-        lr = lr_at(self.step, cfg)
+        cfg, T, world = self.sched, self.model_cfg.context, self.dist.world_size
+        step_tokens = batch_tokens_at(self.tokens, cfg, T, world)
+        accum = step_tokens // micro_tokens(cfg.batch_size, T, world)
+        lr = lr_for(self.step, self.tokens, step_tokens, cfg, T, world)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
@@ -117,6 +120,8 @@ class Trainer:
             total += loss.detach()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        if hasattr(grad_norm, "full_tensor"):       # FSDP: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -204,30 +209,39 @@ class Trainer:
 
     def state(self) -> dict:
         """JSON part of the training state (the optimizer goes to optimizer.pt)."""
-        s = {"step": self.step, "tokens": self.tokens, "train_data": self.train_data.state_dict()}
+        s = {"step": self.step, "tokens": self.tokens, "world_size": self.dist.world_size,
+             "train_data": self.train_data.state_dict()}
         if self.eval_data is not None:
             s["eval_data"] = self.eval_data.state_dict()
         return s
 
     def save(self) -> Path | None:
-        """Write RUN/checkpoints/step_N atomically (main process only), then keep the last K."""
-        self.dist.barrier()
-        if self.info.out_dir is None or not self.dist.is_main:
+        """Write RUN/checkpoints/step_N atomically, then keep the last K.
+
+        Every rank gathers (FSDP shards are collected into full tensors); only the main process writes.
+        """
+        if self.info.out_dir is None:
             return None
-        extra = {"train": asdict(self.cfg), **(self.info.extra_config or {})}
-        state = self.state()
-        dest = ckpt_io.save_checkpoint(
-            ckpt_io.step_dir(self.info.out_dir, self.step), self.model, self.model_cfg, self.info.tokenizer,
-            extra=extra, fill_extra=lambda tmp: ckpt_io.save_train_state(tmp, self.optimizer, state))
-        ckpt_io.prune_checkpoints(self.info.out_dir, self.cfg.keep_last)
+        weights = self.dist.model_state(self.model)
+        opt_state = self.dist.optimizer_state(self.model, self.optimizer)
+        dest = None
+        if self.dist.is_main:
+            extra = {"train": asdict(self.cfg), "world_size": self.dist.world_size, **(self.info.extra_config or {})}
+            state = self.state()
+            dest = ckpt_io.save_checkpoint(
+                ckpt_io.step_dir(self.info.out_dir, self.step), self.model, self.model_cfg, self.info.tokenizer,
+                extra=extra, fill_extra=lambda tmp: ckpt_io.save_train_state(tmp, opt_state, state),
+                weights=weights)
+            ckpt_io.prune_checkpoints(self.info.out_dir, self.cfg.keep_last)
+        self.dist.barrier()                   # nobody runs ahead (or resumes) before the files exist
         return dest
 
     def resume(self, ckpt: str | Path) -> None:
         """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first)."""
         opt_state, state = ckpt_io.load_train_state(ckpt)
         try:
-            self.optimizer.load_state_dict(opt_state)
-        except (ValueError, KeyError) as e:
+            self.dist.load_optimizer_state(self.model, self.optimizer, opt_state)
+        except (ValueError, KeyError, RuntimeError) as e:
             raise ckpt_io.CheckpointError(f"{ckpt}: optimizer state does not fit this model ({e}); "
                                           f"resume with the configuration the run was started with") from None
         self.step, self.tokens = int(state["step"]), int(state["tokens"])
