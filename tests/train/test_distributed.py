@@ -1,0 +1,134 @@
+"""Data parallelism on CPU (gloo, 2 processes): DDP and FSDP equal one process with the same global batch.
+
+Each mode is one launch of 2 `python -m gpt3lab train` processes with the environment torchrun would
+give them (RANK, WORLD_SIZE, MASTER_ADDR, ...), both modes at once. The reference run trains in-process.
+Every run: tiny preset, 4 steps of 2 micro-steps (so the skipped all-reduce of accumulation is exercised),
+checkpoints at steps 2 and 4.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.cli import main
+from gpt3lab.config import TrainConfig
+from gpt3lab.errors import ConfigError
+from gpt3lab.train import distributed
+from gpt3lab.train.cli import _resume_batch_size, train
+from gpt3lab.train.schedule import check_world_size
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMON = ["--preset", "tiny", "--max-steps", "4", "--no-progress", "--set", "precision=fp32",
+          "--set", "peak_flops=1e12", "--set", "eval_batches=1", "--set", "eval_every=0",
+          "--set", "save_every=2", "--set", "keep_last=2", "--set", "batch_tokens=512"]   # 512 = 2 x (4 x 64)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(data, out: Path, mode: str) -> list[subprocess.Popen]:
+    """Two ranks of `gpt3lab train --set parallel=MODE --set batch_size=2` (what torchrun would start)."""
+    port = _free_port()
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GPT3LAB_NO_TCMALLOC": "1",
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "gpt3lab", "train", "--data", str(data), "--out", str(out), *COMMON,
+             "--set", "batch_size=2", "--set", f"parallel={mode}"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def _losses(run: Path) -> list[float]:
+    return [json.loads(x)["loss"] for x in (run / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_data, tmp_path_factory):
+    """{mode: run dir} for ddp and fsdp (2 processes each) and 'one' (1 process, batch_size 4)."""
+    root = tmp_path_factory.mktemp("dist")
+    launched = {mode: _launch(tiny_data, root / mode, mode) for mode in ("ddp", "fsdp")}
+    train(tiny_data, root / "one", preset="tiny", progress=False, max_steps=4,
+          overrides=[o for o in COMMON[5:] if o != "--set"] + ["batch_size=4"])
+    for mode, procs in launched.items():
+        for p in procs:
+            out, _ = p.communicate(timeout=240)
+            assert p.returncode == 0, f"{mode} rank failed:\n{out[-3000:]}"
+    return {m: root / m for m in ("ddp", "fsdp", "one")} | {"root": root}
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one_with_the_same_global_batch(runs, mode):
+    one = _losses(runs["one"])
+    assert len(one) == 4 and one[-1] < one[0]
+    assert _losses(runs[mode]) == pytest.approx(one, rel=1e-5, abs=1e-6)
+    # only rank 0 wrote: one record per step, checkpoints at 2 and 4
+    assert [c.name for c in ckpt_io.list_checkpoints(runs[mode])] == ["step_0000002", "step_0000004"]
+
+
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_checkpoint_loads_in_one_process_with_the_same_logits(runs, mode):
+    x = torch.randint(0, 300, (2, 64), generator=torch.Generator().manual_seed(0))
+    ref = ckpt_io.load_model(runs["one"])
+    got = ckpt_io.load_model(runs[mode])          # a plain single-process load of the gathered weights
+    with torch.no_grad():
+        torch.testing.assert_close(got(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
+    cfg = ckpt_io.read_config(ckpt_io.resolve(runs[mode]))
+    assert cfg["world_size"] == 2 and cfg["train"]["parallel"] == mode
+
+
+def test_fsdp_checkpoint_resumes_on_one_process(runs, tiny_data):
+    """Across world size and mode: FSDP x 2 (batch 2) at step 2 -> 1 process (batch 4 derived) to step 4."""
+    run = runs["root"] / "resumed"
+    shutil.copytree(runs["fsdp"] / "checkpoints" / "step_0000002", run / "checkpoints" / "step_0000002")
+    shutil.copy(runs["fsdp"] / "log.jsonl", run / "log.jsonl")
+    s = train(None, run, resume=True, overrides=["parallel=none"], progress=False)
+    assert s["step"] == 4 and s["train"]["batch_size"] == 4
+    assert _losses(run) == pytest.approx(_losses(runs["one"]), rel=1e-5, abs=1e-6)
+
+
+# ---- bad input --------------------------------------------------------------------------------------
+
+def test_fsdp_without_torchrun_is_a_clear_error(tiny_data, tmp_path, capsys, monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(k, raising=False)
+    with pytest.raises(ConfigError, match="needs a torchrun launch"):
+        distributed.from_env("fsdp", torch.device("cpu"))
+    assert main(["train", "--data", str(tiny_data), "--out", str(tmp_path / "r"), "--preset", "tiny",
+                 "--set", "parallel=fsdp", "--no-progress"]) == 2
+    assert "torchrun" in capsys.readouterr().err
+
+
+def test_ddp_without_torchrun_runs_single_process_with_a_warning(monkeypatch, capsys):
+    for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR"):
+        monkeypatch.delenv(k, raising=False)
+    d = distributed.from_env("ddp", torch.device("cpu"))
+    assert type(d) is distributed.Distributed and d.world_size == 1
+    assert "single process" in capsys.readouterr().err
+
+
+def test_world_size_must_divide_the_batch():
+    cfg = TrainConfig(batch_size=2, batch_tokens=6 * 2 * 64)      # 12 sequences
+    check_world_size(cfg, 64, 1)
+    check_world_size(cfg, 64, 3)                                  # 3 x 2 divides 12
+    with pytest.raises(ConfigError, match="world size 4 x batch_size 2"):
+        check_world_size(cfg, 64, 4)
+    saved = {"train": {"batch_size": 2}, "world_size": 3}         # global micro-batch of 6
+    assert _resume_batch_size(saved, TrainConfig(batch_size=2), [], 2).batch_size == 3
+    assert _resume_batch_size(saved, TrainConfig(batch_size=2), [], 6).batch_size == 1
+    with pytest.raises(ConfigError, match="world size 4: it does not divide"):
+        _resume_batch_size(saved, TrainConfig(batch_size=2), [], 4)
+    with pytest.raises(ConfigError, match="batch_size=5"):
+        _resume_batch_size(saved, TrainConfig(batch_size=5), ["batch_size=5"], 2)
