@@ -14,6 +14,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt3lab.config import ModelConfig
+from gpt3lab.model.matvec import linear
 
 
 @lru_cache(maxsize=32)
@@ -170,7 +171,7 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = self.c_attn(x).split(self.d_attn, dim=2)                  # 3 x (B, T, d_attn)
+        q, k, v = linear(self.c_attn, x).split(self.d_attn, dim=2)                  # 3 x (B, T, d_attn)
         q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
         if cache is not None:
@@ -180,4 +181,4 @@ class CausalSelfAttention(nn.Module):
         else:
             y = banded_attention(q, k, v, self.window, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, self.d_attn)                     # (B, T, d_attn)
-        return self.resid_dropout(self.c_proj(y))
+        return self.resid_dropout(linear(self.c_proj, y))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from gpt3lab.config import ModelConfig
 from gpt3lab.model.attention import CausalSelfAttention
 from gpt3lab.model.kv_cache import ContextOverflowError
+from gpt3lab.model.matvec import FastLinear, linear
 
 
 class MLP(nn.Module):
@@ -27,7 +28,7 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # GPT-2/3 use the tanh approximation of GELU ("gelu_new")
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(linear(self.c_proj, F.gelu(linear(self.c_fc, x), approximate="tanh")))
 
 
 class Block(nn.Module):
@@ -56,7 +57,7 @@ class GPT(nn.Module):
             h=nn.ModuleList(Block(config, i) for i in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.d_model, eps=config.layer_norm_eps, bias=config.bias),
         ))
-        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.lm_head = FastLinear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight   # tied unembedding
         self.checkpoint_activations = False                 # set by the trainer (activation checkpointing)
         self.apply(self._init_weights)
@@ -79,13 +80,10 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache=None,
-                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> (logits, loss).
+    def hidden(self, idx: torch.Tensor, cache=None) -> torch.Tensor:
+        """idx (B, T) token ids -> the final LayerNorm's output (B, T, d_model); lm_head of it = logits.
 
-        targets (B, T): next-token ids, -100 = ignored; loss is the mean cross-entropy (fp32).
-        cache: a KV cache (see kv_cache.py); positions continue from what it holds.
-        last_only: compute logits for the last position only (decoding), shape (B, 1, V).
+        cache: a KV cache (see kv_cache.py); positions continue from what it holds, and it advances by T.
         """
         B, T = idx.shape
         if cache is not None:
@@ -105,6 +103,17 @@ class GPT(nn.Module):
         x = self.transformer.ln_f(x)
         if cache is not None:
             cache.advance(T)
+        return x
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, *, cache=None,
+                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits, loss).
+
+        targets (B, T): next-token ids, -100 = ignored; loss is the mean cross-entropy (fp32).
+        cache: a KV cache (see kv_cache.py); positions continue from what it holds.
+        last_only: compute logits for the last position only (decoding), shape (B, 1, V).
+        """
+        x = self.hidden(idx, cache)                                                      # (B, T, d)
         if targets is not None:
             logits = self.lm_head(x)                                                     # (B, T, V)
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1),
