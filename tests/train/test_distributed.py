@@ -2,8 +2,8 @@
 
 Each mode is one launch of 2 `python -m gpt3lab train` processes with the environment torchrun would
 give them (RANK, WORLD_SIZE, MASTER_ADDR, ...), both modes at once. The reference run trains in-process.
-Every run: tiny preset, 4 steps of 2 micro-steps (so the skipped all-reduce of accumulation is exercised),
-checkpoints at steps 2 and 4.
+Every run: tiny preset, 4 steps under a batch ramp of 1, 1, 2, 2 micro-steps (so the ramp and the skipped
+all-reduce of accumulation are exercised), checkpoints at steps 2 and 4.
 """
 import json
 import os
@@ -27,7 +27,8 @@ from gpt3lab.train.schedule import check_world_size
 ROOT = Path(__file__).resolve().parents[2]
 COMMON = ["--preset", "tiny", "--max-steps", "4", "--no-progress", "--set", "precision=fp32",
           "--set", "peak_flops=1e12", "--set", "eval_batches=1", "--set", "eval_every=0",
-          "--set", "save_every=2", "--set", "keep_last=2", "--set", "batch_tokens=512"]   # 512 = 2 x (4 x 64)
+          "--set", "save_every=2", "--set", "keep_last=2", "--set", "batch_tokens=512",   # 512 = 2 x (4 x 64)
+          "--set", "ramp_tokens=1024", "--set", "ramp_start_tokens=256"]   # steps of 1, 1, 2, 2 micro-steps
 
 
 def _free_port() -> int:

@@ -62,3 +62,75 @@ def test_ramp_start_above_target_is_an_error():
     cfg = TrainConfig(batch_size=2, batch_tokens=32, ramp_tokens=100, ramp_start_tokens=64)
     with pytest.raises(ConfigError, match="ramp_start_tokens=64"):
         batch_tokens_at(0, cfg, 8)
+
+
+# ---- data parallelism, token schedules, GPT-3 defaults ------------------------------------------------
+
+from dataclasses import replace  # noqa: E402
+
+from gpt3lab.presets import GPT3_PRESETS, get_preset  # noqa: E402
+from gpt3lab.train.schedule import (check_world_size, full_step_tokens, lr_at_tokens, lr_for,  # noqa: E402
+                                    scaled, schedule_scale)
+
+
+@pytest.mark.parametrize("world", [1, 2, 4, 8])
+def test_ramp_under_data_parallelism_equals_one_process_with_the_global_micro_batch(world):
+    # W ranks x batch_size 2 must step exactly like 1 process x batch_size 2W (the loader's contract)
+    ranks = TrainConfig(batch_size=2, batch_tokens=64 * 2 * 8 * 4, ramp_tokens=20_000, ramp_start_tokens=1024)
+    one = replace(ranks, batch_size=2 * world)
+    seen_r = seen_1 = 0
+    for _ in range(60):                                  # walk both runs through (and past) the ramp
+        a, b = batch_tokens_at(seen_r, ranks, 64, world), batch_tokens_at(seen_1, one, 64, 1)
+        assert a == b and a % (2 * 64 * world) == 0      # whole micro-steps on every rank
+        seen_r, seen_1 = seen_r + a, seen_1 + b
+    assert batch_tokens_at(seen_r, ranks, 64, world) == 64 * 2 * 8 * 4
+
+
+def test_token_lr_schedule_at_known_points():
+    cfg = TrainConfig(lr=1e-3, min_lr_ratio=0.1, warmup_tokens=1000, decay_tokens=11_000, max_steps=10)
+    assert lr_at_tokens(500, cfg, 8) == pytest.approx(5e-4)
+    assert lr_at_tokens(1000, cfg, 8) == pytest.approx(1e-3)
+    assert lr_at_tokens(6000, cfg, 8) == pytest.approx(0.55e-3)          # half way down the cosine
+    assert lr_at_tokens(11_000, cfg, 8) == lr_at_tokens(10**12, cfg, 8) == pytest.approx(1e-4)
+    # the loop's LR: by tokens at the END of the step when token fields are set, else by step
+    assert lr_for(3, 400, 100, cfg, 8) == pytest.approx(5e-4)
+    plain = TrainConfig(lr=1e-3, warmup_steps=10, max_steps=100)
+    assert [lr_for(s, 0, 1, plain, 8) for s in range(100)] == [lr_at(s, plain) for s in range(100)]
+
+
+def test_schedule_scale_auto_squeezes_the_paper_schedule_to_the_run():
+    p = get_preset("gpt3-small")
+    cfg = replace(TrainConfig(**p.train), max_steps=1000)        # 1000 x 524288 tokens = 0.524B of 300B
+    assert full_step_tokens(cfg, 2048) == 524_288
+    f = 1000 * 524_288 / 300e9
+    assert schedule_scale(cfg, 2048) == pytest.approx(f)
+    s = scaled(cfg, 2048)
+    assert s.warmup_tokens == int(375e6 * f) and s.decay_tokens == int(260e9 * f)
+    assert s.ramp_tokens == int(4e9 * f) and s.ramp_start_tokens == 32_768
+    # a run of the paper's length (or longer) keeps the paper's numbers
+    assert scaled(replace(cfg, max_steps=600_000), 2048) == replace(cfg, max_steps=600_000)
+    assert scaled(replace(cfg, schedule_scale="none"), 2048).warmup_tokens == 375_000_000
+    assert scaled(replace(cfg, schedule_scale="0.5"), 2048).decay_tokens == 130_000_000_000
+    # the LR reaches the floor exactly where the scaled decay ends (86.7% of the run), then stays
+    end = s.decay_tokens
+    assert lr_at_tokens(end, s, 2048) == pytest.approx(0.1 * cfg.lr)
+    assert lr_at_tokens(end - 10**6, s, 2048) > 0.1 * cfg.lr
+
+
+def test_gpt3_presets_carry_the_paper_training_defaults():
+    for name in GPT3_PRESETS:
+        t = get_preset(name).train
+        cfg = TrainConfig(**t)
+        assert cfg.warmup_tokens == 375_000_000 and cfg.decay_tokens == 260_000_000_000
+        assert cfg.ramp_start_tokens == 32_768 and 4e9 <= cfg.ramp_tokens <= 12e9
+        assert cfg.schedule_scale == "auto" and cfg.min_lr_ratio == 0.1
+        assert cfg.batch_tokens % 2048 == 0
+        check_world_size(replace(cfg, batch_size=8), 2048, 8)    # 8 GPUs x 8 sequences divide every batch
+    assert get_preset("gpt3-small").train["ramp_tokens"] == 4_000_000_000
+    assert get_preset("gpt3-175b").train["ramp_tokens"] == 12_000_000_000
+    assert get_preset("gpt3-175b").train["batch_tokens"] == 1600 * 2048
+
+
+def test_bad_schedule_scale_is_a_config_error():
+    with pytest.raises(ConfigError, match="schedule_scale='half'"):
+        TrainConfig(schedule_scale="half")
