@@ -71,6 +71,22 @@ def test_greedy_alone_equals_inside_a_batch_of_16(make_engine, pattern):
     assert e.stats()["steps"] < sum(len(p) + 24 for p in PROMPTS)            # rows really shared steps
 
 
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (20, 1.0), (0, 0.8)])
+def test_seeded_sampling_equals_generate_inside_a_mixed_batch(make_engine, top_k, top_p):
+    """The engine's batched draw (argmax probs / Exp noise per row) is torch.multinomial's: same seed, same
+    tokens as gpt3lab.generate.generate, with greedy and other sampled rows in the same steps."""
+    model = tiny()
+    ref = generate(model, BYTES, "Hello", max_tokens=20, temperature=0.9, seed=42, top_k=top_k, top_p=top_p)
+    e = make_engine(model)
+    others = [e.submit(BYTES.encode(p), SamplingParams(max_tokens=20, temperature=t))
+              for p, t in zip(PROMPTS[:6], (0, 1.0, 0, 0.5, 1.5, 0))]
+    (toks, _, lps, _), _ = run(e, "Hello", max_tokens=20, temperature=0.9, seed=42, top_k=top_k, top_p=top_p)
+    assert toks == [t for t in ref.tokens if t != BYTES.eot_id]
+    assert lps == pytest.approx(ref.logprobs[:len(lps)], abs=1e-5)
+    for h in others:
+        list(h)
+
+
 def test_same_seed_same_text_with_other_requests_present(make_engine):
     model = tiny()
     (toks, text, _, _), _ = run(make_engine(model), "Hello", max_tokens=30, temperature=1.0, seed=123)
