@@ -2,8 +2,8 @@
 
     python benchmarks/bench_serve_load.py [--clients 64] [--requests 20] [--max-tokens 16] [--checkpoint DIR]
 
-Starts the server in a subprocess on 127.0.0.1 (a free port) over a tiny random GPT (or --checkpoint),
-using `gpt3lab serve` when the engine exists, else the test suite's FakeEngine through the same app.
+Starts `gpt3lab serve` (the real inference engine) in a subprocess on 127.0.0.1 (a free port) over a
+tiny random GPT (or --checkpoint); --serve-args passes engine flags through (e.g. "--max-running 32").
 Prints: errors (must be 0), p50/p99 request latency, aggregate completion tokens/s; then C clients
 that open a stream and drop it after the first chunk, and the time until running/queued slots are 0.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
+import os
 import statistics
 import subprocess
 import sys
@@ -37,17 +37,14 @@ def tiny_checkpoint(dest: Path) -> Path:
     return save_checkpoint(dest / "tiny", GPT(cfg), cfg, tok)
 
 
-def start_server(ckpt: Path) -> tuple[subprocess.Popen, str, str]:
-    if importlib.util.find_spec("gpt3lab.generate.engine") is not None:
-        cmd, kind = [sys.executable, "-m", "gpt3lab", "serve", str(ckpt), "--port", "0", "--device", "cpu"], "Engine"
-    else:
-        cmd, kind = [sys.executable, str(ROOT / "tests/serve/fake_server.py"), str(ckpt), "0"], "FakeEngine (tests)"
+def start_server(ckpt: Path, extra: list[str]) -> tuple[subprocess.Popen, str]:
+    cmd = [sys.executable, "-m", "gpt3lab", "serve", str(ckpt), "--port", "0", "--device", "cpu", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     line = proc.stdout.readline()
     if "listening on" not in line:
         proc.kill()
         raise SystemExit(f"server did not start: {line!r}")
-    return proc, line.split("listening on ")[1].split()[0], kind
+    return proc, line.split("listening on ")[1].split()[0]
 
 
 async def client(http: httpx.AsyncClient, model: str, i: int, n_req: int, max_tokens: int, lat: list, toks: list,
@@ -121,11 +118,13 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=16)
     p.add_argument("--checkpoint", type=Path, default=None)
     p.add_argument("--time-limit", type=float, default=600.0, help="seconds for the whole load phase")
+    p.add_argument("--serve-args", default="", help="extra `gpt3lab serve` flags, e.g. \"--max-running 32\"")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or tiny_checkpoint(Path(tmp))
-        proc, url, kind = start_server(ckpt)
-        print(f"server: {url}  engine: {kind}  checkpoint: {ckpt.name}")
+        proc, url = start_server(ckpt, args.serve_args.split())
+        print(f"server: {url}  engine: gpt3lab Engine {args.serve_args}  checkpoint: {ckpt.name}  "
+              f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         try:
             return asyncio.run(main_async(args, url, ckpt.name))
         finally:
