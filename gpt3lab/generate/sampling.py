@@ -89,20 +89,20 @@ def sample(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = None, 
     """
     logits = logits.float()
     B = logits.shape[0]
-    logprobs = logits.log_softmax(dim=-1)                                    # (B, V)
-    greedy_tok = logits.argmax(dim=-1)                                       # (B,)
     all_greedy = (temperature == 0) if not isinstance(temperature, torch.Tensor) \
         else bool((temperature == 0).all())
     if all_greedy:
-        tok = greedy_tok
+        tok = logits.argmax(dim=-1)                                          # (B,)
     else:
         t = _rows(temperature, B, logits, torch.float32)
         greedy = (t == 0).squeeze(1)
         x = logits / torch.where(t == 0, torch.ones_like(t), t)
         x = top_p_filter(top_k_filter(x, top_k), top_p)
         tok = _multinomial(x.softmax(dim=-1), generator)
-        tok = torch.where(greedy, greedy_tok, tok)
-    return tok, logprobs.gather(1, tok[:, None]).squeeze(1)
+        if bool(greedy.any()):
+            tok = torch.where(greedy, logits.argmax(dim=-1), tok)
+    # log_softmax at the chosen ids only: no (B, V) logprobs tensor is written
+    return tok, logits.gather(1, tok[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
 
 
 def top_logprobs(logprobs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
