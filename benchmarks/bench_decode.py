@@ -3,7 +3,7 @@
     python benchmarks/bench_decode.py [--configs small,124m] [--new-tokens 128] [--threads 2] [--bf16]
 
 Per-step decode time = (time for N new tokens - time for 1 new token) / (N - 1), so the prompt's
-prefill is excluded; each figure is the median of --repeats runs, both engines timed alternately in
+prefill is excluded; each figure is the median of --repeats runs, the peers alternating run by run in
 the same process. The roofline is the time to read every weight once per token (wpe excluded: one
 row is read) at the read bandwidth measured here by summing a 1 GiB tensor.
 """
@@ -56,19 +56,22 @@ def to_hf(model: GPT):
     return hf
 
 
-def timed(fn, repeats: int) -> float:
-    fn()                                                   # warm-up (allocations, kernels)
-    ts = []
+def once(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def step_times(runs: dict, new_tokens: int, repeats: int) -> dict[str, float]:
+    """Seconds per decoded token of each peer, prefill excluded; the peers alternate run by run."""
+    for run in runs.values():
+        run(2)                                             # warm-up (allocations, kernels, weight copies)
+    ts = {name: ([], []) for name in runs}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return statistics.median(ts)
-
-
-def step_time(run, new_tokens: int, repeats: int) -> float:
-    """Seconds per decoded token, prefill excluded."""
-    return (timed(lambda: run(new_tokens), repeats) - timed(lambda: run(1), repeats)) / (new_tokens - 1)
+        for name, run in runs.items():
+            ts[name][0].append(once(lambda: run(new_tokens)))
+            ts[name][1].append(once(lambda: run(1)))
+    return {name: (statistics.median(a) - statistics.median(b)) / (new_tokens - 1) for name, (a, b) in ts.items()}
 
 
 def bits_per_byte(model: GPT, tok: Tokenizer, text: str) -> float:
@@ -93,8 +96,12 @@ def bench_config(name: str, args, tok: Tokenizer, bw: float) -> None:
 
     a, b = ours(model)(args.new_tokens).tokens, theirs(args.new_tokens)[0, len(prompt):].tolist()
     same = next((i for i, (p, q) in enumerate(zip(a, b)) if p != q), min(len(a), len(b)))
-    t_hf = step_time(theirs, args.new_tokens, args.repeats)
-    t_us = step_time(ours(model), args.new_tokens, args.repeats)
+    runs = {"hf": theirs, "fp32": ours(model)}
+    if args.bf16:
+        mb = copy.deepcopy(model).to(torch.bfloat16)
+        runs["bf16"] = ours(mb)
+    st = step_times(runs, args.new_tokens, args.repeats)
+    t_hf, t_us = st["hf"], st["fp32"]
     nbytes = (model.num_params() - model.transformer.wpe.weight.numel()) * 4
     floor = nbytes / bw
     print(f"{name}: {model.num_params() / 1e6:.1f}M params, greedy tokens identical for {same}/{len(b)}")
@@ -102,8 +109,7 @@ def bench_config(name: str, args, tok: Tokenizer, bw: float) -> None:
     print(f"  gpt3lab fp32 {t_us * 1e3:7.2f} ms/token ({1 / t_us:6.1f} tok/s)  {floor / t_us:5.1%} of fp32 roofline"
           f"  speed-up {t_hf / t_us:.2f}x   (floor {floor * 1e3:.2f} ms)")
     if args.bf16:
-        mb = copy.deepcopy(model).to(torch.bfloat16)
-        t_b = step_time(ours(mb), args.new_tokens, args.repeats)
+        t_b = st["bf16"]
         with torch.inference_mode():
             ids = torch.tensor([prompt + a])
             l32, lb = model(ids)[0], mb(ids)[0].float()
@@ -119,7 +125,7 @@ def main() -> None:
     ap.add_argument("--configs", default="small,124m")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--bf16", action="store_true", help="also time bf16 weights and report the quality cost")
     args = ap.parse_args()

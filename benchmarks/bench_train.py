@@ -94,7 +94,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for both peers (0 = torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = get_preset(args.preset).model_config()
     tokens = args.batch * cfg.context
     print(f"{args.preset}: {cfg.n_layer}L/{cfg.d_model}d T={cfg.context} vocab={cfg.vocab_size} batch={args.batch} "
