@@ -599,30 +599,24 @@ class Engine:
                                torch.tensor([p.frequency_penalty for p in ps]))
 
     def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> torch.Tensor:
-        """One token per row of the adjusted logits (S, V): argmax where temperature is 0, else a draw.
-
-        A draw is torch.multinomial's own one-sample method, argmax(probs / Exp(1) noise), with each row's
-        noise from its request's generator: the same tokens as `gpt3lab.generate.generate` with that seed,
-        whatever else is batched, but one batched divide/argmax instead of a multinomial call per row
-        (which also re-validates and re-normalises its row: ~5x slower here).
-        """
+        """One token per row of the adjusted logits (S, V): argmax where temperature is 0, else a draw
+        from the temperature/top-k/top-p filtered distribution with the row's own generator."""
         ps = [s.req.params for s in seqs]
-        greedy_tok = logits.argmax(-1)                                               # (S,)
-        if all(p.temperature == 0 for p in ps):
-            return greedy_tok
-        dev = logits.device
-        t = torch.tensor([p.temperature for p in ps], device=dev, dtype=logits.dtype)[:, None]   # (S, 1)
-        x = logits / torch.where(t == 0, torch.ones_like(t), t)
-        if any(p.top_k for p in ps):
-            x = top_k_filter(x, torch.tensor([p.top_k for p in ps]))
-        if any(p.top_p < 1 for p in ps):
-            x = top_p_filter(x, torch.tensor([p.top_p for p in ps]))
-        probs = x.softmax(-1)                                                        # (S, V)
-        noise = torch.ones_like(probs)
-        for i, p in enumerate(ps):
-            if p.temperature > 0:
-                noise[i].exponential_(generator=seqs[i].generator)
-        return torch.where(t[:, 0] == 0, greedy_tok, (probs / noise).argmax(-1))
+        tok = logits.argmax(-1)                                                      # (S,) greedy
+        hot = [i for i, p in enumerate(ps) if p.temperature > 0]
+        if not hot:
+            return tok
+        rows = torch.tensor(hot, device=logits.device)
+        t = torch.tensor([ps[i].temperature for i in hot], device=logits.device, dtype=logits.dtype)[:, None]
+        x = logits[rows] / t                                                         # (H, V)
+        if any(ps[i].top_k for i in hot):
+            x = top_k_filter(x, torch.tensor([ps[i].top_k for i in hot]))
+        if any(ps[i].top_p < 1 for i in hot):
+            x = top_p_filter(x, torch.tensor([ps[i].top_p for i in hot]))
+        gens = [seqs[i].generator for i in hot]
+        seeded = [ps[i].seed is not None for i in hot]
+        tok[rows] = _draw_like_multinomial(x.softmax(-1), gens, seeded)
+        return tok
 
     # ---- events -----------------------------------------------------------------------------------
     def _emit(self, s: _Seq, tok: int, lp: float, top: dict | None) -> None:
@@ -672,6 +666,30 @@ class Engine:
         self._release_request(req)
         self.counters["finished"] += 1
         req.handle._put(_END)
+
+
+def _draw_like_multinomial(probs: torch.Tensor, gens: list[torch.Generator], exact: list[bool]) -> torch.Tensor:
+    """One token per row of probs (H, V), each drawn with its own generator.
+
+    `exact` rows draw as torch.multinomial(row, 1, generator) does, argmax(probs / Exp(1) noise), so a
+    seeded request gives the same tokens as gpt3lab.generate.generate with that seed: V noise numbers
+    per row (~1 ms at V = 50,257 on one core). The other rows (unseeded: no reproducibility owed) take one
+    uniform each and invert the CDF, ~30x cheaper. Either way a row's draw depends on nothing else batched.
+    """
+    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
+    ex = [i for i, e in enumerate(exact) if e]
+    fast = [i for i, e in enumerate(exact) if not e]
+    if ex:
+        noise = torch.empty(len(ex), probs.shape[1], device=probs.device, dtype=probs.dtype)
+        for j, i in enumerate(ex):
+            noise[j].exponential_(generator=gens[i])
+        out[ex] = (probs[ex] / noise).argmax(-1)
+    if fast:
+        cdf = probs[fast].cumsum(-1)                                                 # (F, V)
+        u = torch.stack([torch.rand((), generator=gens[i], device=probs.device) for i in fast])   # (F,)
+        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous(), right=True)[:, 0]
+        out[fast] = pick.clamp_(max=probs.shape[1] - 1)      # float rounding at the very top of the CDF
+    return out
 
 
 def _num_in(v, name: str, lo: float | None, hi: float | None, low_open: bool = False) -> float:

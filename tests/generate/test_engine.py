@@ -326,3 +326,21 @@ def test_budget_too_small_for_one_request_and_queue_full(make_engine):
     e.shutdown(cancel_running=True)
     with pytest.raises(EngineClosedError):
         e.submit([1], SamplingParams())
+
+
+@pytest.mark.parametrize("exact", [True, False])
+def test_draws_follow_the_distribution_and_never_pick_zero_probability(exact):
+    from gpt3lab.generate.engine import _draw_like_multinomial
+    probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).expand(4000, -1).contiguous()
+    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
+    tok = _draw_like_multinomial(probs, gens, [exact] * 4000)
+    freq = torch.bincount(tok, minlength=4).float() / 4000
+    assert freq[1] == 0 and torch.allclose(freq, probs[0], atol=0.03)
+    again = _draw_like_multinomial(probs, [torch.Generator().manual_seed(i) for i in range(4000)], [exact] * 4000)
+    assert torch.equal(tok, again)                                            # a row's draw is its generator's
+
+
+def test_unseeded_top_k_1_is_greedy(make_engine):
+    model = tiny()
+    greedy = run(make_engine(model), "Hello", max_tokens=16, temperature=0)[0][0]
+    assert run(make_engine(model), "Hello", max_tokens=16, temperature=1.5, top_k=1)[0][0] == greedy
