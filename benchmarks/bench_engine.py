@@ -4,6 +4,8 @@
 
 * throughput: C concurrent requests (32-token prompts, --new-tokens each, greedy, no early stop)
   vs one request alone, same engine; tokens/s = generated tokens / wall time; ratio C-vs-1.
+* sampling: the same C concurrent requests at temperature 0.8, seeded (draws reproduce
+  gpt3lab.generate's) and unseeded (cheaper draws), vs greedy.
 * TTFT: a 1,024-token prompt, submitted to an engine whose prefix cache already holds it
   (another request with the same prompt ran before) vs a fresh prompt of the same length.
 Medians of --repeats; both sides of each ratio measured alternately in one process.
@@ -12,6 +14,7 @@ Batch-1 decode vs transformers is benchmarks/bench_decode.py.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -26,13 +29,18 @@ from gpt3lab.tokenizer import Tokenizer
 CONFIGS = {"small": dict(n_layer=6, d_model=384, n_head=6), "124m": dict(n_layer=12, d_model=768, n_head=12)}
 
 
-def throughput(engine: Engine, concurrent: int, new_tokens: int, seed: int) -> float:
+def throughput(engine: Engine, concurrent: int, new_tokens: int, seed: int, temperature: float = 0.0,
+               seeded: bool = False) -> float:
     """Generated tokens per second with `concurrent` requests submitted together."""
     g = torch.Generator().manual_seed(seed)
     V = engine.tokenizer.vocab_size - 1
-    params = SamplingParams(max_tokens=new_tokens, temperature=0, logit_bias={engine.tokenizer.eot_id: -100})
+    no_eot = {engine.tokenizer.eot_id: -100}
+
+    def params(i):
+        return SamplingParams(max_tokens=new_tokens, temperature=temperature, logit_bias=no_eot,
+                              seed=seed * 1000 + i if seeded else None)
     t = time.perf_counter()
-    hs = [engine.submit(torch.randint(0, V, (32,), generator=g).tolist(), params) for _ in range(concurrent)]
+    hs = [engine.submit(torch.randint(0, V, (32,), generator=g).tolist(), params(i)) for i in range(concurrent)]
     n = sum(len(ev.tokens) for h in hs for ev in h)
     return n / (time.perf_counter() - t)
 
@@ -62,15 +70,22 @@ def main() -> None:
     cfg = ModelConfig(vocab_size=tok.vocab_size, context=2048, **CONFIGS[args.config])
     model = GPT(cfg).eval()
     engine = Engine(model, tok, max_batch_tokens=512)
-    print(f"config {args.config} ({model.num_params() / 1e6:.0f}M params), torch threads {torch.get_num_threads()}")
+    print(f"config {args.config} ({model.num_params() / 1e6:.0f}M params), torch threads {torch.get_num_threads()}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     throughput(engine, 2, 4, seed=99)                                           # warm-up
-    one, many = [], []
+    one, many, hot, hot_seeded = [], [], [], []
     for r in range(args.repeats):
         one.append(throughput(engine, 1, args.new_tokens, seed=r))
         many.append(throughput(engine, args.concurrent, args.new_tokens, seed=100 + r))
+        hot.append(throughput(engine, args.concurrent, args.new_tokens, seed=200 + r, temperature=0.8))
+        hot_seeded.append(throughput(engine, args.concurrent, args.new_tokens, seed=300 + r, temperature=0.8,
+                                     seeded=True))
     m1, mc = statistics.median(one), statistics.median(many)
     print(f"decode throughput: 1 request {m1:.1f} tok/s, {args.concurrent} concurrent {mc:.1f} tok/s, "
           f"ratio {mc / m1:.2f}x")
+    mh, ms = statistics.median(hot), statistics.median(hot_seeded)
+    print(f"{args.concurrent} concurrent at temperature 0.8: unseeded {mh:.1f} tok/s ({mh / mc:.2f}x greedy), "
+          f"seeded {ms:.1f} tok/s ({ms / mc:.2f}x greedy)")
     cold, warm = [], []
     g = torch.Generator().manual_seed(1)
     for r in range(args.repeats):
@@ -81,6 +96,7 @@ def main() -> None:
     print(f"TTFT {args.prompt_tokens}-token prompt: uncached {mcold * 1e3:.1f} ms, prefix cached "
           f"{mwarm * 1e3:.1f} ms ({100 * mwarm / mcold:.1f}% of uncached)")
     print(f"engine stats: {engine.stats()}")
+    print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     engine.shutdown()
 
 
