@@ -472,14 +472,10 @@ class Engine:
         """The model's trunk over the packed tokens (1, N); the unembedding only on `rows` -> (R, V)."""
         step = PagedStep(self.pool, segs)
         ids = [t for s, c in plan for t in s.tokens[s.computed:s.computed + c]]
-        idx = torch.tensor([ids], device=self.device)                              # (1, N)
-        tr = self.model.transformer
-        x = tr.wte(idx) + tr.wpe(step.positions(len(ids)))                          # (1, N, d)
-        for block in tr.h:
-            x = block(x, step)
-        if len(rows) < len(ids):        # only the rows that sample (or echo) reach ln_f and the unembedding
-            x = x[:, torch.tensor(rows, dtype=torch.long, device=self.device)]         # (1, R, d)
-        return self.model.lm_head(tr.ln_f(x[0])).float()                            # (R, V)
+        x = self.model.hidden(torch.tensor([ids], device=self.device), cache=step)[0]   # (N, d) ln_f output
+        if len(rows) < len(ids):        # only the rows that sample (or echo) reach the unembedding
+            x = x[torch.tensor(rows, dtype=torch.long, device=self.device)]           # (R, d)
+        return self.model.lm_head(x).float()                                        # (R, V)
 
     def _advance(self, plan, logits: torch.Tensor) -> tuple[list[_Seq], list[int]]:
         """Move sequences forward; -> (sequences that sample now, the row of `logits` each samples from)."""
