@@ -1,12 +1,13 @@
-"""Decode-time linear layers: y = x W^T + b for a few rows, from a cached (in, out) copy of W.
+"""Decode-time linear layers: y = x W^T + b for a few rows, with W stored column-major.
 
-On CPU a product of a few rows with nn.Linear's (out, in) weight runs a transposed gemv that reads
-memory well below the speed the plain (in, out) layout gets (measured, 1 thread: the 50257 x 384
+On CPU a product of a few rows with nn.Linear's (out, in) row-major weight runs a transposed gemv that
+reads memory well below the speed of the (in, out) layout (measured, 1 thread: the 50257 x 384
 unembedding 11.7 ms vs 3.8 ms per token; the 124M block weights 36 vs 27 ms). Decoding is bound by
-reading the weights, so inference with at most MAX_ROWS rows multiplies by a transposed copy, made
-once and rebuilt whenever the weight changes (another tensor, or an in-place update that bumps its
-version counter). The copy costs the weight's memory once more; training never uses it. fp32 only:
-for bf16 the (out, in) kernel was as fast or faster (unembedding 5.2 vs 8.3 ms).
+reading the weights, so the first few-row inference call re-lays the weight's storage out in place as
+(in, out) (the parameter keeps its (out, in) shape: it becomes a transposed view). No second copy is
+kept; in-place optimizer updates keep the layout, and a replaced weight is re-laid out on next use.
+Training works on either layout (safetensors saves contiguous copies). fp32 only: for bf16 the
+(out, in) kernel was as fast or faster (unembedding 5.2 vs 8.3 ms).
 """
 from __future__ import annotations
 
@@ -15,21 +16,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MAX_ROWS = 16
-ENABLED = True     # set False to trade decode speed for the copies' memory
+ENABLED = True     # set False to keep nn.Linear's row-major layout
 
 
 def _transposed(mod: nn.Linear) -> torch.Tensor:
-    """mod.weight as a contiguous (in, out) tensor, cached on the module until the weight changes."""
+    """mod.weight as an (in, out) contiguous view, re-laying its storage out once if needed."""
     w = mod.weight
-    hit = mod.__dict__.get("_wt_cache")
-    # src keeps the old storage alive, so a new weight can never reuse its address unnoticed
-    if hit is not None and hit[0].data_ptr() == w.data_ptr() and hit[1] == w._version \
-            and hit[0].shape == w.shape and hit[0].dtype == w.dtype:
-        return hit[2]
-    with torch.no_grad():
-        wt = w.detach().t().contiguous()                                    # (in, out)
-    mod.__dict__["_wt_cache"] = (w.detach(), w._version, wt)
-    return wt
+    if not w.t().is_contiguous():
+        # normal (not inference-mode) tensors, so the model can still be trained afterwards
+        with torch.inference_mode(False), torch.no_grad():
+            w.data = w.detach().clone().t().contiguous().t()
+    return w.t()                                                             # (in, out)
 
 
 def use_transposed(w: torch.Tensor, x: torch.Tensor) -> bool:

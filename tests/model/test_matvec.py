@@ -1,5 +1,5 @@
-"""Decode fast path: the transposed weight copy gives nn.Linear's result and follows weight changes;
-GPT.hidden is forward without the unembedding."""
+"""Decode fast path: the column-major weight gives nn.Linear's result, follows weight changes, keeps no
+copy and leaves the model trainable; GPT.hidden is forward without the unembedding."""
 import copy
 
 import torch
@@ -31,10 +31,29 @@ def test_fast_path_only_without_grad_and_for_few_rows():
     x = torch.randn(2, 8, requires_grad=True)
     linear(lin, x).sum().backward()                              # grad mode: plain F.linear, grads flow
     assert x.grad is not None and lin.weight.grad is not None
-    assert "_wt_cache" not in lin.__dict__
+    assert lin.weight.is_contiguous()                            # layout untouched
     with torch.no_grad():
-        linear(lin, torch.randn(100, 8))                         # many rows: plain path, no copy
-    assert "_wt_cache" not in lin.__dict__
+        linear(lin, torch.randn(100, 8))                         # many rows: plain path
+    assert lin.weight.is_contiguous()
+
+
+def test_relayout_is_in_place_without_copy_and_stays_trainable():
+    torch.manual_seed(0)
+    model = GPT(ModelConfig(vocab_size=97, context=16, n_layer=2, n_head=2, d_model=16)).eval()
+    idx = torch.randint(0, 97, (1, 5))
+    before = sum(p.numel() for p in model.parameters())
+    ref = model(idx)[0]
+    with torch.inference_mode():
+        model(idx, last_only=True)
+    w = model.transformer.h[0].mlp.c_fc.weight
+    assert w.shape == (64, 16) and w.t().is_contiguous()           # same shape, (in, out) storage
+    assert model.lm_head.weight is model.transformer.wte.weight    # still tied
+    assert sum(p.numel() for p in model.parameters()) == before
+    assert all(not k.startswith("_") for m in model.modules() for k in m.__dict__ if "cache" in k)
+    torch.testing.assert_close(model(idx)[0], ref)
+    model.train()
+    model(idx, idx)[1].backward()                                 # not an inference tensor: trains
+    assert w.grad is not None and w.grad.shape == w.shape
 
 
 def test_hidden_then_lm_head_is_forward_and_decode_matches_after_training_step():
