@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import threading
+from pathlib import Path
 
 from gpt3lab.errors import ConfigError
 
@@ -79,13 +80,12 @@ def engine_config(args):
 
 
 def build_engine(checkpoint: str, device: str, config=None):
-    """(engine, checkpoint path): the checkpoint loaded onto `device` behind the batching engine."""
-    from gpt3lab.checkpoint import load, resolve
+    """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine."""
+    from gpt3lab.checkpoint import load
     from gpt3lab.generate.cli import pick_device
     from gpt3lab.generate.engine import Engine
-    ckpt = resolve(checkpoint)
-    model, tokenizer = load(ckpt, device=pick_device(device))
-    return Engine(model, tokenizer, config), ckpt
+    model, tokenizer = load(checkpoint, device=pick_device(device))
+    return Engine(model, tokenizer, config), Path(checkpoint).resolve()
 
 
 def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_timeout: float = 30.0,
@@ -116,7 +116,7 @@ def run(args) -> int:
 
     check_args(args)
     engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args))
-    name = args.model_name or ckpt.name
+    name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue)
     app = create_app(service, api_keys(args.api_key), args.max_body_bytes,
                      on_shutdown=lambda: engine.shutdown(cancel_running=True))
