@@ -12,7 +12,7 @@ anything but tensors, so no user-supplied pickle code ever runs.
 from __future__ import annotations
 
 import json
-import pickle
+from pickle import UnpicklingError  # only to catch what torch.load(weights_only=True) refuses
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -88,7 +88,7 @@ def read_hf_state(hf_dir: str | Path) -> dict[str, torch.Tensor]:
             if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
                 raise ValueError("expected a flat dict of tensors")
             return state
-    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as e:
+    except (SafetensorError, OSError, ValueError, KeyError, RuntimeError, UnpicklingError) as e:
         raise CheckpointError(f"{hf_dir}: cannot read the weights ({type(e).__name__}: {e}); "
                               f"the file is corrupt or not a plain tensor file") from None
     raise CheckpointError(f"{hf_dir}: no weights found (expected model.safetensors, "
