@@ -24,9 +24,9 @@ MAX_TOKENS = 256          # keeps the attention payload small (layers x heads x 
 class InspectError(UserError, ValueError):
     """A prompt or layer selection that cannot be inspected; `param` names the offending field."""
 
-    def __init__(self, message: str, param: str):
+    def __init__(self, message: str, param: str, code: str | None = None):
         super().__init__(message)
-        self.param = param
+        self.param, self.code = param, code
 
 
 def prompt_ids(tokenizer, text_or_ids, limit: int) -> list[int]:
@@ -43,7 +43,8 @@ def prompt_ids(tokenizer, text_or_ids, limit: int) -> list[int]:
         raise InspectError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})", "prompt")
     if len(ids) > limit:
         raise InspectError(f"the prompt has {len(ids)} tokens; inspection takes at most {limit} "
-                           f"(attention is returned for every pair of tokens): shorten the prompt", "prompt")
+                           f"(attention is returned for every pair of tokens): shorten the prompt", "prompt",
+                           "context_length_exceeded")
     return ids
 
 

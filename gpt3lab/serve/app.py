@@ -17,13 +17,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt3lab.generate.api import EngineError
 from gpt3lab.serve.protocol import (CompletionRequest, CompletionResponse, DetokenizeRequest, DetokenizeResponse,
-                                    ErrorResponse, ModelCard, ModelList, TokenizeRequest, TokenizeResponse)
+                                    ErrorResponse, InspectRequest, InspectResponse, ModelCard, ModelList,
+                                    TokenizeRequest, TokenizeResponse)
 from gpt3lab.serve.service import ClientDisconnected, CompletionService, CompletionStream, ServeError
 
 log = logging.getLogger("gpt3lab.serve")
 STATIC = Path(__file__).parent / "static"
 ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/tokenize", "/detokenize",
-          "/tokenizer_info"}
+          "/tokenizer_info", "/v1/inspect"}
 OPEN_PATHS = {"/", "/health", "/openapi.json", "/docs", "/favicon.ico"}   # no API key needed
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
           413: {"model": ErrorResponse}, 429: {"model": ErrorResponse}}
@@ -220,6 +221,11 @@ def add_routes(app: FastAPI, service: CompletionService) -> None:
             return JSONResponse(await service.complete(body, request.is_disconnected))
         except ClientDisconnected:
             return _error(499, "client closed the request", code="client_closed")
+
+    @app.post("/v1/inspect", response_model=InspectResponse, responses=ERRORS)
+    async def inspect(body: InspectRequest):
+        """Look inside: per-token probabilities and attention weights for one prompt (gpt3lab extension)."""
+        return JSONResponse(await service.inspect(body))
 
     @app.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
     async def tokenize(body: TokenizeRequest):

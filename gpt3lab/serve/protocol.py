@@ -132,6 +132,46 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
+class InspectRequest(BaseModel):
+    """POST /v1/inspect body (a gpt3lab extension): one prompt, what the model does with it."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: StrictStr
+    prompt: StrictStr | TokenIds
+    top_k: Annotated[StrictInt, Field(ge=1, le=20)] = 5
+    layers: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] | None = None   # None = all
+
+
+class InspectToken(BaseModel):
+    id: int
+    text: str
+
+
+class InspectCandidate(InspectToken):
+    prob: float
+
+
+class InspectPosition(BaseModel):
+    top: list[InspectCandidate]
+    next_prob: float | None
+    surprisal_bits: float | None
+
+
+class InspectAttention(BaseModel):
+    n_layer: int
+    n_head: int
+    layers: list[int]
+    windows: list[int | None]
+    weights: list[list[list[list[float]]]]     # [layer][head][query i][key 0..i]
+
+
+class InspectResponse(BaseModel):
+    model: str
+    tokens: list[InspectToken]
+    positions: list[InspectPosition]
+    attention: InspectAttention
+
+
 class ErrorBody(BaseModel):
     message: str
     type: str

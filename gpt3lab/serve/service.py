@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from gpt3lab.generate.api import (ContextLengthError, EngineError, InvalidRequestError, QueueFullError,
                                   SamplingParams, TokenEvent)
 from gpt3lab.serve.metrics import Metrics
-from gpt3lab.serve.protocol import CompletionRequest, DetokenizeRequest, TokenizeRequest
+from gpt3lab.serve.protocol import CompletionRequest, DetokenizeRequest, InspectRequest, TokenizeRequest
 
 Disconnected = Callable[[], Awaitable[bool]] | None
 MAX_CHOICES = 128             # prompts x n (or best_of) in one request
@@ -99,6 +99,7 @@ class CompletionService:
         self.metrics = metrics or Metrics()
         self.created = int(time.time())
         self._slots: asyncio.Semaphore | None = None    # made lazily inside the server's event loop
+        self._inspect_lock: asyncio.Lock | None = None
 
     # ---- models and tokenizer ---------------------------------------------------------------
     def model_card(self) -> dict:
@@ -131,6 +132,26 @@ class CompletionService:
         bad = [t for t in ids if not 0 <= t < V]
         if bad:
             raise ServeError(400, f"token id {bad[0]} is outside the vocabulary (0..{V - 1})", param=param)
+
+    # ---- look inside ------------------------------------------------------------------------------
+    async def inspect(self, req: InspectRequest) -> dict:
+        """POST /v1/inspect: probabilities and attention for one prompt (gpt3lab.inspect), floats to 4 places.
+
+        A separate read-only forward pass on the engine's model object, in a worker thread so the event
+        loop keeps streaming; inspections run one at a time (the lock), the engine keeps decoding.
+        """
+        from gpt3lab import inspect as look   # the one module here that touches the model
+
+        self.check_model(req.model)
+        if self._inspect_lock is None:
+            self._inspect_lock = asyncio.Lock()
+        async with self._inspect_lock:
+            try:
+                info = await asyncio.to_thread(look.inspect, self.engine.model, self.tokenizer, req.prompt,
+                                               top_k=req.top_k, layers=req.layers, decimals=4)
+            except look.InspectError as e:
+                raise ServeError(400, str(e), param=e.param, code=e.code) from None
+        return {"model": self.model_name, **info}
 
     # ---- request -> engine inputs -----------------------------------------------------------
     def prompts(self, prompt) -> list[list[int]]:
