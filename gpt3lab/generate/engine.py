@@ -27,7 +27,8 @@ import torch
 from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError,
                                   SamplingParams, TokenEvent, Usage)
 from gpt3lab.generate.paged_cache import BlockPool, PagedStep, Segment, block_hash, prefix_hashes
-from gpt3lab.generate.sampling import apply_logit_bias, apply_penalties, top_k_filter, top_p_filter
+from gpt3lab.generate.sampling import (apply_logit_bias, apply_penalties, draw, top_k_filter, top_p_filter,
+                                       uniforms)
 from gpt3lab.generate.text import TextStream
 
 _END = object()
@@ -595,23 +596,27 @@ class Engine:
                                torch.tensor([p.frequency_penalty for p in ps]))
 
     def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> torch.Tensor:
-        """One token per row of the adjusted logits (S, V): argmax where temperature is 0, else a draw
-        from the temperature/top-k/top-p filtered distribution with the row's own generator."""
+        """One token per row of the adjusted logits (S, V): argmax where temperature is 0, else an inverse-CDF
+        draw (sampling.draw) from the temperature/top-k/top-p filtered distribution, with one uniform from
+        the row's own generator: the same draw gpt3lab.generate makes with that seed, whatever is batched."""
         ps = [s.req.params for s in seqs]
-        tok = logits.argmax(-1)                                                      # (S,) greedy
         hot = [i for i, p in enumerate(ps) if p.temperature > 0]
+        if len(hot) < len(ps):
+            tok = logits.argmax(-1)                                                  # (S,) greedy
+        else:
+            tok = torch.empty(len(ps), dtype=torch.long, device=logits.device)
         if not hot:
             return tok
-        rows = torch.tensor(hot, device=logits.device)
-        t = torch.tensor([ps[i].temperature for i in hot], device=logits.device, dtype=logits.dtype)[:, None]
-        x = logits[rows] / t                                                         # (H, V)
+        x = logits if len(hot) == len(ps) else logits[torch.tensor(hot, device=logits.device)]   # (H, V)
+        x = x / torch.tensor([ps[i].temperature for i in hot], device=x.device, dtype=x.dtype)[:, None]
         if any(ps[i].top_k for i in hot):
             x = top_k_filter(x, torch.tensor([ps[i].top_k for i in hot]))
         if any(ps[i].top_p < 1 for i in hot):
             x = top_p_filter(x, torch.tensor([ps[i].top_p for i in hot]))
-        gens = [seqs[i].generator for i in hot]
-        seeded = [ps[i].seed is not None for i in hot]
-        tok[rows] = _draw_like_multinomial(x.softmax(-1), gens, seeded)
+        drawn = draw(x, uniforms(len(hot), [seqs[i].generator for i in hot], x.device))   # (H,)
+        if len(hot) == len(ps):
+            return drawn
+        tok[hot] = drawn
         return tok
 
     # ---- events -----------------------------------------------------------------------------------
@@ -662,30 +667,6 @@ class Engine:
         self._release_request(req)
         self.counters["finished"] += 1
         req.handle._put(_END)
-
-
-def _draw_like_multinomial(probs: torch.Tensor, gens: list[torch.Generator], exact: list[bool]) -> torch.Tensor:
-    """One token per row of probs (H, V), each drawn with its own generator.
-
-    `exact` rows draw as torch.multinomial(row, 1, generator) does, argmax(probs / Exp(1) noise), so a
-    seeded request gives the same tokens as gpt3lab.generate.generate with that seed: V noise numbers
-    per row (~1 ms at V = 50,257 on one core). The other rows (unseeded: no reproducibility owed) take one
-    uniform each and invert the CDF, ~30x cheaper. Either way a row's draw depends on nothing else batched.
-    """
-    out = torch.empty(probs.shape[0], dtype=torch.long, device=probs.device)
-    ex = [i for i, e in enumerate(exact) if e]
-    fast = [i for i, e in enumerate(exact) if not e]
-    if ex:
-        noise = torch.empty(len(ex), probs.shape[1], device=probs.device, dtype=probs.dtype)
-        for j, i in enumerate(ex):
-            noise[j].exponential_(generator=gens[i])
-        out[ex] = (probs[ex] / noise).argmax(-1)
-    if fast:
-        cdf = probs[fast].cumsum(-1)                                                 # (F, V)
-        u = torch.stack([torch.rand((), generator=gens[i], device=probs.device) for i in fast])   # (F,)
-        pick = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None].contiguous(), right=True)[:, 0]
-        out[fast] = pick.clamp_(max=probs.shape[1] - 1)      # float rounding at the very top of the CDF
-    return out
 
 
 def _num_in(v, name: str, lo: float | None, hi: float | None, low_open: bool = False) -> float:

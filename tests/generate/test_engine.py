@@ -73,8 +73,8 @@ def test_greedy_alone_equals_inside_a_batch_of_16(make_engine, pattern):
 
 @pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (20, 1.0), (0, 0.8)])
 def test_seeded_sampling_equals_generate_inside_a_mixed_batch(make_engine, top_k, top_p):
-    """The engine's batched draw (argmax probs / Exp noise per row) is torch.multinomial's: same seed, same
-    tokens as gpt3lab.generate.generate, with greedy and other sampled rows in the same steps."""
+    """The engine's batched draw (sampling.draw, one uniform from the row's own generator) is generate()'s:
+    same seed, same tokens as gpt3lab.generate.generate, with greedy and other sampled rows in the same steps."""
     model = tiny()
     ref = generate(model, BYTES, "Hello", max_tokens=20, temperature=0.9, seed=42, top_k=top_k, top_p=top_p)
     e = make_engine(model)
@@ -328,16 +328,17 @@ def test_budget_too_small_for_one_request_and_queue_full(make_engine):
         e.submit([1], SamplingParams())
 
 
-@pytest.mark.parametrize("exact", [True, False])
-def test_draws_follow_the_distribution_and_never_pick_zero_probability(exact):
-    from gpt3lab.generate.engine import _draw_like_multinomial
+def test_draws_follow_the_distribution_and_never_pick_zero_probability():
+    from gpt3lab.generate.sampling import draw, uniforms
     probs = torch.tensor([[0.1, 0.0, 0.6, 0.3]]).expand(4000, -1).contiguous()
-    gens = [torch.Generator().manual_seed(i) for i in range(4000)]
-    tok = _draw_like_multinomial(probs, gens, [exact] * 4000)
+    x = probs.log()                                                           # logits with a -inf entry
+    tok = draw(x, uniforms(4000, [torch.Generator().manual_seed(i) for i in range(4000)]))
     freq = torch.bincount(tok, minlength=4).float() / 4000
     assert freq[1] == 0 and torch.allclose(freq, probs[0], atol=0.03)
-    again = _draw_like_multinomial(probs, [torch.Generator().manual_seed(i) for i in range(4000)], [exact] * 4000)
-    assert torch.equal(tok, again)                                            # a row's draw is its generator's
+    again = draw(x[:7], uniforms(7, [torch.Generator().manual_seed(i) for i in range(7)]))
+    assert torch.equal(tok[:7], again)                                        # a row's draw is its generator's
+    edge = draw(x[:3], torch.tensor([0.0, 0.1, 1 - 2 ** -24]))   # u at the very ends: never the 0-prob token
+    assert edge.tolist() == [0, 2, 3]
 
 
 def test_unseeded_top_k_1_is_greedy(make_engine):
