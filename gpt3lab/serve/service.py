@@ -1,7 +1,8 @@
 """The serving layer: a Completions request -> SamplingParams -> engine handles -> response or SSE chunks.
 
 Knows the HTTP-facing contract (OpenAI's legacy Completions API) and the engine's contract
-(gpt3lab.generate.api); imports no model code. Admission control lives here: at most
+(gpt3lab.generate.api); imports no model code (POST /v1/inspect goes through gpt3lab.inspect, the
+one module that reads the model). Admission control lives here: at most
 `max_concurrent` requests hold a slot, at most `max_queue` wait for one, the rest get 429. A client
 that goes away (polled through `is_disconnected`) has its generations cancelled at once.
 """
