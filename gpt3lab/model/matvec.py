@@ -29,6 +29,19 @@ def _transposed(mod: nn.Linear) -> torch.Tensor:
     return w.t()                                                             # (in, out)
 
 
+def prepare_for_decode(model: nn.Module) -> None:
+    """Re-lay every eligible fp32 CPU linear weight out now, instead of on its first decode step.
+
+    For servers: the in-place relayout must not happen while another thread reads the weights.
+    """
+    if not ENABLED:
+        return
+    for mod in model.modules():
+        if isinstance(mod, nn.Linear) and type(mod.weight) in (nn.Parameter, torch.Tensor) \
+                and mod.weight.device.type == "cpu" and mod.weight.dtype == torch.float32:
+            _transposed(mod)
+
+
 def use_transposed(w: torch.Tensor, x: torch.Tensor) -> bool:
     return (ENABLED and not torch.is_grad_enabled() and x.device.type == "cpu" and x.dtype == w.dtype == torch.float32
             and x.numel() <= MAX_ROWS * w.shape[1] and type(w) in (nn.Parameter, torch.Tensor))

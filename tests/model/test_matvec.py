@@ -74,3 +74,19 @@ def test_hidden_then_lm_head_is_forward_and_decode_matches_after_training_step()
         new_last = model(idx, last_only=True)[0]
         torch.testing.assert_close(new_last, ref(idx)[0][:, -1:], atol=1e-5, rtol=1e-4)
     assert not torch.allclose(new_last, last)
+
+
+def test_prepare_for_decode_relays_everything_up_front():
+    from gpt3lab.model.matvec import prepare_for_decode
+
+    model = GPT(ModelConfig(vocab_size=97, context=16, n_layer=2, n_head=2, d_model=16)).eval()
+    idx = torch.randint(0, 97, (1, 5))
+    ref = model(idx)[0]
+    prepare_for_decode(model)
+    lins = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert lins and all(m.weight.t().is_contiguous() for m in lins)
+    ptrs = [m.weight.data_ptr() for m in lins]
+    with torch.inference_mode():
+        model(idx, last_only=True)                                # decoding moves nothing any more
+    assert ptrs == [m.weight.data_ptr() for m in lins]
+    torch.testing.assert_close(model(idx)[0], ref)
