@@ -564,36 +564,49 @@ class Engine:
     # ---- sampling step ----------------------------------------------------------------------------
     def _sample_and_emit(self, seqs: list[_Seq], logits: torch.Tensor) -> None:
         """logits (S, V): row i is seqs[i]'s next-token logits. Sample, then emit one event per sequence."""
-        tok = self._sample(seqs, self._adjust(seqs, logits))                        # (S,)
+        adjusted, undo = self._adjust(seqs, logits)
+        tok = self._sample(seqs, adjusted)                                          # (S,)
+        if undo is not None:           # logit_bias was added in place: put the raw logits back exactly
+            r, t, saved = undo
+            logits[r, t] = saved
+        raw = logits.log_softmax(-1)   # reported logprobs (S, V): one fused pass, cheaper than logsumexp
+        lps = raw.gather(1, tok[:, None])[:, 0].tolist()
         k = max(s.req.params.logprobs or 0 for s in seqs)
-        if k:
-            raw = logits.log_softmax(-1)                                            # reported logprobs (S, V)
-            lps = raw.gather(1, tok[:, None])[:, 0].tolist()
-            tops = self._top(raw, k)
-        else:   # the chosen tokens' logprobs alone: no (S, V) log_softmax written out
-            lps = (logits.gather(1, tok[:, None])[:, 0] - logits.logsumexp(-1)).tolist()
-            tops = [None] * len(seqs)
+        tops = self._top(raw, k) if k else [None] * len(seqs)
         for s, t, lp, top in zip(seqs, tok.tolist(), lps, tops):
             n = s.req.params.logprobs
             self._emit(s, t, lp, dict(itertools.islice(top.items(), n)) if n else None)
 
-    def _adjust(self, seqs: list[_Seq], logits: torch.Tensor) -> torch.Tensor:
-        """logit_bias, presence/frequency penalties, and no ids beyond the tokenizer's vocabulary."""
+    def _adjust(self, seqs: list[_Seq], logits: torch.Tensor):
+        """logit_bias, presence/frequency penalties, and no ids beyond the tokenizer's vocabulary.
+
+        -> (adjusted logits, undo). With logit_bias alone the bias is added in place (no (S, V) copy) and
+        undo = (rows, ids, raw values) restores `logits`; otherwise a new tensor and undo None.
+        """
         V = self.tokenizer.vocab_size
+        ps = [s.req.params for s in seqs]
+        copy = logits.shape[1] > V or any(p.presence_penalty or p.frequency_penalty for p in ps)
+        if not copy:
+            rows = [(i, t, b) for i, p in enumerate(ps) for t, b in p.logit_bias.items()]
+            if not rows:
+                return logits, None
+            r, t, b = (list(c) for c in zip(*rows))
+            saved = logits[r, t]
+            logits[r, t] += torch.tensor(b, device=logits.device, dtype=logits.dtype)
+            return logits, (r, t, saved)
         if logits.shape[1] > V:
             logits = logits.clone()
             logits[:, V:] = float("-inf")
-        logits = apply_logit_bias(logits, [s.req.params.logit_bias for s in seqs])
-        ps = [s.req.params for s in seqs]
+        logits = apply_logit_bias(logits, [p.logit_bias for p in ps])
         if not any(p.presence_penalty or p.frequency_penalty for p in ps):
-            return logits
+            return logits, None
         counts = torch.zeros_like(logits)
         for i, s in enumerate(seqs):
             if s.counts:
                 counts[i, list(s.counts)] = torch.tensor(list(s.counts.values()), dtype=logits.dtype,
                                                          device=logits.device)
         return apply_penalties(logits, counts, torch.tensor([p.presence_penalty for p in ps]),
-                               torch.tensor([p.frequency_penalty for p in ps]))
+                               torch.tensor([p.frequency_penalty for p in ps])), None
 
     def _sample(self, seqs: list[_Seq], logits: torch.Tensor) -> torch.Tensor:
         """One token per row of the adjusted logits (S, V): argmax where temperature is 0, else an inverse-CDF

@@ -76,13 +76,12 @@ def top_p_filter(logits: torch.Tensor, p: Param) -> torch.Tensor:
 def draw(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """One token per row of x (B, V), logits already tempered/filtered, from u (B,) uniforms in [0, 1).
 
-    Inverse CDF: the first token whose cumulative weight exp(x - max) exceeds u * total. One uniform per
+    Inverse CDF: the first token whose cumulative probability exceeds u * total. One uniform per
     row (torch.multinomial's exact path needs V exponentials, ~30x the cost at V = 50,257), and a row's
     token depends only on its own logits and u, so batching cannot change a seeded draw. Tokens of
     zero weight are never picked: the target stays strictly below the total.
     """
-    w = (x - x.amax(dim=-1, keepdim=True)).exp_()                           # (B, V) unnormalised
-    cdf = w.cumsum_(dim=-1)
+    cdf = x.softmax(dim=-1).cumsum_(dim=-1)                                  # (B, V); softmax is one fused pass
     total = cdf[:, -1:]                                                      # (B, 1)
     target = torch.minimum(u.to(cdf.dtype)[:, None] * total, total.nextafter(torch.zeros_like(total)))
     return torch.searchsorted(cdf, target, right=True)[:, 0]

@@ -187,15 +187,20 @@ def test_logit_bias_bans_and_forces(make_engine):
     (forced, _, lps, _), _ = run(e, "Hello", max_tokens=12, temperature=1.0, seed=0, logit_bias={65: 100})
     assert forced == [65] * 12
     assert all(lp < 0 for lp in lps)                                     # logprobs are the model's own
+    # the bias is added in place and undone: an unchosen biased token leaves tokens and logprobs exact
+    (plain, _, plps, _), _ = run(e, "Hello", max_tokens=12, temperature=0)
+    (same, _, slps, _), _ = run(e, "Hello", max_tokens=12, temperature=0, logit_bias={7: -50})
+    assert (same, slps) == (plain, plps)
 
 
 class Recording(Engine):
     """Records each sampling step's (generated tokens per row, logits before and after the adjustments)."""
 
     def _adjust(self, seqs, logits):
-        out = super()._adjust(seqs, logits)
-        self.log.append(([list(s.out) for s in seqs], logits.clone(), out.clone()))
-        return out
+        raw = logits.clone()
+        out, undo = super()._adjust(seqs, logits)
+        self.log.append(([list(s.out) for s in seqs], raw, out.clone()))
+        return out, undo
 
 
 def test_penalties_follow_openai_definition(make_engine):
