@@ -30,6 +30,7 @@ from gpt3lab.generate.paged_cache import BlockPool, PagedStep, Segment, block_ha
 from gpt3lab.generate.sampling import (apply_logit_bias, apply_penalties, draw, top_k_filter, top_p_filter,
                                        uniforms)
 from gpt3lab.generate.text import TextStream
+from gpt3lab.model.matvec import prepare_for_decode
 
 _END = object()
 
@@ -152,6 +153,7 @@ class Engine:
     def __init__(self, model, tokenizer, config: EngineConfig | None = None, **overrides):
         self.cfg = cfg = config or EngineConfig(**overrides)
         self.model = model.eval()
+        prepare_for_decode(self.model)     # weight relayout now, never while other threads read them
         self.tokenizer = tokenizer
         self.mcfg = model.config
         self.context = model.config.context
