@@ -69,11 +69,17 @@ def fit_steps(data: Path, overrides: list[str], budget_s: float, probe_steps: in
     for _ in range(probe_steps):
         tr.train_step()
     step_s = (time.perf_counter() - t0) / probe_steps
-    evals = cfg.max_steps // max(cfg.eval_every, 1) + 1
-    eval_s = evals * cfg.eval_batches * step_s / 3             # a forward pass ~ 1/3 of a train step
-    steps = int(0.9 * (budget_s - eval_s) / step_s)            # 10% headroom: the machine is shared
+    steps = steps_within(budget_s, step_s, cfg.eval_every, cfg.eval_batches)
     print(f"demo: {step_s:.2f} s/step here -> {min(steps, cfg.max_steps)} steps fit in {budget_s:.0f} s")
-    return max(1, min(steps, cfg.max_steps))
+    return min(steps, cfg.max_steps)
+
+
+def steps_within(budget_s: float, step_s: float, eval_every: int, eval_batches: int) -> int:
+    """Training steps that fit in 90% of `budget_s` (the machine may be shared), counting the evals:
+    one every `eval_every` steps plus the final one, each `eval_batches` forward passes (~1/3 step)."""
+    eval_s = eval_batches * step_s / 3
+    per_step = step_s + (eval_s / eval_every if eval_every > 0 else 0.0)
+    return max(1, int((0.9 * budget_s - eval_s) / per_step))
 
 
 @torch.no_grad()

@@ -27,3 +27,14 @@ def test_minimal_sample_is_seeded(tiny_data):
     model = GPT(ModelConfig(vocab_size=tok.vocab_size, context=32, n_layer=1, d_model=32, n_head=2)).eval()
     a, b = _minimal_sample(model, tok, "The king", 10), _minimal_sample(model, tok, "The king", 10)
     assert a == b and len(tok.encode(a)) >= 1
+
+
+def test_steps_within_budget_counts_evals_and_never_goes_negative():
+    from gpt3lab.demo import steps_within
+
+    # 0.1 s/step, an eval of 30 batches (~1 s) every 100 steps: 11 s per 100 steps, 1 s final eval
+    assert steps_within(100.0, 0.1, 100, 30) == int((90.0 - 1.0) / 0.11)
+    assert steps_within(100.0, 0.1, 0, 30) == int(89.0 / 0.1)         # eval_every 0: final eval only
+    # however many steps the preset allows, the budget alone decides (the old formula went negative)
+    assert steps_within(540.0, 0.26, 200, 20) > 1500
+    assert steps_within(1.0, 5.0, 10, 20) == 1                        # at least one step
