@@ -9,6 +9,8 @@ Errors are typed so a server can map them to HTTP without guessing:
 """
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Protocol
 
@@ -95,6 +97,73 @@ class TokenEvent:
     top_logprobs: list[dict[str, float] | None] | None = None  # when logprobs >= 1: token text -> logprob
     text_offset: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+
+
+class EventStream:
+    """A request's events: one thread writes them, any number of blocking or asyncio readers read them.
+
+    Engines subclass it (adding cancel()) to make a RequestHandle. An exception put in the stream is
+    raised in the readers; close() ends it.
+    """
+
+    _END = object()
+
+    def __init__(self, request_id: str):
+        self.request_id = request_id
+        self.usage = Usage()
+        self.done = False
+        self._buf: list = []
+        self._cond = threading.Condition()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def _put(self, item) -> None:
+        with self._cond:
+            self._buf.append(item)
+            if item is self._END or isinstance(item, BaseException):
+                self.done = True
+            self._cond.notify_all()
+            waiters = list(self._waiters)
+        for loop, ev in waiters:
+            try:
+                loop.call_soon_threadsafe(ev.set)
+            except RuntimeError:    # that reader's loop is closed
+                pass
+
+    def close(self) -> None:
+        self._put(self._END)
+
+    def _item(self, i: int):
+        item = self._buf[i]
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        i = 0
+        while True:
+            with self._cond:
+                while i >= len(self._buf):
+                    self._cond.wait()
+            item = self._item(i)
+            i += 1
+            if item is self._END:
+                return
+            yield item
+
+    async def __aiter__(self) -> AsyncIterator[TokenEvent]:
+        ev = asyncio.Event()
+        with self._cond:
+            self._waiters.append((asyncio.get_running_loop(), ev))
+        i = 0
+        while True:
+            ev.clear()            # cleared before reading: a put after the read sets it again
+            while i < len(self._buf):
+                item = self._item(i)
+                i += 1
+                if item is self._END:
+                    return
+                yield item
+            await ev.wait()
 
 
 class RequestHandle(Protocol):

@@ -16,7 +16,6 @@ fork (full blocks shared by reference, the partial last block copied) and decode
 """
 from __future__ import annotations
 
-import asyncio
 import collections
 import itertools
 import threading
@@ -24,74 +23,20 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError,
-                                  SamplingParams, TokenEvent, Usage)
+from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, EventStream, InvalidRequestError,
+                                  QueueFullError, SamplingParams, TokenEvent)
 from gpt3lab.generate.paged_cache import BlockPool, PagedStep, Segment, block_hash, prefix_hashes
 from gpt3lab.generate.sampling import (apply_logit_bias, apply_penalties, draw, top_k_filter, top_p_filter,
                                        uniforms)
 from gpt3lab.generate.text import TextStream
 from gpt3lab.model.matvec import prepare_for_decode
 
-_END = object()
-
-
-class EngineHandle:
+class EngineHandle(EventStream):
     """A request's event stream: the scheduler thread puts events, readers block or await on them."""
 
     def __init__(self, request_id: str, engine: "Engine"):
-        self.request_id = request_id
-        self.usage = Usage()
+        super().__init__(request_id)
         self._engine = engine
-        self._buf: list = []
-        self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-        self.done = False
-
-    def _put(self, item) -> None:
-        with self._cond:
-            self._buf.append(item)
-            if item is _END or isinstance(item, BaseException):
-                self.done = True
-            self._cond.notify_all()
-            waiters = list(self._waiters)
-        for loop, ev in waiters:
-            try:
-                loop.call_soon_threadsafe(ev.set)
-            except RuntimeError:    # that reader's loop is closed
-                pass
-
-    def _next(self, i: int):
-        item = self._buf[i]
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def __iter__(self):
-        i = 0
-        while True:
-            with self._cond:
-                while i >= len(self._buf):
-                    self._cond.wait()
-            item = self._next(i)
-            i += 1
-            if item is _END:
-                return
-            yield item
-
-    async def __aiter__(self):
-        ev = asyncio.Event()
-        with self._cond:
-            self._waiters.append((asyncio.get_running_loop(), ev))
-        i = 0
-        while True:
-            ev.clear()
-            while i < len(self._buf):
-                item = self._next(i)
-                i += 1
-                if item is _END:
-                    return
-                yield item
-            await ev.wait()
 
     def cancel(self) -> None:
         """Stop generating; the scheduler frees the request's KV blocks before its next step."""
@@ -302,7 +247,7 @@ class Engine:
                 return                  # already finished
             self._release_request(req)
         self.counters["cancelled"] += 1
-        h._put(_END)
+        h.close()
 
     def _admit(self) -> None:
         """Start waiting requests in arrival order while their worst-case KV blocks fit."""
@@ -681,7 +626,7 @@ class Engine:
                     req.handle._put(ev)
         self._release_request(req)
         self.counters["finished"] += 1
-        req.handle._put(_END)
+        req.handle.close()
 
 
 def _num_in(v, name: str, lo: float | None, hi: float | None, low_open: bool = False) -> float:

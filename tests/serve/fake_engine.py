@@ -6,7 +6,6 @@ before, and independently of, the real engine. Logprobs are the model's own log_
 """
 from __future__ import annotations
 
-import asyncio
 import itertools
 import queue
 import threading
@@ -14,68 +13,17 @@ import time
 
 import torch
 
-from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, InvalidRequestError,
-                                  QueueFullError, SamplingParams, TokenEvent, Usage)
+from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, EventStream, InvalidRequestError,
+                                  QueueFullError, SamplingParams, TokenEvent)
 from gpt3lab.generate.sampling import sample
 from gpt3lab.generate.text import TextStream
 
-_END = object()
-
-
-class FakeHandle:
-    """Events buffered in a list; blocking and asyncio readers wait on it."""
+class FakeHandle(EventStream):
+    """The engine's event stream; cancel() just flags the worker."""
 
     def __init__(self, request_id: str):
-        self.request_id = request_id
-        self.usage = Usage()
+        super().__init__(request_id)
         self.cancelled = threading.Event()
-        self._buf: list = []
-        self._cond = threading.Condition()
-        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
-
-    def _put(self, item) -> None:
-        with self._cond:
-            self._buf.append(item)
-            self._cond.notify_all()
-            waiters = list(self._waiters)
-        for loop, ev in waiters:
-            try:
-                loop.call_soon_threadsafe(ev.set)
-            except RuntimeError:      # loop closed: its reader is gone
-                pass
-
-    def _item(self, item):
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def __iter__(self):
-        i = 0
-        while True:
-            with self._cond:
-                while i >= len(self._buf):
-                    self._cond.wait()
-                item = self._buf[i]
-            i += 1
-            if item is _END:
-                return
-            yield self._item(item)
-
-    async def __aiter__(self):
-        ev = asyncio.Event()
-        with self._cond:
-            self._waiters.append((asyncio.get_running_loop(), ev))
-        i = 0
-        while True:
-            ev.clear()
-            while i < len(self._buf):
-                item = self._buf[i]
-                i += 1
-                if item is _END:
-                    return
-                yield self._item(item)
-            if i >= len(self._buf):
-                await ev.wait()
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -156,7 +104,7 @@ class FakeEngine:
             finally:
                 self.running = 0
                 self.finished += 1
-                h._put(_END)
+                h.close()
 
     def _run(self, h: FakeHandle, prompt: list[int], p: SamplingParams) -> None:
         best_of = max(p.best_of or p.n, p.n)
