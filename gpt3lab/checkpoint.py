@@ -50,15 +50,24 @@ def resolve(path: str | Path) -> Path:
     return ckpts[-1]
 
 
+def read_json(path: str | Path, missing: str, fix: str) -> dict:
+    """The JSON object in `path`; a CheckpointError naming the file when it is missing (`missing` says
+    what that means), corrupt or not an object (`fix` says what to do)."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupt JSON ({e}); {fix}") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: not a JSON object; {fix}")
+    return obj
+
+
 def read_config(ckpt: str | Path) -> dict:
     path = Path(ckpt) / "config.json"
-    try:
-        cfg = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; is {ckpt} a gpt3lab checkpoint?") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e}); restore the file or re-save the checkpoint") from None
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
+    cfg = read_json(path, f"is {ckpt} a gpt3lab checkpoint?", "restore the file or re-save the checkpoint")
+    if cfg.get("format") != FORMAT or "model" not in cfg:
         raise CheckpointError(f"{path}: not a gpt3lab checkpoint config (format={cfg.get('format')!r}); "
                               f"for Hugging Face GPT-2 directories use `gpt3lab convert --from-hf`")
     return cfg
@@ -249,10 +258,7 @@ def load_train_state(ckpt: str | Path) -> tuple[dict, dict]:
     if not (d / "state.json").is_file() or not (d / "optimizer.pt").is_file():
         raise CheckpointError(f"{ckpt} has no complete {TRAIN_STATE}/ (optimizer.pt + state.json); it can be "
                               f"loaded for inference but not resumed; start a new run from it instead")
-    try:
-        state = json.loads((d / "state.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{d}/state.json: corrupt JSON ({e}); resume from an earlier checkpoint") from None
+    state = read_json(d / "state.json", "the checkpoint is incomplete", "resume from an earlier checkpoint")
     try:
         # weights_only=True: plain tensors and containers only, never arbitrary pickled objects
         opt = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)

@@ -21,6 +21,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from gpt3lab.checkpoint import read_json
 from gpt3lab.config import ModelConfig
 from gpt3lab.errors import CheckpointError, ConfigError
 
@@ -41,12 +42,7 @@ def read_hf_config(hf_dir: str | Path) -> ModelConfig:
     if not path.is_file():
         raise CheckpointError(f"{hf_dir}: not a Hugging Face model directory (no config.json); "
                               f"pass the folder written by save_pretrained (config.json + model.safetensors)")
-    try:
-        hf = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e})") from None
-    if not isinstance(hf, dict):
-        raise CheckpointError(f"{path}: not a JSON object")
+    hf = read_json(path, "not a Hugging Face model directory", "re-save the model with save_pretrained")
     if hf.get("format") == "gpt3lab-checkpoint":
         raise CheckpointError(f"{hf_dir} is already a gpt3lab checkpoint; to export it use "
                               f"`gpt3lab convert --to-hf {hf_dir} OUT_DIR`")

@@ -205,14 +205,11 @@ def save_adapter(dest: str | Path, model: nn.Module, cfg: LoRAConfig, base: str,
 
 def read_adapter_config(adapter_dir: str | Path) -> tuple[LoRAConfig, dict]:
     """(LoRAConfig, the whole adapter_config.json) of an adapter dir; CheckpointError when unreadable."""
+    from gpt3lab.checkpoint import read_json
+
     path = Path(adapter_dir) / ADAPTER_CONFIG
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; {adapter_dir} is not a LoRA adapter directory") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupt JSON ({e}); re-save the adapter") from None
-    if not isinstance(meta, dict) or meta.get("format") != ADAPTER_FORMAT:
+    meta = read_json(path, f"{adapter_dir} is not a LoRA adapter directory", "re-save the adapter")
+    if meta.get("format") != ADAPTER_FORMAT:
         raise CheckpointError(f"{path}: not a gpt3lab LoRA adapter config (format={meta.get('format')!r})")
     cfg = LoRAConfig(int(meta["rank"]), float(meta["alpha"]), float(meta["dropout"]), tuple(meta["targets"]))
     return cfg, meta

@@ -122,3 +122,16 @@ def test_optimizer_file_is_never_unpickled(saved, monkeypatch, tmp_path):
     with pytest.raises(CheckpointError):
         ck.load_train_state(saved)
     assert not (tmp_path / "PWNED").exists()
+
+
+def test_config_and_adapter_files_that_are_not_json_objects_are_clear_errors(tmp_path):
+    import pytest
+
+    from gpt3lab.checkpoint import CheckpointError, read_config
+    from gpt3lab.model.lora import ADAPTER_CONFIG, read_adapter_config
+
+    (tmp_path / "config.json").write_text("[1, 2]")
+    (tmp_path / ADAPTER_CONFIG).write_text('"text"')
+    for read in (read_config, read_adapter_config):
+        with pytest.raises(CheckpointError, match="not a JSON object"):
+            read(tmp_path)
