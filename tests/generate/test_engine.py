@@ -5,30 +5,16 @@ import time
 import pytest
 import torch
 
-from gpt3lab.config import ModelConfig
 from gpt3lab.generate import generate
 from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError,
                                   SamplingParams)
 from gpt3lab.generate.engine import Engine
-from gpt3lab.model import GPT
-from gpt3lab.tokenizer import Tokenizer
 
-BYTES = Tokenizer({bytes([i]): i for i in range(256)}, name="bytes")   # 256 byte tokens + eot (256)
+from gen_helpers import BYTES, tiny
+
 PROMPTS = ["To be, or not", "a", "The quick brown fox jumps over", "xyz", "Hello there, general", "0123456789",
            "ab", "Once upon a time in a land", "q", "what is", "many many words here ok", "zz", "The end",
            "lorem ipsum dolor sit amet", "k", "so it goes"]
-
-
-def tiny(pattern: str = "dense", seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=257, context=64, n_layer=4, n_head=2, d_model=32, attention_pattern=pattern,
-                      local_window=5)
-    model = GPT(cfg).eval()
-    with torch.no_grad():   # wider than the 0.02 init: varied greedy paths without near-ties
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
-    return model
 
 
 @pytest.fixture

@@ -9,19 +9,8 @@ from gpt3lab.generate import generate, stream
 from gpt3lab.model import GPT, ContextOverflowError
 from gpt3lab.tokenizer import Tokenizer
 
-BYTES = Tokenizer({bytes([i]): i for i in range(256)}, name="bytes")   # 256 byte tokens + eot (256)
+from gen_helpers import BYTES, tiny
 
-
-def tiny(pattern: str, seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    cfg = ModelConfig(vocab_size=257, context=64, n_layer=4, n_head=2, d_model=32,
-                      attention_pattern=pattern, local_window=5)
-    model = GPT(cfg).eval()
-    with torch.no_grad():   # wider than the 0.02 init: varied greedy paths without near-ties
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
-    return model
 
 
 class Scripted(nn.Module):

@@ -4,29 +4,19 @@ import re
 import json
 
 import pytest
-import torch
 
 from gpt3lab.checkpoint import load, save_checkpoint
 from gpt3lab.cli import main
-from gpt3lab.config import ModelConfig
 from gpt3lab.generate import generate
-from gpt3lab.model import GPT
-from gpt3lab.tokenizer import Tokenizer
+
+from gen_helpers import BYTES, tiny
 
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    cfg = ModelConfig(vocab_size=257, context=48, n_layer=2, n_head=2, d_model=32,
-                      attention_pattern="alternating", local_window=4)
-    model = GPT(cfg)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0.0, 0.3)
-    tok = Tokenizer({bytes([i]): i for i in range(256)}, name="bytes")
+    model = tiny("alternating", context=48, n_layer=2, local_window=4)
     run = tmp_path_factory.mktemp("run")
-    save_checkpoint(run / "checkpoints" / "step_0000010", model, cfg, tok)
+    save_checkpoint(run / "checkpoints" / "step_0000010", model, model.config, BYTES)
     return run
 
 
