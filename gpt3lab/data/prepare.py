@@ -37,9 +37,9 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tup
     sizes = [len(d.text.encode("utf-8")) for d in docs]
     order = list(range(len(docs)))
     random.Random(seed).shuffle(order)
-    val, held = set(), 0
+    val, held, target = set(), 0, val_fraction * sum(sizes)
     for i in order[:-1]:  # never hold out everything
-        if held >= val_fraction * sum(sizes):
+        if held >= target:
             break
         val.add(i)
         held += sizes[i]
@@ -77,12 +77,15 @@ def _write_split(tok: Tokenizer, docs: list[Document], out: Path, split: str, so
         if i:
             pieces.append(EOT)  # document separator
         pieces += chunk_text(d.text)
+    n_bytes = 0  # bytes of the pieces, separators included
     for j in range(0, len(pieces), 16):
         group = pieces[j:j + 16]
         for ids in tok.encode_batch(group):
             writer.write(ids)
-        bar.update(sum(len(p.encode("utf-8")) for p in group))
-    n_bytes = sum(len(d.text.encode("utf-8")) for d in docs)
+        group_bytes = sum(len(p.encode("utf-8")) for p in group)
+        n_bytes += group_bytes
+        bar.update(group_bytes)
+    n_bytes -= len(EOT) * max(len(docs) - 1, 0)  # the documents' own bytes (EOT is ASCII)
     return writer.close(tokenizer=tok.name, num_bytes=n_bytes, num_documents=len(docs),
                         sources=sources, documents=[d.name for d in docs][:10000])
 
