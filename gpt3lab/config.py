@@ -92,7 +92,7 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     weight_decay: float = 0.1
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0           # max global grad norm; 0 = no clipping (norm still reported)
     precision: str = "auto"          # "fp32" | "bf16" (autocast, fp32 master weights) | "auto"
     compile: bool = False
     device: str = "auto"
@@ -142,6 +142,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{name}={v} must be >= 0")
         if self.batch_tokens is not None and self.batch_tokens < 1:
             raise ConfigError(f"train.batch_tokens={self.batch_tokens} must be positive")
+        if self.grad_clip < 0:
+            raise ConfigError(f"train.grad_clip={self.grad_clip} must be >= 0 (0 = no clipping)")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -119,7 +119,8 @@ class Trainer:
                 (loss / accum).backward()
             total += loss.detach()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        # grad_clip=0 means "no clipping" (nanoGPT's convention); max_norm=inf only measures the norm
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
         if hasattr(grad_norm, "full_tensor"):       # FSDP: a replicated DTensor
             grad_norm = grad_norm.full_tensor()
         self.optimizer.step()

@@ -129,3 +129,29 @@ def test_bf16_autocast_on_cpu_keeps_fp32_master_weights():
     assert tr.precision == "bf16" and torch.isfinite(torch.tensor(r["loss"]))
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert all(s["exp_avg"].dtype == torch.float32 for s in tr.optimizer.state.values())
+
+
+def test_grad_clip_zero_means_no_clipping():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 64, (2, 32), generator=g)
+    y = torch.randint(0, 64, (2, 32), generator=g)
+    grads = {}
+    for clip in (0.0, 1e9):
+        model, mcfg = _model()
+        cfg = TrainConfig(batch_size=2, max_steps=1, warmup_steps=0, peak_flops=1e12, grad_clip=clip,
+                          precision="fp32")
+        tr = Trainer(model, mcfg, cfg, RowSource(x, y))
+        captured = []
+        tr.optimizer.step = lambda: captured.append({n: p.grad.clone() for n, p in model.named_parameters()})
+        stats = tr.train_step()
+        grads[clip] = captured[0], stats["grad_norm"]
+    (g0, n0), (g1, n1) = grads[0.0], grads[1e9]
+    assert n0 == pytest.approx(n1) and n0 > 0
+    for name in g1:
+        torch.testing.assert_close(g0[name], g1[name], msg=name)
+
+
+def test_negative_grad_clip_rejected():
+    from gpt3lab.errors import ConfigError
+    with pytest.raises(ConfigError, match="grad_clip"):
+        TrainConfig(grad_clip=-1.0)
