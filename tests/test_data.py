@@ -261,3 +261,16 @@ def test_errors_are_one_line_via_cli(data_dir, corpus, tmp_path, capsys):
     assert "\n" not in str(e.value) and "val_0000.bin" in str(e.value) and "gpt3lab prepare" in str(e.value)
     rc = main(["tokenizer", "train", str(corpus), "--vocab-size", "300", "--out", str(tmp_path / "t")])
     assert rc == 0 and Tokenizer.load(tmp_path / "t").vocab_size == 300
+
+
+def test_prepare_removes_only_its_own_outputs(corpus, tmp_path):
+    out = tmp_path / "d"
+    out.mkdir()
+    (out / "train_config.json").write_text("{}")
+    (out / "val_notes.json").write_text("{}")
+    (out / "train_0099.bin").write_bytes(b"\0\0")  # a stale shard of an earlier, bigger run
+    (out / "val_0042.bin").write_bytes(b"\0\0")
+    prepare([str(corpus)], out, "gpt2", val_fraction=0.25, seed=3, progress=False)
+    assert (out / "train_config.json").read_text() == "{}" and (out / "val_notes.json").read_text() == "{}"
+    assert not (out / "train_0099.bin").exists() and not (out / "val_0042.bin").exists()
+    assert sorted(p.name for p in out.glob("*.bin")) == ["train_0000.bin", "val_0000.bin"]

@@ -112,8 +112,9 @@ def prepare(sources: list[str], out_dir: str | Path, tokenizer: str | Tokenizer 
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else resolve_tokenizer(tokenizer, train_docs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in [*out.glob("train*.json"), *out.glob("val*.json")]:
-        stale.unlink()  # headers go first, so a failed run never looks finished
+    for split in ("train", "val"):  # headers go first, so a failed run never looks finished
+        for stale in [out / f"{split}.json", *sorted(out.glob(f"{split}_*.bin"))]:
+            stale.unlink(missing_ok=True)  # old shards too: a smaller corpus writes fewer
     tok.save(out)
     total = sum(len(d.text.encode("utf-8")) for d in docs)
     names = [str(s) for s in sources]
