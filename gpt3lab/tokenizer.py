@@ -150,10 +150,17 @@ class Tokenizer:
         if d.get("version") != VERSION:
             raise DataError(f"{file} has tokenizer format version {d.get('version')}, this gpt3lab "
                             f"reads version {VERSION}; upgrade gpt3lab or re-create the tokenizer")
-        tokens = [base64.b64decode(t) for t in d["tokens"]]
-        if ranks_digest(tokens, d["pattern"], d["special_tokens"]) != d["sha256"]:
+        try:  # a hand-edited or truncated file: missing fields, wrong types, bad base64
+            tokens = [base64.b64decode(t, validate=True) for t in d["tokens"]]
+            digest = ranks_digest(tokens, d["pattern"], d["special_tokens"])
+            expected, name, pattern = d["sha256"], str(d["name"]), d["pattern"]
+        except KeyError as e:
+            raise DataError(f"{file} is corrupt (no {e.args[0]!r} field); re-save it") from None
+        except (TypeError, ValueError, AttributeError, OverflowError) as e:
+            raise DataError(f"{file} is corrupt ({type(e).__name__}: {e}); re-save it") from None
+        if digest != expected:
             raise DataError(f"{file} is corrupt (its sha256 does not match its tokens); re-save it")
-        return cls({t: i for i, t in enumerate(tokens)}, name=d["name"], pattern=d["pattern"])
+        return cls({t: i for i, t in enumerate(tokens)}, name=name, pattern=pattern)
 
     def save(self, directory: str | Path) -> Path:
         """Write `gpt3lab_tokenizer.json` into `directory` (created if needed); returns the file."""

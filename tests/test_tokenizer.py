@@ -159,6 +159,21 @@ def test_gpt2_save_load(gpt2, tmp_path):
     assert again.name == "gpt2" and again.ranks == gpt2.ranks
 
 
+@pytest.mark.parametrize("edit", [
+    lambda d: d.pop("tokens"), lambda d: d.pop("sha256"), lambda d: d.pop("pattern"),
+    lambda d: d.pop("special_tokens"), lambda d: d.update(tokens=None), lambda d: d.update(tokens=[1, 2]),
+    lambda d: d["tokens"].__setitem__(5, "!!not base64!!"), lambda d: d.update(pattern=7)])
+def test_damaged_fields_raise_data_error(trained, tmp_path, edit):
+    _, _, tok = trained
+    file = tok.save(tmp_path)
+    d = json.loads(file.read_text())
+    edit(d)
+    file.write_text(json.dumps(d))
+    with pytest.raises(DataError, match="corrupt") as e:
+        Tokenizer.load(tmp_path)
+    assert str(file) in str(e.value)
+
+
 def test_train_is_deterministic():
     texts = ["the cat sat on the mat. " * 50, "the dog ate the cat's food! " * 50]
     a, b = Tokenizer.train(texts, 300), Tokenizer.train(texts, 300)
