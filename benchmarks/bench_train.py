@@ -18,6 +18,7 @@ import torch
 from gpt3lab.launcher import loaded_allocator
 from gpt3lab.model import GPT
 from gpt3lab.presets import get_preset
+from gpt3lab.train.perf import flops_per_token
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
@@ -30,14 +31,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
         a @ b
         ts.append(time.perf_counter() - t)
     return 2 * n ** 3 / statistics.median(ts)
-
-
-def flops_per_token(cfg) -> float:
-    """Training FLOPs per token: 6 x params (incl. the tied lm_head matmul) + causal attention scores."""
-    n = (cfg.n_layer * (4 * cfg.d_model * cfg.d_attn + 2 * cfg.d_model * cfg.d_ff)
-         + cfg.d_model * cfg.vocab_size)
-    attn = cfg.n_layer * 2 * 2 * cfg.context * cfg.d_attn / 2          # QK^T and AV, causal half
-    return 6 * n + 3 * attn
 
 
 def hf_model(cfg):

@@ -92,8 +92,7 @@ class Trainer:
             self.fwd = torch.compile(self.fwd)
         self.step, self.tokens = 0, 0          # optimizer steps done, tokens trained on (all ranks)
         self._eval_cache = None
-        n = sum(p.numel() for p in model.parameters()) - _embedding_numel(model)
-        self.flops_per_token = perf.flops_per_token(model_cfg, n)
+        self.flops_per_token = perf.flops_per_token(model_cfg)
 
     # ---- one optimizer step ----------------------------------------------------------------------
     def autocast(self):
@@ -275,11 +274,6 @@ def read_log(run_dir: str | Path) -> list[dict]:
         except json.JSONDecodeError:
             continue
     return out
-
-
-def _embedding_numel(model: torch.nn.Module) -> int:
-    seen = {id(m.weight): m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Embedding)}
-    return sum(seen.values())
 
 
 def _postfix(r: dict) -> dict:

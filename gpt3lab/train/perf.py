@@ -5,25 +5,20 @@ import time
 
 import torch
 
+from gpt3lab import sizing
 from gpt3lab.config import ModelConfig
 
 _PEAK_CACHE: dict[tuple[str, str], float] = {}
 
 
-def flops_per_token(cfg: ModelConfig, n_non_embedding: int) -> float:
-    """Training FLOPs per token (forward + backward = 3x forward): the one formula used everywhere.
+def flops_per_token(cfg: ModelConfig) -> float:
+    """Training FLOPs per token (forward + backward = 3x forward) at the run's context `cfg.context`.
 
-    6 * N_non_embedding (every weight: a multiply-add forward, two backward) + the unembedding
-    (6 * d_model * vocab) + attention scores and weighted sum: 6 * 2 * d_attn * (keys seen per query),
-    where keys seen averages (T+1)/2 for causal dense layers and min(window, T) for banded ones
-    (an upper bound; PaLM's appendix B counts 12 * L * d * T for the non-causal case).
+    The one formula, gpt3lab.sizing.training_flops: 6 * N (all parameters, embeddings included) plus
+    3x the attention scores and weighted sum, with the exact mean keys per query under the causal
+    mask (and the band for banded layers).
     """
-    T = cfg.context
-    attn = 0.0
-    for layer in range(cfg.n_layer):
-        keys = min(cfg.local_window, T) if cfg.is_banded(layer) else (T + 1) / 2
-        attn += 12 * cfg.d_attn * keys
-    return 6.0 * n_non_embedding + 6.0 * cfg.d_model * cfg.vocab_size + attn
+    return sizing.training_flops(cfg, 1)["total"]
 
 
 def measured_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
