@@ -40,12 +40,18 @@ def run(args: argparse.Namespace) -> int:
     elif args.action == "encode":
         print(" ".join(map(str, tok.encode(sys.stdin.read()))))
     else:
-        words = sys.stdin.read().split()
-        try:
-            ids = [int(w) for w in words]
-        except ValueError:
-            bad = next(w for w in words if not w.lstrip("-").isdigit())
-            raise DataError(f"decode input {bad!r} is not a token id; pass whitespace-separated integers") from None
-        sys.stdout.buffer.write(tok.decode_bytes(ids))
+        sys.stdout.buffer.write(tok.decode_bytes(_parse_ids(sys.stdin.read())))
         sys.stdout.flush()
     return 0
+
+
+def _parse_ids(text: str) -> list[int]:
+    """Whitespace-separated token ids; a word that is not an integer raises DataError naming it."""
+    ids = []
+    for word in text.split():
+        try:
+            ids.append(int(word))
+        except ValueError:  # also "²", which str.isdigit() accepts but int() refuses
+            raise DataError(f"decode input {word!r} is not a token id; "
+                            f"pass whitespace-separated integers") from None
+    return ids

@@ -199,3 +199,12 @@ def test_cli_encode_decode(monkeypatch, capsys):
     assert main(["tokenizer", "decode"]) == 2
     err = capsys.readouterr().err
     assert "'x' is not a token id" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("bad", ["²", "٣x", "1.5"])
+def test_cli_decode_names_a_bad_word(monkeypatch, capsys, bad):
+    import io
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"15496 {bad} 5"))
+    assert main(["tokenizer", "decode"]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad!r} is not a token id" in err and "Traceback" not in err
