@@ -214,7 +214,11 @@ class CompletionService:
             if is_disconnected is not None and await is_disconnected():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                raise ClientDisconnected()
+                if task.cancelled():
+                    raise ClientDisconnected()
+                # it finished while we checked (e.g. a slot was acquired): hand the result on, so a
+                # slot is never held by nobody; the next disconnect check sees the client gone
+                return task.result()
 
     async def _acquire(self, is_disconnected: Disconnected) -> None:
         if self._slots is None:
@@ -261,8 +265,9 @@ class CompletionService:
             handles = self._submit(prompts, params, rid)
             per_prompt = await self._race(asyncio.gather(*(self._collect(h, params.n, first) for h in handles)),
                                           is_disconnected)
-        except ClientDisconnected:
-            self.metrics.cancelled += 1
+        except BaseException as e:     # disconnect, shutdown or an engine error: stop every choice
+            if isinstance(e, ClientDisconnected):
+                self.metrics.cancelled += 1
             for h in handles:
                 h.cancel()
             raise
