@@ -38,6 +38,10 @@ class Distributed:
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank when `flag` is true on any (collective: all ranks must call it)."""
+        return flag
+
     def barrier(self) -> None:
         pass
 
@@ -121,6 +125,11 @@ class DDP(Distributed):
         # gloo has no AVG: sum and divide
         self.dist.all_reduce(value, op=self.dist.ReduceOp.SUM)
         return value / self.world_size
+
+    def any_rank(self, flag):
+        t = torch.tensor([int(flag)], device=self.device)
+        self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
+        return bool(t.item())
 
     def barrier(self):
         self.dist.barrier()

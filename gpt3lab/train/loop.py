@@ -173,7 +173,7 @@ class Trainer:
             dt = time.perf_counter() - t0
             record["tokens_per_s"] = record.pop("_step_tokens") / dt
             record["mfu"] = perf.mfu(record["tokens_per_s"], self.flops_per_token, peak)
-            out_of_time = self.info.max_seconds is not None and time.perf_counter() - start > self.info.max_seconds
+            out_of_time = self._out_of_time(start)
             last = self.step == cfg.max_steps or out_of_time
             if self.eval_data is not None and cfg.eval_batches and (
                     last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
@@ -190,6 +190,13 @@ class Trainer:
                 break
         bar.close()
         return record
+
+    def _out_of_time(self, start: float) -> bool:
+        """Whether the wall-clock budget is spent, agreed by all ranks (else some would wait forever
+        in evaluate()/save() collectives for ranks that stopped)."""
+        if self.info.max_seconds is None:
+            return False
+        return self.dist.any_rank(time.perf_counter() - start > self.info.max_seconds)
 
     # ---- logs and checkpoints --------------------------------------------------------------------
     def log(self, record: dict) -> None:

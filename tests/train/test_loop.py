@@ -168,3 +168,26 @@ def test_flops_per_token_is_sizing_training_flops():
     tr = Trainer(model, mcfg, TrainConfig(batch_size=2, max_steps=1, peak_flops=1e12, precision="fp32"),
                  RowSource(torch.zeros(2, 32, dtype=torch.long), torch.zeros(2, 32, dtype=torch.long)))
     assert tr.flops_per_token == sizing.training_flops(mcfg, 1)["total"]
+
+
+def test_time_budget_is_agreed_across_ranks():
+    """Another rank running out of time stops this one too (else it waits forever in evaluate/save)."""
+    from gpt3lab.train.distributed import Distributed
+    from gpt3lab.train.loop import RunInfo
+
+    class OtherRankOutOfTime(Distributed):
+        def __init__(self):
+            self.asked = []
+
+        def any_rank(self, flag):
+            self.asked.append(flag)
+            return len(self.asked) >= 2          # the other rank's budget ends after step 2
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 64, (20, 32), generator=g)
+    model, mcfg = _model()
+    dist = OtherRankOutOfTime()
+    cfg = TrainConfig(batch_size=2, max_steps=10, warmup_steps=0, peak_flops=1e12, precision="fp32")
+    tr = Trainer(model, mcfg, cfg, RowSource(x, x), info=RunInfo(progress=False, max_seconds=1e9), dist=dist)
+    last = tr.fit()
+    assert last["step"] == 2 and dist.asked == [False, False]
