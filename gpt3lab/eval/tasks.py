@@ -84,7 +84,7 @@ def _read_jsonl(path: Path) -> tuple[dict | None, list[tuple[int, object]]]:
         raise DataError(f"task file {path} does not exist; pass a JSONL file or a built-in task name "
                         f"(see `gpt3lab eval --list-tasks`)")
     header, rows = None, []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(_read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -102,6 +102,24 @@ def _read_jsonl(path: Path) -> tuple[dict | None, list[tuple[int, object]]]:
     return header, rows
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8; undecodable bytes raise DataError naming the file, line and byte offset."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start}); "
+                        f"save the file as UTF-8") from None
+
+
+def _max_tokens(spec: dict, where: str) -> int:
+    n = spec.get("max_tokens", 32)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise DataError(f"{where}: max_tokens={n!r} must be a positive integer (e.g. 32)")
+    return n
+
+
 def _check_spec(spec: dict, where: str) -> None:
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
@@ -115,7 +133,7 @@ def load_task_file(path: str | Path) -> Task:
     path = Path(path)
     if path.suffix == ".json":
         try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
+            spec = json.loads(_read_text(path))
         except (OSError, json.JSONDecodeError) as e:
             raise DataError(f"task spec {path}: cannot read it as JSON ({e})") from None
         if not isinstance(spec, dict) or "data" not in spec:
@@ -140,7 +158,7 @@ def load_task_file(path: str | Path) -> Task:
     if isinstance(stop, str):
         stop = [stop]
     return Task(spec.get("name", path.stem), kind, items, fmt, fewshot, stop,
-                int(spec.get("max_tokens", 32)), str(path))
+                _max_tokens(spec, str(path)), str(path))
 
 
 # ---- built-in: arithmetic ---------------------------------------------------------------------------

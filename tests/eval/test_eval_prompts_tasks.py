@@ -81,10 +81,26 @@ def test_jsonl_task_with_header_and_spec_file(tmp_path):
      r"bad\.jsonl:2: field 'answer'=5"),
     ([{"context": "a", "target": "b"}, {"context": "b", "target": "c"}, {"text": "c"}], r"bad\.jsonl:3: missing string field 'context'"),
     ([{"gpt3lab_task": {"kind": "essay"}}, {"context": "a", "target": "b"}], r"kind='essay'"),
+    ([{"gpt3lab_task": {"max_tokens": "x"}}, {"context": "a", "target": "b"}], r"max_tokens='x' must be a positive"),
+    ([{"gpt3lab_task": {"max_tokens": -3}}, {"context": "a", "target": "b"}], r"max_tokens=-3 must be a positive"),
+    ([{"gpt3lab_task": {"max_tokens": True}}, {"context": "a", "target": "b"}], r"max_tokens=True must be a positive"),
 ])
 def test_malformed_task_files_name_the_line(tmp_path, lines, match):
     with pytest.raises(DataError, match=match):
         load_task_file(write(tmp_path / "bad.jsonl", lines))
+
+
+def test_non_utf8_task_files_name_file_and_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_bytes(b'{"context": "a", "target": "b"}\n{"context": "caf\xe9", "target": "b"}\n')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: not UTF-8 \(byte 0xe9 at offset 48\)"):
+        load_task_file(bad)
+    (tmp_path / "spec.json").write_bytes(b'{"data": "bad.jsonl", "name": "\xff"}')
+    with pytest.raises(DataError, match=r"spec\.json:1: not UTF-8"):
+        load_task_file(tmp_path / "spec.json")
+    (tmp_path / "spec.json").write_text('{"data": "bad.jsonl"}')
+    with pytest.raises(DataError, match=r"bad\.jsonl:2: not UTF-8"):
+        load_task_file(tmp_path / "spec.json")
 
 
 def test_builtin_arithmetic_is_correct_and_seeded():
