@@ -70,6 +70,12 @@ def _perplexity(model, tok, args) -> int:
     return 0
 
 
+def _check_output(path: str | None, flag: str) -> None:
+    """Fail before the (long) evaluation, not after it, when an output file cannot be written."""
+    if path and not Path(path).resolve().parent.is_dir():
+        raise ConfigError(f"{flag} {path}: directory {Path(path).resolve().parent} does not exist; create it first")
+
+
 def run(args: argparse.Namespace) -> int:
     from gpt3lab.eval import harness
     from gpt3lab.eval.tasks import builtin_names, get_task
@@ -83,6 +89,8 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("nothing to do: pass --task NAME|FILE or --perplexity TEXT_FILE")
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit} must be a positive integer")
+    _check_output(args.json, "--json")
+    _check_output(args.plot, "--plot")
     shots = parse_shots(args.shots)
     text = _read_text(args.text) if args.text else None
     specs = [s for t in args.task for s in t.split(",") if s]

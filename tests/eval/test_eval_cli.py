@@ -82,3 +82,12 @@ def test_cli_errors_exit_nonzero_without_traceback(ckpt, mc_file, tmp_path, caps
     assert main(["eval", str(ckpt), *args]) == 2
     err = capsys.readouterr().err
     assert match in err and "Traceback" not in err and err.startswith("gpt3lab: error:")
+
+
+@pytest.mark.parametrize("flag", ["--json", "--plot"])
+def test_cli_checks_output_dirs_before_loading(tmp_path, capsys, flag):
+    out = tmp_path / "missing" / "r.out"
+    # the checkpoint does not exist either: the output check must come first (before any work)
+    assert main(["eval", str(tmp_path / "no_ckpt"), "--task", "arith-2d+", flag, str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{flag} {out}: directory {out.parent} does not exist" in err and "Traceback" not in err
