@@ -43,6 +43,13 @@ class QueueFullError(EngineError):
     code = "queue_full"
 
 
+class EngineInternalError(EngineError):
+    """The engine failed while running a request (a bug or an exhausted device), not the user's input."""
+
+    status = 500
+    code = "engine_error"
+
+
 class EngineClosedError(EngineError):
     status = 503
     code = "engine_closed"

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, EventStream, InvalidRequestError,
-                                  QueueFullError, SamplingParams, TokenEvent)
+from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, EngineInternalError, EventStream,
+                                  InvalidRequestError, QueueFullError, SamplingParams, TokenEvent)
 from gpt3lab.generate.paged_cache import BlockPool, PagedStep, Segment, block_hash, prefix_hashes
 from gpt3lab.generate.sampling import (apply_logit_bias, apply_penalties, draw, top_k_filter, top_p_filter,
                                        uniforms)
@@ -214,15 +214,16 @@ class Engine:
 
     # ---- scheduler loop (background thread) -----------------------------------------------------
     def _loop(self) -> None:
-        while self._intake():
-            self._admit()
-            if not self.running:
-                continue
+        while True:
             try:
-                with torch.inference_mode():
-                    self._step()
-            except Exception as e:      # an engine bug: fail the running requests instead of hanging them
-                self._fail_running(e)
+                if not self._intake():
+                    return
+                self._admit()
+                if self.running:
+                    with torch.inference_mode():
+                        self._step()
+            except Exception as e:      # a bug or a device failure: fail the requests, keep the thread alive
+                self._fail_all(e)
 
     def _intake(self) -> bool:
         """Take in new requests and cancellations; sleep while idle. False once shut down and drained."""
@@ -376,10 +377,14 @@ class Engine:
         if req in self.running:
             self.running.remove(req)
 
-    def _fail_running(self, e: Exception) -> None:
+    def _fail_all(self, e: Exception) -> None:
+        """End every running and waiting request with an EngineInternalError (one per handle)."""
+        msg = f"the engine failed: {type(e).__name__}: {e}"
         for req in list(self.running):
             self._release_request(req)
-            req.handle._put(e)
+            req.handle._put(EngineInternalError(msg))
+        while self.waiting:
+            self.waiting.popleft().handle._put(EngineInternalError(msg))
 
     # ---- one step: plan, forward, sample --------------------------------------------------------
     def _step(self) -> None:

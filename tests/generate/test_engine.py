@@ -336,3 +336,28 @@ def test_unseeded_top_k_1_is_greedy(make_engine):
     model = tiny()
     greedy = run(make_engine(model), "Hello", max_tokens=16, temperature=0)[0][0]
     assert run(make_engine(model), "Hello", max_tokens=16, temperature=1.5, top_k=1)[0][0] == greedy
+
+
+class Broken(Engine):
+    """Fails its next step once (a device error, say)."""
+
+    fail_next = True
+
+    def _step(self):
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("device lost")
+        super()._step()
+
+
+def test_an_engine_failure_ends_requests_with_a_clear_error_and_the_engine_goes_on(make_engine):
+    from gpt3lab.generate.api import EngineInternalError
+
+    e = make_engine(tiny(), cls=Broken)
+    h = e.submit(BYTES.encode("Hello"), SamplingParams(max_tokens=5, temperature=0))
+    with pytest.raises(EngineInternalError, match="device lost") as info:
+        list(h)
+    assert info.value.status == 500 and h.done
+    (toks, _, _, _), _ = run(e, "Hello", max_tokens=5, temperature=0)   # the scheduler thread survived
+    assert len(toks) == 5
+    assert e.stats()["running"] == 0
