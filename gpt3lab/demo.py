@@ -57,13 +57,16 @@ def fit_steps(data: Path, overrides: list[str], budget_s: float, probe_steps: in
     from gpt3lab.data import WindowLoader, load_data_tokenizer
     from gpt3lab.model import GPT
     from gpt3lab.presets import get_preset
+    from gpt3lab.train.distributed import local_device
     from gpt3lab.train.loop import Trainer
 
     p = get_preset("demo")
     mcfg = apply_overrides(ModelConfig(**{**p.model, "vocab_size": load_data_tokenizer(data).vocab_size}),
                            overrides, "model")
     cfg = apply_overrides(TrainConfig(**p.train), overrides, "train")
-    tr = Trainer(GPT(mcfg), mcfg, cfg, WindowLoader(data, "train", mcfg.context, cfg.batch_size))
+    # time on the device (and so the precision) train() will use, not the Trainer's CPU default
+    tr = Trainer(GPT(mcfg), mcfg, cfg, WindowLoader(data, "train", mcfg.context, cfg.batch_size),
+                 device=local_device(cfg.device))
     tr.train_step()                                            # warm-up (allocations, kernel choice)
     t0 = time.perf_counter()
     for _ in range(probe_steps):

@@ -38,3 +38,24 @@ def test_steps_within_budget_counts_evals_and_never_goes_negative():
     # however many steps the preset allows, the budget alone decides (the old formula went negative)
     assert steps_within(540.0, 0.26, 200, 20) > 1500
     assert steps_within(1.0, 5.0, 10, 20) == 1                        # at least one step
+
+
+def test_fit_steps_times_on_the_device_train_uses(tiny_data, monkeypatch):
+    import gpt3lab.train.distributed as distributed
+    import gpt3lab.train.loop as loop
+    from gpt3lab.demo import fit_steps
+
+    seen = {}
+
+    class FakeTrainer:
+        def __init__(self, model, mcfg, cfg, train_data, eval_data=None, **kw):
+            seen["device"] = kw.get("device")
+
+        def train_step(self):
+            return {}
+
+    asked = []
+    monkeypatch.setattr(distributed, "local_device", lambda req: asked.append(req) or torch.device("meta"))
+    monkeypatch.setattr(loop, "Trainer", FakeTrainer)
+    fit_steps(tiny_data, ["context=32", "device=auto"], budget_s=10.0, probe_steps=1)
+    assert asked == ["auto"] and seen["device"] == torch.device("meta")
