@@ -2,6 +2,7 @@
 
     gpt3lab size gpt3-175b --gpu v100 --mfu 0.224 --price-per-hour 1.5
     gpt3lab size path/to/checkpoint/config.json --json
+    gpt3lab size runs/my_run              # a run dir: its newest checkpoint's config
     gpt3lab size --all                    # one table for the eight GPT-3 sizes of the paper
 """
 from __future__ import annotations
@@ -17,8 +18,8 @@ from gpt3lab.presets import GPT3_PRESETS, PRESETS, get_preset
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", nargs="?", help="preset name (e.g. gpt3-175b) or path to a config.json "
-                   "(a bare model config or a checkpoint's {\"model\": {...}} file)")
+    p.add_argument("model", nargs="?", help="preset name (e.g. gpt3-175b), checkpoint or run directory, or path "
+                   "to a config.json (a bare model config or a checkpoint's {\"model\": {...}} file)")
     p.add_argument("--all", action="store_true", help="table for the eight GPT-3 presets (Table 2.1)")
     p.add_argument("--tokens", type=float, default=300e9, help="training tokens (default 300e9, as GPT-3)")
     p.add_argument("--gpu", default="h100", help=f"one of {', '.join(sizing.GPUS)} (default h100)")
@@ -42,14 +43,22 @@ def load_model_config(spec: str) -> tuple[ModelConfig, dict]:
     path = Path(spec)
     if not (spec.endswith(".json") or path.exists()):
         get_preset(spec)   # raises ConfigError listing the presets
+    if path.is_dir():  # a checkpoint or a run dir (-> its newest checkpoint)
+        from gpt3lab.checkpoint import read_config, resolve
+        ckpt = resolve(path)
+        return _from_data(read_config(ckpt), str(ckpt / "config.json"))
     if not path.is_file():
         raise UserError(f"config file {spec!r} does not exist; pass a preset name "
-                        f"({', '.join(PRESETS)}) or a path to a config.json")
+                        f"({', '.join(PRESETS)}), a checkpoint or run directory, or a path to a config.json")
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ConfigError(f"{spec}: not a readable JSON file ({e}); expected a model config or a "
                           f"checkpoint config.json") from None
+    return _from_data(data, spec)
+
+
+def _from_data(data, spec: str) -> tuple[ModelConfig, dict]:
     if isinstance(data, dict) and isinstance(data.get("model"), dict):   # checkpoint: {"model": ..., "train": ...}
         train = data.get("train") if isinstance(data.get("train"), dict) else {}
         return from_dict(ModelConfig, data["model"], f"{spec}: model"), {"batch_tokens": train.get("batch_tokens")}

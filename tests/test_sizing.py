@@ -210,6 +210,22 @@ def test_cli_reads_bare_and_checkpoint_config(tmp_path, capsys):
     assert a["steps"] is None and b["steps"] == int(300e9 / 640)
 
 
+def test_cli_reads_checkpoint_and_run_dirs(tmp_path, capsys):
+    model = dict(vocab_size=300, context=64, n_layer=2, n_head=4, d_model=32)
+    for step, bt in ((100, 640), (200, 1280)):  # the run dir means its newest checkpoint
+        ckpt = tmp_path / "run" / "checkpoints" / f"step_{step:08d}"
+        ckpt.mkdir(parents=True)
+        (ckpt / "config.json").write_text(json.dumps({"format": "gpt3lab-checkpoint", "version": 1,
+                                                      "model": model, "train": {"batch_tokens": bt}}))
+        (ckpt / "model.safetensors").write_bytes(b"")
+    a = _json(capsys, ["size", str(ckpt.parent / "step_00000100"), "--json"])
+    b = _json(capsys, ["size", str(tmp_path / "run"), "--json"])
+    assert a["params"] == b["params"] == sizing.param_counts(ModelConfig(**model))
+    assert (a["steps"], b["steps"]) == (int(300e9 / 640), int(300e9 / 1280))
+    assert main(["size", str(tmp_path)]) == 2  # neither a checkpoint nor a run dir
+    assert "holds no checkpoints/step_*" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["gpt3-175b", "--gpu", "tpu9"], "v100, a100, h100"),
     (["gpt3-huge"], "unknown preset 'gpt3-huge'"),
