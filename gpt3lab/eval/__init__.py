@@ -6,10 +6,9 @@
 """
 from gpt3lab.eval.harness import evaluate_task, format_table, plot, run
 from gpt3lab.eval.prompts import Item, Prompt, PromptFormat, build_prompt
-from gpt3lab.eval.scoring import (Perplexity, Score, loglikelihood, perplexity, score_choices, score_requests,
-                                  token_logprobs)
+from gpt3lab.eval.scoring import Perplexity, Score, loglikelihood, perplexity, score_choices, score_requests
 from gpt3lab.eval.tasks import Task, builtin_task, get_task, load_task_file
 
 __all__ = ["evaluate_task", "format_table", "plot", "run", "Item", "Prompt", "PromptFormat", "build_prompt",
            "Perplexity", "Score", "loglikelihood", "perplexity", "score_choices", "score_requests",
-           "token_logprobs", "Task", "builtin_task", "get_task", "load_task_file"]
+           "Task", "builtin_task", "get_task", "load_task_file"]

@@ -52,15 +52,6 @@ def _gather(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 @torch.no_grad()
-def token_logprobs(model, ctx: list[int], cont: list[int], eot: int | None = None) -> torch.Tensor:
-    """Per-token log-probabilities (n,) of `cont` given `ctx`: one plain forward pass, no batching."""
-    ids = torch.tensor(_fit(model, ctx, cont, eot), device=_device(model))
-    logits, _ = model(ids[None, :-1])                                   # (1, T, V)
-    lp, _ = _gather(logits[0, -len(cont):], ids[-len(cont):])
-    return lp
-
-
-@torch.no_grad()
 def loglikelihood(model, ctx: list[int], cont: list[int], eot: int | None = None) -> Score:
     """Unbatched reference scorer: Score of `cont` after `ctx`."""
     ids = torch.tensor(_fit(model, ctx, cont, eot), device=_device(model))
