@@ -77,6 +77,22 @@ def fit_steps(data: Path, overrides: list[str], budget_s: float, probe_steps: in
     return min(steps, cfg.max_steps)
 
 
+DEMO_MARKER = "DEMO_RUN"   # written into the run dir: only such a dir may be replaced by the next demo
+
+
+def clear_previous_demo(out: Path) -> None:
+    """Make `out` ready for a fresh demo run: delete it if an earlier demo wrote it (marker file),
+    leave it if missing or empty; anything else (e.g. a real training run) raises UserError."""
+    if out.is_dir() and (out / DEMO_MARKER).is_file():
+        shutil.rmtree(out)
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"demo: {out} exists and is not an earlier demo run (no {DEMO_MARKER} file); "
+                        f"the demo replaces its --out dir, so pass --out with a new or empty directory")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).write_text("written by `gpt3lab demo`; the next demo run with this --out replaces "
+                                   "this directory\n")
+
+
 def steps_within(budget_s: float, step_s: float, eval_every: int, eval_batches: int) -> int:
     """Training steps that fit in 90% of `budget_s` (the machine may be shared), counting the evals:
     one every `eval_every` steps plus the final one, each `eval_batches` forward passes (~1/3 step)."""
@@ -107,8 +123,7 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     data = prepare_data(Path(args.data), progress=not args.no_progress)
     out = Path(args.out)
-    if (out / "log.jsonl").exists():
-        shutil.rmtree(out)      # an earlier demo run: start over
+    clear_previous_demo(out)
     max_steps = args.max_steps or fit_steps(data, args.set, args.time_budget)
     s = train(data, out, preset="demo", overrides=args.set, max_steps=max_steps,
               max_seconds=args.time_budget, progress=not args.no_progress)

@@ -59,3 +59,24 @@ def test_fit_steps_times_on_the_device_train_uses(tiny_data, monkeypatch):
     monkeypatch.setattr(loop, "Trainer", FakeTrainer)
     fit_steps(tiny_data, ["context=32", "device=auto"], budget_s=10.0, probe_steps=1)
     assert asked == ["auto"] and seen["device"] == torch.device("meta")
+
+
+def test_demo_replaces_only_its_own_earlier_run(tmp_path):
+    import pytest
+
+    from gpt3lab.demo import DEMO_MARKER, clear_previous_demo
+    from gpt3lab.errors import UserError
+
+    real = tmp_path / "real"                       # a user's training run: never deleted
+    real.mkdir()
+    (real / "log.jsonl").write_text("{}\n")
+    with pytest.raises(UserError, match=str(real)):
+        clear_previous_demo(real)
+    assert (real / "log.jsonl").read_text() == "{}\n"
+
+    demo = tmp_path / "demo"                       # fresh: created with the marker
+    clear_previous_demo(demo)
+    assert sorted(p.name for p in demo.iterdir()) == [DEMO_MARKER]
+    (demo / "log.jsonl").write_text("{}\n")        # an earlier demo run: replaced
+    clear_previous_demo(demo)
+    assert sorted(p.name for p in demo.iterdir()) == [DEMO_MARKER]
