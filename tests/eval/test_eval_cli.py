@@ -59,13 +59,17 @@ def test_cli_end_to_end(ckpt, mc_file, tmp_path, capsys):
     assert "acc_norm" in text and "exact_match" in text and "----- prompt: sky, k=3, item 0 -----" in text
 
 
-def test_cli_perplexity(ckpt, tmp_path, capsys):
+def test_cli_perplexity(ckpt, model, tok, tmp_path, capsys, independent_nll):
     f = tmp_path / "t.txt"
-    f.write_text("To be, or not to be, that is the question. " * 8)
+    text = "To be, or not to be, that is the question. " * 8
+    f.write_text(text)
     assert main(["eval", str(ckpt), "--perplexity", str(f), "--json", str(tmp_path / "p.json")]) == 0
     p = json.loads((tmp_path / "p.json").read_text())
-    assert p["windows"] > 1 and p["bits_per_byte"] == pytest.approx(
-        p["loss"] * p["tokens"] / (p["bytes"] * math.log(2)))
+    ids = tok.encode(text)   # the checkpoint holds `model` and `tok`; default stride is context / 2
+    ref = independent_nll(model, ids, tok.eot_id, model.config.context, model.config.context // 2)
+    assert p["windows"] > 1 and (p["tokens"], p["bytes"]) == (len(ids), len(text.encode()))
+    assert p["loss"] == pytest.approx(ref / len(ids), rel=1e-5)
+    assert p["bits_per_byte"] == pytest.approx(ref / (len(text.encode()) * math.log(2)), rel=1e-5)
 
 
 @pytest.mark.parametrize("args, match", [
