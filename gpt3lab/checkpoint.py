@@ -42,8 +42,7 @@ def resolve(path: str | Path) -> Path:
         raise CheckpointError(f"{p}: no such checkpoint or run directory")
     if is_checkpoint(p):
         return p
-    ckpts = sorted((c for c in (p / "checkpoints").glob("step_*") if is_checkpoint(c)),
-                   key=lambda c: c.name) if (p / "checkpoints").is_dir() else []
+    ckpts = list_checkpoints(p)
     if not ckpts:
         raise CheckpointError(f"{p}: not a checkpoint (needs config.json + model.safetensors) and holds no "
                               f"checkpoints/step_* directory; point at a checkpoint or a run directory")
@@ -148,7 +147,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
     """Build the GPT of a checkpoint (or the newest one in a run dir) and load its weights."""
     from gpt3lab.model import GPT
 
+    from gpt3lab.model import lora
+
     ckpt = resolve(path)
+    if lora.is_lora_checkpoint(ckpt):   # base weights + lora_A/lora_B: not a plain GPT state dict
+        raise CheckpointError(f"{ckpt} is a LoRA fine-tuning checkpoint (base + adapters); load it with "
+                              f"gpt3lab.load({str(ckpt)!r}), or use the plain checkpoint in RUN/merged "
+                              f"(written by `gpt3lab finetune --method lora --merge`)")
     cfg = from_dict(ModelConfig, read_config(ckpt)["model"], where=f"{ckpt}/config.json model")
     state = load_state(ckpt)
     with torch.device("meta"):

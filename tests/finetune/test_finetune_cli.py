@@ -47,6 +47,10 @@ def test_lora_exports_merge_and_checkpoint_agree(base_ckpt, add_data, tmp_path):
         merged = ckpt_io.load_model(tmp_path / "r" / "merged")(X)[0]         # a plain checkpoint
         base = ckpt_io.load_model(base_ckpt)(X)[0]
     assert torch.equal(via_adapter, via_ckpt)
+    # load_model (plain GPT) on a LoRA training checkpoint/run: a clear pointer, not "unexpected lora_A"
+    for path in (tmp_path / "r", ckpt_io.step_dir(tmp_path / "r", 3)):
+        with pytest.raises(CheckpointError, match=r"LoRA fine-tuning checkpoint.*gpt3lab\.load.*merged.*--merge"):
+            ckpt_io.load_model(path)
     assert torch.allclose(merged, via_adapter, atol=1e-5) and not torch.allclose(merged, base, atol=1e-4)
     # the one-call loader (gpt3lab.load) recognises adapter dirs, LoRA run dirs and LoRA checkpoints
     import gpt3lab
