@@ -19,7 +19,7 @@ from gpt3lab.config import ModelConfig
 from gpt3lab.model import GPT
 from gpt3lab.tokenizer import Tokenizer
 
-MODEL = "tiny"
+from serve_helpers import MODEL  # noqa: E402
 
 
 @pytest.fixture(scope="session")

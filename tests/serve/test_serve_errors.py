@@ -6,7 +6,7 @@ import json
 import httpx
 import pytest
 
-from conftest import MODEL
+from serve_helpers import MODEL
 
 COMPLETIONS = "/v1/completions"
 

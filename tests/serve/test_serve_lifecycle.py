@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import MODEL
+from serve_helpers import MODEL
 
 HERE = Path(__file__).parent
 

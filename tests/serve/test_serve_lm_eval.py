@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from conftest import MODEL
+from serve_helpers import MODEL
 
 pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.slow

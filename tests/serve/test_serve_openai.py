@@ -6,7 +6,7 @@ import torch
 
 openai = pytest.importorskip("openai")
 
-from conftest import MODEL  # noqa: E402
+from serve_helpers import MODEL  # noqa: E402
 
 
 @pytest.fixture(scope="module")
