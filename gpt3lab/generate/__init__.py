@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gpt3lab.errors import ConfigError
-from gpt3lab.generate.sampling import check_sampling, sample
+from gpt3lab.generate.sampling import check_sampling, sample, sample_generator
 from gpt3lab.generate.text import TextStream
 from gpt3lab.model.kv_cache import ContextOverflowError, KVCache
 
@@ -63,7 +63,7 @@ def _check(n_prompt: int, max_tokens: int, n: int, context: int, stop) -> None:
             f"model's context of {context} tokens; shorten the prompt or lower max_tokens")
 
 
-def _decode(model, ids: list[int], n: int, max_tokens: int, gen: torch.Generator, **params):
+def _decode(model, ids: list[int], n: int, max_tokens: int, gen: list[torch.Generator], **params):
     """Yield (tokens (n,), logprobs (n,)) per step; the model runs only when the next step is asked for."""
     device = model.transformer.wte.weight.device
     dtype = model.transformer.wte.weight.dtype
@@ -92,8 +92,7 @@ def stream(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, t
     check_sampling(temperature, top_k, top_p)
     ids = prompt_ids(tokenizer, prompt)
     _check(len(ids), max_tokens, n, model.config.context, stops)
-    gen = torch.Generator(device=model.transformer.wte.weight.device)
-    gen.manual_seed(seed) if seed is not None else gen.seed()
+    gen = [sample_generator(seed, j, model.transformer.wte.weight.device) for j in range(n)]
     params = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     return _events(model, tokenizer, ids, max_tokens, n, gen, stops, params)
 

@@ -26,8 +26,8 @@ import torch
 from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, EngineInternalError, EventStream,
                                   InvalidRequestError, QueueFullError, SamplingParams, TokenEvent)
 from gpt3lab.generate.paged_cache import BlockPool, PagedStep, Segment, block_hash, prefix_hashes
-from gpt3lab.generate.sampling import (apply_logit_bias, apply_penalties, draw, top_k_filter, top_p_filter,
-                                       uniforms)
+from gpt3lab.generate.sampling import (apply_logit_bias, apply_penalties, draw, sample_generator, top_k_filter,
+                                       top_p_filter, uniforms)
 from gpt3lab.generate.text import TextStream
 from gpt3lab.model.matvec import prepare_for_decode
 
@@ -309,11 +309,7 @@ class Engine:
         return max(0, pos - self.mcfg.local_window + 1) // self.cfg.block_size
 
     def _new_seq(self, req: _Request, j: int, tables: list[list[int]]) -> _Seq:
-        g = torch.Generator(device=self.device)
-        if req.params.seed is None:
-            g.seed()
-        else:   # choice j of a seeded request: its own stream, whatever else is batched
-            g.manual_seed((req.params.seed + j) % 2 ** 64)
+        g = sample_generator(req.params.seed, j, self.device)   # choice j: its own stream, whatever is batched
         seq = _Seq(req, j, list(req.prompt), tables, g, stream=TextStream(self.tokenizer, req.params.stop))
         req.seqs.append(seq)
         return seq

@@ -87,6 +87,14 @@ def draw(x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, target, right=True)[:, 0]
 
 
+def sample_generator(seed: int | None, j: int = 0, device=None) -> torch.Generator:
+    """The generator of sample j of a request: seed + j when seeded (fresh entropy otherwise), so a seed
+    gives the same samples in generate() and in the engine, whatever else the engine batches."""
+    g = torch.Generator(device=device)
+    g.manual_seed((seed + j) % 2 ** 64) if seed is not None else g.seed()
+    return g
+
+
 def uniforms(B: int, generator, device=None) -> torch.Tensor:
     """(B,) uniforms: from one generator for the batch, or one draw from each generator of a list."""
     if isinstance(generator, Sequence):

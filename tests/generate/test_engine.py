@@ -361,3 +361,15 @@ def test_an_engine_failure_ends_requests_with_a_clear_error_and_the_engine_goes_
     (toks, _, _, _), _ = run(e, "Hello", max_tokens=5, temperature=0)   # the scheduler thread survived
     assert len(toks) == 5
     assert e.stats()["running"] == 0
+
+
+def test_seeded_n_samples_equal_generate_for_every_choice(make_engine):
+    model = tiny()
+    ref = generate(model, BYTES, "Hello", max_tokens=12, temperature=1.0, seed=5, n=3)
+    h = make_engine(model).submit(BYTES.encode("Hello"), SamplingParams(max_tokens=12, temperature=1.0, seed=5, n=3))
+    got = {j: [] for j in range(3)}
+    for ev in h:
+        got[ev.index] += ev.tokens
+    assert len({tuple(g.tokens) for g in ref}) > 1                   # the samples differ from each other
+    for j, g in enumerate(ref):                                      # the engine does not output eot
+        assert got[j] == [t for t in g.tokens if t != BYTES.eot_id]
