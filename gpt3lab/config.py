@@ -114,6 +114,7 @@ class TrainConfig:
     activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
+        _check_number_types(self, "train")
         for name in ("batch_size", "max_steps", "eval_batches", "log_every", "save_every", "keep_last"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
@@ -148,6 +149,30 @@ class TrainConfig:
 
 # ---------------------------------------------------------------------------------------------
 # JSON and --set helpers shared by every config
+
+
+def _check_number_types(cfg: Any, prefix: str) -> None:
+    """ConfigError naming the field when an int/float/bool field holds another type (e.g. "3e-4" from a
+    JSON --config). bool is not accepted as a number; an int is a valid float."""
+    for name, typ in typing.get_type_hints(type(cfg)).items():
+        v = getattr(cfg, name)
+        args = typing.get_args(typ)
+        if v is None and type(None) in args:
+            continue
+        base = next((a for a in args if a is not type(None)), typ) if args else typ
+        if base is bool:
+            ok = isinstance(v, bool)
+        elif base is int:
+            ok = isinstance(v, int) and not isinstance(v, bool)
+        elif base is float:
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+        else:
+            continue
+        if not ok:
+            want = {bool: "true or false", int: "an integer", float: "a number"}[base]
+            raise ConfigError(f"{prefix}.{name}={v!r} ({type(v).__name__}) must be {want}"
+                              + (f"; write {prefix}.{name}: {v} without quotes" if isinstance(v, str) else ""))
+
 
 
 def to_dict(cfg: Any) -> dict:

@@ -65,3 +65,19 @@ def test_plot_writes_png(tiny_data, tmp_path, capsys):
 def test_bad_train_values(tiny_data, tmp_path, capsys, bad):
     assert _train(tiny_data, tmp_path / "run", "--set", bad) == 2
     assert "train." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("key,value,msg", [
+    ("lr", "3e-4", r"train\.lr='3e-4' \(str\) must be a number"),
+    ("batch_size", True, r"train\.batch_size=True \(bool\) must be an integer"),
+    ("max_steps", 10.5, r"train\.max_steps=10\.5 \(float\) must be an integer"),
+    ("compile", 1, r"train\.compile=1 \(int\) must be true or false"),
+    ("batch_tokens", "512", r"train\.batch_tokens='512'"),
+])
+def test_train_config_rejects_wrong_types_naming_the_field(key, value, msg):
+    from gpt3lab.config import TrainConfig, from_dict
+    from gpt3lab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=msg):
+        from_dict(TrainConfig, {key: value})
+    assert from_dict(TrainConfig, {"lr": 1, "batch_tokens": None}).lr == 1     # an int is a valid float
