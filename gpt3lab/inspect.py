@@ -156,3 +156,114 @@ def inspect(model, tokenizer, text_or_ids, *, top_k: int = 5, layers=None, max_t
     return {"tokens": [{"id": t, "text": tokenizer.decode([t])} for t in ids], "positions": positions,
             "attention": {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "layers": layers, "windows": windows,
                           "weights": weights}}
+
+
+# ---- tracks: the logit lens ----------------------------------------------------------------------
+
+def residuals(model, ids: list[int]) -> torch.Tensor:
+    """The residual stream at every depth: (n_layer + 1, T, d_model) fp32; row 0 is the embedding
+    (wte + wpe), row l + 1 the output of block l. Captured by forward hooks on one read-only pass."""
+    T = len(ids)
+    n = max(T, min(matvec.MAX_ROWS + 1, model.config.context))   # padded as in _forward (read-only matvec)
+    dev = model.transformer.wte.weight.device
+    idx = torch.tensor([ids + [ids[-1]] * (n - T)], device=dev)                      # (1, n)
+    me, out = threading.get_ident(), {}
+
+    def hook_for(row):
+        def hook(module, args, output):
+            if threading.get_ident() == me:
+                out[row] = output[0, :T].float()                                     # (T, d)
+        return hook
+
+    mods = [model.transformer.drop, *model.transformer.h]
+    handles = [m.register_forward_hook(hook_for(r)) for r, m in enumerate(mods)]
+    try:
+        model.hidden(idx)                         # no lm_head call: nothing is re-laid out (matvec)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([out[r] for r in range(len(mods))])                          # (L+1, T, d)
+
+
+def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
+    """What each depth would predict: lm_head(ln_f(residual)) -> (L+1, T, V) fp32 (the logit lens,
+    nostalgebraist 2020); the last row is exactly the model's logits."""
+    L1, T, d = resid.shape
+    x = model.transformer.ln_f(resid.reshape(L1 * T, d).to(model.transformer.ln_f.weight.dtype))
+    # F.linear, not lm_head(): a few-row lm_head call would re-lay its weight out in place (matvec)
+    return torch.nn.functional.linear(x, model.lm_head.weight).float().reshape(L1, T, -1)
+
+
+def lens(model, tokenizer, text_or_ids, *, top_k: int = 3, max_tokens: int = MAX_TOKENS,
+         decimals: int | None = None) -> dict:
+    """Tracks through the layers for one prompt: at every depth and position, the lens's top tokens.
+
+    -> {"tokens": [{"id", "text"}], "rows": ["embedding", "block 0", ..., "block L-1"],
+    "norms": [row][pos] (L2 norm of the residual stream), "cells": [row][pos] = {"top": [{"id", "text",
+    "prob"}] (k likeliest next tokens under that depth's lens), "next_prob" (of the actual next token;
+    None at the last position)}}. Size: (n_layer + 1) x T x top_k candidates.
+    """
+    ids = prompt_ids(tokenizer, text_or_ids, min(max_tokens, model.config.context))
+    if not 1 <= top_k <= 20:
+        raise InspectError(f"lens top_k={top_k} must be between 1 and 20", "lens_top_k")
+    with _eval_mode(model), torch.inference_mode():
+        resid = residuals(model, ids)                                               # (L+1, T, d)
+        logp = torch.log_softmax(lens_logits(model, resid), dim=-1)                 # (L+1, T, V)
+        top_lp, top_id = logp.topk(min(top_k, logp.shape[-1]), dim=-1)              # (L+1, T, k)
+        nxt = torch.tensor(ids[1:] + [0], device=logp.device)
+        next_p = _plain(logp.gather(-1, nxt.expand(logp.shape[0], -1)[..., None])[..., 0].exp(), decimals)
+        top_p, norms = _plain(top_lp.exp(), decimals), _plain(resid.norm(dim=-1), decimals)
+    text = {t: tokenizer.decode([t]) for t in set(top_id.flatten().tolist())}
+    cells = [[{"top": [{"id": t, "text": text[t], "prob": p} for t, p in zip(tids, top_p[r][i])],
+               "next_prob": next_p[r][i] if i + 1 < len(ids) else None}
+              for i, tids in enumerate(row)] for r, row in enumerate(top_id.tolist())]
+    rows = ["embedding"] + [f"block {l}" for l in range(model.config.n_layer)]
+    return {"tokens": [{"id": t, "text": tokenizer.decode([t])} for t in ids], "rows": rows, "norms": norms,
+            "cells": cells}
+
+
+class _eval_mode:
+    """Dropout off for the duration (the serving engine's model is in eval mode already)."""
+
+    def __init__(self, model):
+        self.model, self.was = model, model.training
+
+    def __enter__(self):
+        if self.was:
+            self.model.eval()
+
+    def __exit__(self, *exc):
+        if self.was:
+            self.model.train()
+
+
+# ---- the generation loop, one step -----------------------------------------------------------------
+
+def next_step(model, tokenizer, text_or_ids, *, temperature: float = 1.0, top_k: int | None = None,
+              top_p: float | None = None, seed: int | None = None, show: int = 10,
+              max_tokens: int = MAX_TOKENS) -> dict:
+    """One step of the generation loop: the next-token distribution after temperature / top-k / top-p
+    (the sampler's own filters), and one token drawn from it by the sampler (gpt3lab.generate.sampling).
+
+    -> {"top": [{"id", "text", "prob" (after the filters), "model_prob" (raw softmax)}] (the `show` most
+    likely), "kept" (tokens left after the filters), "token": {"id", "text", "prob", "model_prob"}}.
+    """
+    from gpt3lab.generate import sampling
+
+    sampling.check_sampling(temperature, top_k, top_p)
+    ids = prompt_ids(tokenizer, text_or_ids, min(max_tokens, model.config.context))
+    with _eval_mode(model), torch.inference_mode():
+        resid = residuals(model, ids)[-1:, -1:]                                     # (1, 1, d)
+        logits = lens_logits(model, resid)[0]                                       # (1, V)
+        x = logits / temperature if temperature > 0 else logits
+        x = sampling.top_p_filter(sampling.top_k_filter(x, top_k), top_p)
+        if temperature == 0:                                                        # greedy: all mass on argmax
+            x = torch.full_like(logits, float("-inf")).scatter(1, logits.argmax(-1, keepdim=True), 0.0)
+        tok, _ = sampling.sample(logits, temperature, top_k, top_p, sampling.sample_generator(seed))
+        probs, model_p = x.softmax(-1)[0], logits.softmax(-1)[0]                    # (V,)
+        order = probs.topk(min(show, probs.shape[0])).indices.tolist()
+        kept = int(torch.isfinite(x).sum())
+
+    def entry(t):
+        return {"id": t, "text": tokenizer.decode([t]), "prob": float(probs[t]), "model_prob": float(model_p[t])}
+    return {"top": [entry(t) for t in order], "kept": kept, "token": entry(int(tok[0]))}
