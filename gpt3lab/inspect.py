@@ -267,3 +267,51 @@ def next_step(model, tokenizer, text_or_ids, *, temperature: float = 1.0, top_k:
     def entry(t):
         return {"id": t, "text": tokenizer.decode([t]), "prob": float(probs[t]), "model_prob": float(model_p[t])}
     return {"top": [entry(t) for t in order], "kept": kept, "token": entry(int(tok[0]))}
+
+
+# ---- priming: zero / one / few-shot ------------------------------------------------------------------
+
+PRIMING_TASK = "mapping"      # the priming demo's held-out key->value mappings (gpt3lab.priming_demo)
+
+
+def priming_tasks() -> list[str]:
+    """Task names priming() accepts: the harness's built-in tasks and the priming demo's mappings."""
+    from gpt3lab.eval.tasks import builtin_names
+    return [PRIMING_TASK, *builtin_names()]
+
+
+def _priming_task(name: str, n: int, seed: int):
+    from gpt3lab.eval.tasks import builtin_task
+    from gpt3lab.priming_demo import heldout_task
+
+    if name not in priming_tasks():
+        raise InspectError(f"task {name!r} is not a built-in task; choose one of {', '.join(priming_tasks())}",
+                           "task")
+    return heldout_task(seed) if name == PRIMING_TASK else builtin_task(name, n=n, seed=seed)
+
+
+def priming(model, tokenizer, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, seed: int = 0) -> dict:
+    """In-context learning curve of one task: the eval harness's prompts (description + k examples +
+    query, gpt3lab.eval.prompts) and metric at each k, plus the mean log-probability of the gold answer.
+
+    -> {"task", "kind", "metric", "shots": [{"k", "value" (the harness's primary metric), "answer_logprob"
+    (mean over items, natural log), "mean_shots" (examples that fit), "prompt" (the first item's),
+    "gold", "prediction"}]}
+    """
+    from gpt3lab.eval.harness import PRIMARY, _prompts, evaluate_task
+    from gpt3lab.eval.scoring import score_requests
+
+    t = _priming_task(task, n, seed)
+    out = []
+    with _eval_mode(model), torch.inference_mode():
+        for k in shots:
+            r = evaluate_task(model, tokenizer, t, k, seed=seed, limit=n, keep_examples=1)
+            ps = _prompts(t, tokenizer, model, k, seed, n, False)      # the same prompts the harness scored
+            reqs = [(tokenizer.encode(p.text), tokenizer.encode(t.fmt.delimiter + it.gold))
+                    for p, it in zip(ps, t.items[:n])]
+            lps = [s.logprob for s in score_requests(model, reqs, tokenizer.eot_id)]
+            ex = r.examples[0]
+            out.append({"k": k, "value": r.metrics[PRIMARY[t.kind]], "answer_logprob": sum(lps) / len(lps),
+                        "mean_shots": r.mean_shots, "prompt": ex["prompt"], "gold": ex["gold"],
+                        "prediction": ex["prediction"]})
+    return {"task": task, "kind": t.kind, "metric": PRIMARY[t.kind], "shots": out}
