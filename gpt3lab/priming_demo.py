@@ -6,9 +6,11 @@ learning first appears in Transformers. The Shakespeare demo model cannot show i
 are flat at ~0%); this one is trained on a corpus where nothing else works:
 
     every document draws its OWN random mapping of 4 keys (lowercase letters) to 4 values (uppercase
-    letters) and then lists lines `<key><digit>=<value>`, e.g.   q7=M  b2=T  q0=M  x5=C  b9=T ...
+    letters) and then lists lines `<digit><key><value>`, e.g.   7qM  2bT  0qM  5xC  9bT ...
 
-The digit is noise, so a line's value can only be read off an earlier line with the same key. At
+The digit is noise (it makes every query differ from its examples, as the harness requires), so a
+line's value can only be read off an earlier line with the same key: after `q`, look back for an
+earlier `q` and copy the token that followed it, which is exactly what an induction head does. At
 evaluation the harness's own prompt builder (gpt3lab.eval.prompts) primes the model with k solved
 lines of a held-out mapping (seeds never used in training) and scores the 4 values as multiple choice:
 k = 0 is chance (25%), and accuracy climbs with k as the query's key appears among the examples.
@@ -39,7 +41,7 @@ def byte_tokenizer():
 
 def mapping_format():
     from gpt3lab.eval.prompts import PromptFormat
-    return PromptFormat(delimiter="=", separator="\n")
+    return PromptFormat(delimiter="", separator="\n")
 
 
 def random_mapping(rng: random.Random) -> dict[str, str]:
@@ -47,12 +49,12 @@ def random_mapping(rng: random.Random) -> dict[str, str]:
 
 
 def document(rng: random.Random, n_chars: int) -> str:
-    """One training document: a fresh mapping, then random `<key><digit>=<value>` lines (>= n_chars)."""
+    """One training document: a fresh mapping, then random `<digit><key><value>` lines (>= n_chars)."""
     m, lines, size = random_mapping(rng), [], 0
     keys = list(m)
     while size < n_chars:
         k = rng.choice(keys)
-        lines.append(f"{k}{rng.choice(NOISE)}={m[k]}")
+        lines.append(f"{rng.choice(NOISE)}{k}{m[k]}")
         size += len(lines[-1]) + 1
     return "\n".join(lines)
 
@@ -71,7 +73,7 @@ class MappingStream:
 
 
 def heldout_task(index: int):
-    """The eval task of held-out mapping `index`: all 40 `<key><digit>` queries, the 4 values as choices;
+    """The eval task of held-out mapping `index`: all 40 `<digit><key>` queries, the 4 values as choices;
     the pool is the task's own items (the query itself is never among its examples)."""
     from gpt3lab.eval.prompts import Item
     from gpt3lab.eval.tasks import Task
@@ -79,7 +81,7 @@ def heldout_task(index: int):
     rng = random.Random(HELDOUT_SEED + index)
     m = random_mapping(rng)
     choices = sorted(m.values())
-    items = [Item(k + d, choices=choices, answer=choices.index(v)) for k, v in m.items() for d in NOISE]
+    items = [Item(d + k, choices=choices, answer=choices.index(v)) for k, v in m.items() for d in NOISE]
     rng.shuffle(items)
     return Task(name=f"mapping-{index}", kind="multiple_choice", items=items, fmt=mapping_format(),
                 source="gpt3lab.priming_demo")
