@@ -24,7 +24,7 @@ from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_over
 from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
 
 RESUME_MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "save_every", "keep_last",
-                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing"}
+                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "on_nonfinite"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
