@@ -172,7 +172,7 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     kw = dict(seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
     train_data = WindowLoader(data, "train", mcfg.context, tcfg.batch_size, **kw)
     eval_data = _val_loader(data, mcfg.context, tcfg.batch_size, kw)
-    info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data)}, progress=progress,
+    info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data.resolve())}, progress=progress,
                    max_seconds=max_seconds)
     trainer = Trainer(model, mcfg, tcfg, train_data, eval_data, info=info, dist=dist, device=device)
     if resume:
