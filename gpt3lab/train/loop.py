@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -309,10 +310,23 @@ def truncate_log(run_dir: str | Path, step: int) -> None:
     if not path.exists():
         return
     keep = [r for r in read_log(run_dir) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    csv = Path(run_dir) / "log.csv"
-    csv.write_text(",".join(LOG_FIELDS) + "\n" + "".join(
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))
+    write_text_atomically(Path(run_dir) / "log.csv", ",".join(LOG_FIELDS) + "\n" + "".join(
         ",".join("" if r.get(k) is None else repr(r[k]) for k in LOG_FIELDS) + "\n" for r in keep))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` via a synced temp sibling + rename: a kill mid-write leaves the old file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_log(run_dir: str | Path) -> list[dict]:
