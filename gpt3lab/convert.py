@@ -139,6 +139,15 @@ def hf_tokenizer(hf_dir: str | Path):
     return Tokenizer.gpt2()
 
 
+def hf_chat_template(hf_dir: str | Path) -> dict:
+    """{"chat_template": ...} from an HF dir's tokenizer_config.json, or {} when it has none."""
+    try:
+        tpl = json.loads((Path(hf_dir) / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"chat_template": tpl} if isinstance(tpl, str) else {}
+
+
 def _merge_lines(path: Path) -> list[str]:
     return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#version")]
 
@@ -296,7 +305,8 @@ def run(args) -> int:
         model, cfg = from_hf(args.from_hf)
         tok = tok or hf_tokenizer(args.from_hf)
         check_vocab(tok, cfg)
-        save_checkpoint(args.out_dir, model, cfg, tokenizer=tok, extra={"source": {"hf_dir": str(args.from_hf)}})
+        extra = {"source": {"hf_dir": str(args.from_hf)}, **hf_chat_template(args.from_hf)}
+        save_checkpoint(args.out_dir, model, cfg, tokenizer=tok, extra=extra)
         note = f" (tokenizer {tok.name})" if tok is not None else (
             " (no tokenizer files in the source; weights only: add --tokenizer gpt2|PATH"
             + (", probably gpt2 for this 50,257-token vocabulary)" if cfg.vocab_size == 50257 else ")"))

@@ -61,10 +61,16 @@ def test_custom_bpe_round_trip_through_auto_classes(custom_ckpt, tmp_path):
     hf_text = hf_tok.decode(out[0, ids.shape[1]:])
     ours = generate(model, tok, prompt, max_tokens=12, temperature=0.0).text
     assert hf_text == ours
-    # import takes the directory back: same tokenizer (ranks), same logits
+    # import takes the directory back: same tokenizer (ranks), same logits, the chat template too
+    cfg_file = tmp_path / "hf/tokenizer_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "chat_template": "{{ messages }}"}))
     assert main(["convert", "--from-hf", str(tmp_path / "hf"), str(tmp_path / "back")]) == 0
     model2, tok2 = load(tmp_path / "back")
     assert tok2.ranks == tok.ranks and tok2.name == tok.name
+    from gpt3lab.checkpoint import chat_template_of
+    assert chat_template_of(tmp_path / "back") == "{{ messages }}"
+    assert main(["convert", "--to-hf", str(tmp_path / "back"), str(tmp_path / "hf2")]) == 0
+    assert json.loads((tmp_path / "hf2/tokenizer_config.json").read_text())["chat_template"] == "{{ messages }}"
     with torch.no_grad():
         assert torch.equal(model2(ids)[0], model(ids)[0])
 
