@@ -60,16 +60,23 @@ def document(rng: random.Random, n_chars: int) -> str:
 
 
 class MappingStream:
-    """Endless batches of documents, the trainer's data source: next_batch(B) -> (x, y) each (B, T)."""
+    """Endless batches of documents, the trainer's data source: next_batch(B) -> (x, y) each (B, T).
 
-    def __init__(self, context: int, seed: int):
-        self.context, self.rng = context, random.Random(seed)
+    answers_only: targets other than the values are -100 (ignored by the loss), so every gradient goes
+    to the one thing that needs the context; the digits and keys are random and teach nothing.
+    """
+
+    def __init__(self, context: int, seed: int, answers_only: bool = True):
+        self.context, self.rng, self.answers_only = context, random.Random(seed), answers_only
 
     def next_batch(self, batch_size: int):
         T = self.context
         rows = [list(document(self.rng, T + 1).encode())[:T + 1] for _ in range(batch_size)]
         t = torch.tensor(rows)                                                     # (B, T+1)
-        return t[:, :-1], t[:, 1:]
+        x, y = t[:, :-1], t[:, 1:]
+        if self.answers_only:
+            y = torch.where((y >= ord("A")) & (y <= ord("Z")), y, -100)           # values only
+        return x, y
 
 
 def heldout_task(index: int):

@@ -22,7 +22,11 @@ def test_documents_are_lines_of_one_mapping_per_document():
     assert len(mapping) <= pd.N_KEYS and len(set(mapping.values())) == len(mapping)
     assert pd.document(random.Random(1), 200) != doc                     # another document, another mapping
     x, y = pd.MappingStream(16, 0).next_batch(3)
-    assert x.shape == y.shape == (3, 16) and torch.equal(x[:, 1:], y[:, :-1])
+    assert x.shape == y.shape == (3, 16)
+    values = y[y != -100]
+    assert len(values) >= 3 * 4 and bool(((values >= 65) & (values <= 90)).all())      # only the values are targets
+    x, y = pd.MappingStream(16, 0, answers_only=False).next_batch(3)
+    assert torch.equal(x[:, 1:], y[:, :-1])
 
 
 def test_heldout_prompts_are_the_harness_prompts_in_the_training_format():
