@@ -13,6 +13,7 @@ renamed into place, so an interrupted save leaves the previous checkpoint untouc
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -297,6 +298,49 @@ def save_train_state(ckpt_tmp: str | Path, optimizer: torch.optim.Optimizer | di
     (d / "state.json").write_text(json.dumps({**state, "rng": rng_state()}) + "\n")
 
 
+def validate_train_state(state: dict, where: str | Path) -> None:
+    """CheckpointError naming the first bad field of a state.json (missing, wrong type, wrong RNG length)."""
+    from pydantic import ValidationError
+
+    try:
+        _train_state_schema().model_validate(state)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise CheckpointError(f"{where}: field {field}: {err['msg']}; the file is damaged or not written by "
+                              f"gpt3lab: resume from an earlier checkpoint") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _train_state_schema():
+    """The pydantic model of state.json (built on first use: pydantic is imported lazily)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+    Byte, Word = Annotated[StrictInt, Field(ge=0, le=255)], Annotated[StrictInt, Field(ge=0, lt=2 ** 32)]
+    n_torch = torch.get_rng_state().numel()
+
+    class Rng(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        torch: Annotated[list[Byte], Field(min_length=n_torch, max_length=n_torch)]
+        python: Annotated[list[Word], Field(min_length=625, max_length=625)]
+        python_version: StrictInt
+        python_gauss: StrictFloat | None
+        cuda: list[list[Byte]] | None = None
+
+    class TrainState(BaseModel):
+        model_config = ConfigDict(extra="allow")     # later versions may add keys
+        step: Annotated[StrictInt, Field(ge=0)]
+        tokens: Annotated[StrictInt, Field(ge=0)]
+        world_size: Annotated[StrictInt, Field(ge=1)] = 1
+        train_data: dict
+        eval_data: dict | None = None
+        rng: Rng
+
+    return TrainState
+
+
 def load_train_state(ckpt: str | Path) -> tuple[dict, dict]:
     """(optimizer state_dict, state dict) of a checkpoint; CheckpointError when missing or corrupt."""
     d = Path(ckpt) / TRAIN_STATE
@@ -304,6 +348,7 @@ def load_train_state(ckpt: str | Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{ckpt} has no complete {TRAIN_STATE}/ (optimizer.pt + state.json); it can be "
                               f"loaded for inference but not resumed; start a new run from it instead")
     state = read_json(d / "state.json", "the checkpoint is incomplete", "resume from an earlier checkpoint")
+    validate_train_state(state, d / "state.json")
     try:
         # weights_only=True: plain tensors and containers only, never arbitrary pickled objects
         opt = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)
