@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from gpt3lab.argtypes import nonneg_int, positive_float, positive_int
 from gpt3lab.errors import UserError
 
 TOKENIZER = "bpe:4096"
@@ -24,13 +25,13 @@ DATA_DIR = Path("data") / "shakespeare-bpe4096"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(DATA_DIR), help="data dir (prepared here once, then reused)")
     p.add_argument("--out", default="runs/demo", help="run dir (replaced if it holds an earlier demo run)")
-    p.add_argument("--time-budget", type=float, default=540.0, metavar="SECONDS",
+    p.add_argument("--time-budget", type=positive_float, default=540.0, metavar="SECONDS",
                    help="wall-clock cap on training (the preset's max_steps caps it too); the steps are "
                         "fitted to it by timing a few steps first")
-    p.add_argument("--max-steps", type=int, help="override the preset's max_steps")
+    p.add_argument("--max-steps", type=positive_int, help="override the preset's max_steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for gpt3lab train")
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt of the printed sample")
-    p.add_argument("--sample-tokens", type=int, default=200)
+    p.add_argument("--sample-tokens", type=nonneg_int, default=200)
     p.add_argument("--no-progress", action="store_true")
 
 

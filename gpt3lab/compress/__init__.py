@@ -38,6 +38,7 @@ from pathlib import Path
 
 import torch
 
+from gpt3lab.argtypes import int_range
 from gpt3lab.compress.coder import RangeDecoder, RangeEncoder
 from gpt3lab.compress.model import (TOTAL, TOTAL_BITS, Predictor, find_symbol, fingerprint, fixed_threads,
                                     quantise, symbol_range)
@@ -303,7 +304,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="file to compress (any bytes), or with -d a file written by compress")
     p.add_argument("output", help="where to write the result (replaced atomically)")
     p.add_argument("-d", "--decompress", action="store_true", help="decompress instead of compress")
-    p.add_argument("--threads", type=int, default=1,
+    p.add_argument("--threads", type=int_range(1, 1024), default=1,
                    help="CPU threads while compressing (recorded; decompression uses the same number)")
     p.add_argument("--no-progress", action="store_true")
 

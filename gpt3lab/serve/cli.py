@@ -14,32 +14,33 @@ import sys
 import threading
 from pathlib import Path
 
+from gpt3lab.argtypes import int_range, nonneg_float, positive_float, positive_int
 from gpt3lab.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="checkpoint or run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the URL is printed)")
+    p.add_argument("--port", type=int_range(0, 65535), default=8000, help="port (0 = any free port; the URL is printed)")
     p.add_argument("--api-key", action="append", default=None,
                    help="require `Authorization: Bearer KEY` (repeatable; visible in `ps`: prefer --api-key-file "
                         "or $GPT3LAB_API_KEY, comma-separated; default: none)")
     p.add_argument("--api-key-file", metavar="FILE", help="read the API key(s) from FILE, one per line")
     p.add_argument("--model-name", default=None, help="model id clients send (default: the checkpoint dir name)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    p.add_argument("--max-concurrent", type=int, default=64, help="requests generating at once")
-    p.add_argument("--max-queue", type=int, default=256, help="requests waiting for a slot before 429s")
+    p.add_argument("--max-concurrent", type=positive_int, default=64, help="requests generating at once")
+    p.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting for a slot before 429s")
     p.add_argument("--kv-memory", default="1GiB",
                    help="KV cache budget of the engine, e.g. 512MiB, 2GiB or bytes (default 1GiB)")
-    p.add_argument("--max-running", type=int, default=64, help="sequences the engine decodes at once")
-    p.add_argument("--max-batch-tokens", type=int, default=512,
+    p.add_argument("--max-running", type=positive_int, default=64, help="sequences the engine decodes at once")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=512,
                    help="tokens per engine forward pass (decode rows + prompt chunks)")
-    p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV cache block")
     p.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes")
-    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit (413 above)")
-    p.add_argument("--body-timeout", type=float, default=10.0,
+    p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024, help="request body limit (413 above)")
+    p.add_argument("--body-timeout", type=positive_float, default=10.0,
                    help="seconds a client gets to send the whole request body (408 after that)")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+    p.add_argument("--shutdown-timeout", type=nonneg_float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM before they are cancelled")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
 
