@@ -218,25 +218,65 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
 
 
 def load_tokenizer(path: str | Path):
-    from gpt3lab.tokenizer import Tokenizer
+    """The tokenizer stored in a checkpoint (or a run's newest one); a CheckpointError saying what to
+    pass (--tokenizer gpt2|PATH) when the checkpoint has none."""
+    from gpt3lab.tokenizer import TOKENIZER_FILE, Tokenizer
 
-    return Tokenizer.load(resolve(path))
+    ckpt = resolve(path)
+    if not (ckpt / TOKENIZER_FILE).is_file():
+        vocab = read_config(ckpt)["model"].get("vocab_size")
+        hint = " (its vocab_size is 50257: probably --tokenizer gpt2)" if vocab == 50257 else ""
+        raise CheckpointError(f"{ckpt} has no tokenizer ({TOKENIZER_FILE}); pass --tokenizer gpt2|PATH{hint}, "
+                              f"or store one with `gpt3lab convert --from-hf ... --tokenizer gpt2|PATH`")
+    return Tokenizer.load(ckpt)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu"):
+def resolve_tokenizer(spec):
+    """A tokenizer from any spec a user may pass: "gpt2", a saved tokenizer file/dir, a data dir, an HF
+    directory with tokenizer.json, or a checkpoint/run directory."""
+    from gpt3lab.hf_tokenizer import read_hf_tokenizer
+    from gpt3lab.tokenizer import TOKENIZER_FILE, load_tokenizer as load_spec
+
+    p = Path(str(spec))
+    if str(spec) == "gpt2" or not p.is_dir() or (p / TOKENIZER_FILE).is_file():
+        return load_spec(spec)
+    if (p / "tokenizer.json").is_file() and not is_checkpoint(p):
+        return read_hf_tokenizer(p)
+    return load_tokenizer(p)
+
+
+def chat_template_of(path: str | Path) -> str | None:
+    """The chat template stored in a checkpoint's config.json (None: base model, use the default)."""
+    try:
+        return read_config(resolve(path)).get("chat_template")
+    except CheckpointError:   # an adapter dir or HF dir: no gpt3lab config of its own
+        return None
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", tokenizer=None):
     """(model, tokenizer) from a checkpoint or run directory: the one-call loader behind gpt3lab.load.
 
     LoRA fine-tunes load too: an adapter directory (base + adapter), a LoRA run or its checkpoints.
+    tokenizer: overrides the stored one (a Tokenizer or any spec resolve_tokenizer takes); a plain
+    checkpoint then needs no tokenizer files of its own.
     """
     from gpt3lab.model import lora
 
     p = Path(path)
+    tok = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     if lora.is_adapter_dir(p) or lora.is_adapter_dir(p / "adapter"):
-        return lora.load_with_adapter(p, device=device)
-    ckpt = resolve(p)
-    if lora.is_lora_checkpoint(ckpt):
-        return lora.load_with_adapter(ckpt, device=device)
-    return load_model(ckpt, device=device), load_tokenizer(ckpt)
+        model, stored = lora.load_with_adapter(p, device=device)
+    else:
+        ckpt = resolve(p)
+        if lora.is_lora_checkpoint(ckpt):
+            model, stored = lora.load_with_adapter(ckpt, device=device)
+        else:
+            model, stored = load_model(ckpt, device=device), (tok or load_tokenizer(ckpt))
+    tok = tok or stored
+    if tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"tokenizer {tok.name!r} has {tok.vocab_size} ids but {path} has vocab_size "
+                              f"{model.config.vocab_size}; pass the tokenizer the model was trained with")
+    return model, tok
 
 
 # ---------------------------------------------------------------------------------------------
