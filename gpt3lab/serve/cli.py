@@ -81,7 +81,7 @@ def engine_config(args):
 
 def build_engine(checkpoint: str, device: str, config=None):
     """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.generate.cli import pick_device
     from gpt3lab.generate.engine import Engine
     model, tokenizer = load(checkpoint, device=pick_device(device))

@@ -3,6 +3,7 @@ import json
 import pytest
 import torch
 
+import gpt3lab
 from gpt3lab import checkpoint as ck
 from gpt3lab.config import ModelConfig, TrainConfig
 from gpt3lab.data import WindowLoader, load_data_tokenizer
@@ -29,7 +30,7 @@ def test_train_state_round_trip(tiny_data, tmp_path):
     next_rand = torch.rand(3)                                    # the RNG as it was at the final save
     ckpt = ck.resolve(tmp_path / "run")
     assert ckpt.name == "step_0000006"
-    model, tok = ck.load(tmp_path / "run")                       # the one-call loader
+    model, tok = gpt3lab.load(tmp_path / "run")                       # the one-call loader
     for k, v in ck.model_state(a.model).items():
         assert torch.equal(model.state_dict()[k], v), k
     b = _trainer(tiny_data, tmp_path / "run")
@@ -75,7 +76,7 @@ def test_interrupted_save_leaves_previous_checkpoint(tiny_data, tmp_path):
         (stale / f).write_bytes((before / f).read_bytes())
     assert ck.resolve(tmp_path / "run") == before
     assert ck.list_checkpoints(tmp_path / "run") == [before]
-    ck.load(tmp_path / "run")
+    gpt3lab.load(tmp_path / "run")
 
 
 def test_keep_last_k(tiny_data, tmp_path):
@@ -94,7 +95,7 @@ def test_truncated_weights_are_a_checkpoint_error(saved):
     f = saved / "model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        ck.load(saved)
+        gpt3lab.load(saved)
 
 
 def test_corrupt_train_state_is_a_checkpoint_error(saved):
@@ -107,7 +108,7 @@ def test_corrupt_train_state_is_a_checkpoint_error(saved):
         ck.load_train_state(saved)
     (saved / "config.json").write_text("")
     with pytest.raises(CheckpointError, match="config.json"):
-        ck.load(saved)
+        gpt3lab.load(saved)
 
 
 class _Evil:
@@ -128,7 +129,7 @@ def test_config_and_adapter_files_that_are_not_json_objects_are_clear_errors(tmp
     import pytest
 
     from gpt3lab.checkpoint import CheckpointError, read_config
-    from gpt3lab.model.lora import ADAPTER_CONFIG, read_adapter_config
+    from gpt3lab.adapters import ADAPTER_CONFIG, read_adapter_config
 
     (tmp_path / "config.json").write_text("[1, 2]")
     (tmp_path / ADAPTER_CONFIG).write_text('"text"')
