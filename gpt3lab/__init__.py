@@ -7,12 +7,14 @@
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu"):
+def load(path, device="cpu", tokenizer=None):
     """(model, tokenizer) from a checkpoint, a run directory (its newest checkpoint, or its LoRA adapter), an
-    adapter directory, a LoRA checkpoint or a Hugging Face GPT-2 directory: see gpt3lab.loader."""
+    adapter directory, a LoRA checkpoint or a Hugging Face GPT-2 directory: see gpt3lab.loader.
+
+    tokenizer: "gpt2" or a path, overriding (or supplying) the directory's own tokenizer."""
     from gpt3lab.loader import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, tokenizer=tokenizer)
 
 
 def generate_text(model, tokenizer, prompt, **kwargs):

@@ -16,11 +16,25 @@ import torch
 
 from gpt3lab import adapters, checkpoint
 from gpt3lab.convert import is_hf_dir, load_hf
+from gpt3lab.errors import CheckpointError
 
 
-def load(path: str | Path, device: str | torch.device = "cpu"):
-    """(model in eval mode, tokenizer) from any of the directories above; CheckpointError otherwise."""
-    p = Path(path)
+def load(path: str | Path, device: str | torch.device = "cpu", tokenizer=None):
+    """(model in eval mode, tokenizer) from any of the directories above; CheckpointError otherwise.
+
+    tokenizer: overrides the stored one (a Tokenizer or any spec checkpoint.resolve_tokenizer takes); a
+    plain checkpoint then needs no tokenizer files of its own.
+    """
+    tok = checkpoint.resolve_tokenizer(tokenizer) if tokenizer is not None else None
+    model, stored = _load(Path(path), device, need_tokenizer=tok is None)
+    tok = tok or stored
+    if tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"tokenizer {tok.name!r} has {tok.vocab_size} ids but {path} has vocab_size "
+                              f"{model.config.vocab_size}; pass the tokenizer the model was trained with")
+    return model, tok
+
+
+def _load(p: Path, device, need_tokenizer: bool):
     if not adapters.is_adapter_dir(p) and adapters.is_adapter_dir(p / "adapter"):
         p = p / "adapter"
     if adapters.is_adapter_dir(p):
@@ -30,8 +44,10 @@ def load(path: str | Path, device: str | torch.device = "cpu"):
         return load_hf(p, device)
     ckpt = checkpoint.resolve(p)
     if checkpoint.is_lora_checkpoint(ckpt):
-        return adapters.load_lora_checkpoint(ckpt, device), checkpoint.load_tokenizer(ckpt)
-    return checkpoint.load_model(ckpt, device), checkpoint.load_tokenizer(ckpt)
+        model = adapters.load_lora_checkpoint(ckpt, device)
+    else:
+        model = checkpoint.load_model(ckpt, device)
+    return model, checkpoint.load_tokenizer(ckpt) if need_tokenizer else None
 
 
 def load_base(path: str | Path, device: str | torch.device = "cpu"):
