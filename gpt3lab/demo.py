@@ -116,7 +116,7 @@ def split_bpb(model, loader, batch_size: int = 16) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.data import WindowLoader
     from gpt3lab.train.cli import train
     from gpt3lab.train.plot import plot_run
