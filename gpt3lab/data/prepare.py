@@ -282,6 +282,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
     p.add_argument("--shard-tokens", type=int, default=2**30, help="max tokens per shard file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.epilog = ("SOURCE formats: text files (one document each), JSONL (one document per line, --text-field), "
+                "either compressed as .gz or .zst; Parquet files (one document per row of --text-field); a "
+                "Hugging Face dataset saved with save_to_disk (a directory); directories and globs of these. "
+                ".zst, Parquet and saved datasets need: pip install 'gpt3lab[formats]'")
     p.add_argument("--workers", type=int_range(1, 1024), default=1,
                    help="tokenizer processes (the tokens are the same for any number)")
     p.add_argument("--overwrite", action="store_true",
