@@ -254,6 +254,10 @@ def test_shard_tokens_validated_in_the_api(value, tmp_path):
     with pytest.raises(DataError, match=r"shard_tokens=.* must be a whole number in \[1, "):
         prepare([str(src)], tmp_path / "o", shard_tokens=value, progress=False)
     assert not (tmp_path / "o").exists()  # refused before touching anything
+    from gpt3lab.data.shards import ShardWriter
+    if not isinstance(value, str) and value < 1:  # the writer itself refuses too (it would loop forever)
+        with pytest.raises(DataError, match="shard_tokens"):
+            ShardWriter(tmp_path, "train", 300, value)
 
 
 @pytest.mark.parametrize("argv,expect", [(["--shard-tokens", "0"], "shard_tokens=0"),
