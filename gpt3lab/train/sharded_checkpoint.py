@@ -19,6 +19,7 @@ single safetensors file to load, serve or share.
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +31,9 @@ from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_o
 from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.errors import CheckpointError
 from gpt3lab.train.parallelize import split_qkv_state
+
+# one process without a process group is a supported use (export, single-process resume), not a mistake
+warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
 
 
 def model_state(model: torch.nn.Module) -> dict:
