@@ -7,11 +7,13 @@
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu"):
-    """Load a checkpoint (or the latest checkpoint of a run directory): returns (model, tokenizer)."""
+def load(path, device="cpu", tokenizer=None):
+    """Load a checkpoint (or the latest checkpoint of a run directory): returns (model, tokenizer).
+
+    tokenizer: "gpt2" or a path, overriding (or supplying) the checkpoint's own tokenizer."""
     from gpt3lab.checkpoint import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, tokenizer=tokenizer)
 
 
 def generate_text(model, tokenizer, prompt, **kwargs):

@@ -36,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                    help="weights/cache dtype for decoding (bf16 halves the bytes read per token)")
+    add_tokenizer_override(p)
+
+
+def add_tokenizer_override(p: argparse.ArgumentParser) -> None:
+    """--tokenizer for every command that loads a checkpoint (generate, serve)."""
+    p.add_argument("--tokenizer", metavar="gpt2|PATH", default=None,
+                   help="use this tokenizer instead of the checkpoint's (e.g. gpt2 for a weights-only import)")
 
 
 def read_prompts(args) -> list[str]:
@@ -84,7 +91,7 @@ def run(args) -> int:
     from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
-    model, tokenizer = load(args.checkpoint, device=pick_device(args.device))   # LoRA adapters too
+    model, tokenizer = load(args.checkpoint, device=pick_device(args.device), tokenizer=args.tokenizer)  # LoRA too
     if args.dtype == "bf16":
         model = model.to(torch.bfloat16)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
