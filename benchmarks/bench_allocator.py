@@ -1,4 +1,5 @@
-"""Training and decode speed under each malloc: glibc (default and tuned), mimalloc, tcmalloc.
+"""Training and decode speed under each malloc: glibc (default and tuned), mimalloc (as shipped and as
+the launcher runs it), tcmalloc.
 
 Each (variant, workload) runs in its own child process, started with that allocator (LD_PRELOAD, or
 glibc tuned in-process the way gpt3lab.launcher does it); the variants alternate round by round so a
@@ -8,7 +9,7 @@ change of load hits them all alike. Workloads, on random tokens:
                            --warmup steps, and the child's whole wall time (start-up included)
   decode                   gpt3lab.generate, greedy, batch 1, KV cache, --decode-preset model: ms/token
 
-    python benchmarks/bench_allocator.py [--variants glibc,glibc-mallopt,mimalloc,tcmalloc] [--rounds 3]
+    python benchmarks/bench_allocator.py [--variants glibc,glibc-mallopt,mimalloc-default,mimalloc,tcmalloc]
         [--tcmalloc PATH]     # e.g. a libtcmalloc_minimal.so.4 extracted from the Debian package
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ import subprocess
 import sys
 import time
 
-VARIANTS = ("glibc", "glibc-mallopt", "glibc-thp", "mimalloc", "tcmalloc")
+VARIANTS = ("glibc", "glibc-mallopt", "glibc-thp", "mimalloc-default", "mimalloc", "tcmalloc")
 WORKLOADS = ("train-fp32", "train-bf16", "decode")
 
 
@@ -31,11 +32,16 @@ def variant_env(variant: str, tcmalloc: str | None) -> dict[str, str] | None:
 
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "GLIBC_TUNABLES")}
     env[launcher.ENV] = "glibc"         # the child must not re-exec itself
-    if variant in ("mimalloc", "tcmalloc"):
-        lib = tcmalloc if variant == "tcmalloc" and tcmalloc else launcher._FINDERS[variant]()
+    name = variant.split("-")[0]
+    if name in ("mimalloc", "tcmalloc"):
+        lib = tcmalloc if name == "tcmalloc" and tcmalloc else launcher._FINDERS[name]()
         if lib is None:
             return None
         env["LD_PRELOAD"] = lib
+    for k in launcher.MIMALLOC_ENV:       # "mimalloc": as the launcher runs it; "mimalloc-default": as shipped
+        env.pop(k, None)
+    if variant == "mimalloc":
+        env.update(launcher.MIMALLOC_ENV)
     if variant == "glibc-thp":
         env["GLIBC_TUNABLES"] = "glibc.malloc.hugetlb=1"
     return env
@@ -131,7 +137,8 @@ def run_child(variant: str, workload: str, env: dict, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default="glibc,glibc-mallopt,mimalloc,tcmalloc")
+    ap.add_argument("--variants", default="glibc,glibc-mallopt,mimalloc-default,mimalloc,tcmalloc",
+                    help=f"comma-separated, from {', '.join(VARIANTS)}")
     ap.add_argument("--workloads", default=",".join(WORKLOADS))
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--tcmalloc", help="path of libtcmalloc_minimal.so.4 (default: the installed one)")

@@ -50,7 +50,9 @@ def test_glibc_switches_turn_the_reexec_off(env):
 
 
 class Reexec(Exception):
-    pass
+    def __init__(self, env):
+        super().__init__(env["LD_PRELOAD"])
+        self.env = env
 
 
 @pytest.fixture
@@ -62,11 +64,11 @@ def fake_system(monkeypatch):
     monkeypatch.setattr(launcher, "loaded_allocator", lambda: None)
     monkeypatch.setattr(launcher.sys, "platform", "linux")
     monkeypatch.setattr(launcher, "tune_glibc", lambda: True)
-    for k in (launcher.ENV, launcher.DISABLE_ENV, "GPT3LAB_ALLOCATOR_REEXEC", "LD_PRELOAD"):
+    for k in (launcher.ENV, launcher.DISABLE_ENV, "GPT3LAB_ALLOCATOR_REEXEC", "LD_PRELOAD", *launcher.MIMALLOC_ENV):
         monkeypatch.delenv(k, raising=False)
 
     def execve(exe, argv, env):
-        raise Reexec(env["LD_PRELOAD"])
+        raise Reexec(env)
 
     monkeypatch.setattr(launcher.os, "execve", execve)
     return found
@@ -90,6 +92,17 @@ def test_a_named_allocator_is_used_even_when_another_ranks_first(fake_system, mo
     fake_system["mimalloc"] = None                        # asked for but absent: glibc, saying how to install
     assert launcher.use_fast_allocator() == "glibc"
     assert "pip install cmeel-mimalloc" in capsys.readouterr().err
+
+
+def test_mimalloc_runs_without_purging_unless_the_user_set_it(fake_system, monkeypatch):
+    fake_system["tcmalloc"] = None
+    with pytest.raises(Reexec) as e:
+        launcher.use_fast_allocator()
+    assert e.value.env["MIMALLOC_PURGE_DELAY"] == "-1" and e.value.env["GPT3LAB_ALLOCATOR_REEXEC"] == "mimalloc"
+    monkeypatch.setenv("MIMALLOC_PURGE_DELAY", "50")
+    with pytest.raises(Reexec) as e:
+        launcher.use_fast_allocator()
+    assert e.value.env["MIMALLOC_PURGE_DELAY"] == "50"
 
 
 def test_failed_preload_does_not_loop(fake_system, monkeypatch, capsys):
