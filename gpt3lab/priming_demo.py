@@ -5,12 +5,12 @@ finds an earlier occurrence of the current pattern and copies what followed it, 
 learning first appears in Transformers. The Shakespeare demo model cannot show it (its priming scores
 are flat at ~0%); this one is trained on a corpus where nothing else works:
 
-    every document draws its OWN random mapping of 4 keys (lowercase letters) to 4 values (uppercase
-    letters) and then lists lines `<digit><key><value>`, e.g.   7qM  2bT  0qM  5xC  9bT ...
+    every document draws its OWN random mapping of 4 keys (of a..h) to 4 distinct values (of A..H)
+    and then lists lines `<digit><key><value>`, e.g.   7cH  2bE  0cH  5aD  9bE ...
 
 The digit is noise (it makes every query differ from its examples, as the harness requires), so a
-line's value can only be read off an earlier line with the same key: after `q`, look back for an
-earlier `q` and copy the token that followed it, which is exactly what an induction head does. At
+line's value can only be read off an earlier line with the same key: after `c`, look back for an
+earlier `c` and copy the token that followed it, which is exactly what an induction head does. At
 evaluation the harness's own prompt builder (gpt3lab.eval.prompts) primes the model with k solved
 lines of a held-out mapping (seeds never used in training) and scores the 4 values as multiple choice:
 k = 0 is chance (25%), and accuracy climbs with k as the query's key appears among the examples.
@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-KEYS, VALUES, NOISE = "abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ", "0123456789"
+KEYS, VALUES, NOISE = "abcdefgh", "ABCDEFGH", "0123456789"   # few symbols: learnt in few steps
 N_KEYS = 4
 SHOTS = (0, 1, 2, 4, 8)
 TRAIN_SEED, HELDOUT_SEED = 1, 10_000_000      # held-out mappings come from a seed range training never uses
@@ -75,7 +75,7 @@ class MappingStream:
         t = torch.tensor(rows)                                                     # (B, T+1)
         x, y = t[:, :-1], t[:, 1:]
         if self.answers_only:
-            y = torch.where((y >= ord("A")) & (y <= ord("Z")), y, -100)           # values only
+            y = torch.where((y >= ord(VALUES[0])) & (y <= ord(VALUES[-1])), y, -100)           # values only
         return x, y
 
 
@@ -94,7 +94,7 @@ def heldout_task(index: int):
                 source="gpt3lab.priming_demo")
 
 
-def evaluate(model, tokenizer, shots=SHOTS, n_mappings: int = 20, items: int = 20, seed: int = 0) -> dict:
+def evaluate(model, tokenizer, shots=SHOTS, n_mappings: int = 40, items: int = 5, seed: int = 0) -> dict:
     """The harness's accuracy at each k, averaged over `n_mappings` held-out mappings, in the harness's
     results shape ({"key->value mappings": {"primary", "shots": {k: {"metrics", ...}}}})."""
     from gpt3lab.eval.harness import evaluate_task
@@ -133,27 +133,25 @@ def train(out: Path, budget_s: float, max_steps: int | None = None, progress: bo
             "params": tr.model.num_params(), "model": tr.model, "tokenizer": tok}
 
 
-def fit_steps(mcfg, budget_s: float, probe: int = 5) -> int:
-    """Steps that fit in the budget on this machine now (timed), at most TRAIN's max_steps, so the
-    cosine schedule ends at the budget instead of being cut off."""
+def fit_steps(mcfg, budget_s: float) -> int:
+    """Steps that fit in the budget on this machine now (timed by train.budget.probe), at most TRAIN's
+    max_steps, so the cosine schedule ends at the budget instead of being cut off."""
     from gpt3lab.config import TrainConfig
     from gpt3lab.model import GPT
-    from gpt3lab.train.loop import Trainer
+    from gpt3lab.train import budget
+    from gpt3lab.train.loop import RunInfo, Trainer
 
-    tr = Trainer(GPT(mcfg), mcfg, TrainConfig(**TRAIN), MappingStream(mcfg.context, 0))
-    tr.train_step()
-    t0 = time.perf_counter()
-    for _ in range(probe):
-        tr.train_step()
-    step_s = (time.perf_counter() - t0) / probe
-    steps = min(TRAIN["max_steps"], max(1, int(0.9 * budget_s / step_s)))
-    print(f"demo --priming: {step_s * 1000:.0f} ms/step here -> {steps} steps in {budget_s:.0f} s")
+    cfg = TrainConfig(**TRAIN)
+    tr = Trainer(GPT(mcfg), mcfg, cfg, MappingStream(mcfg.context, 0), MappingStream(mcfg.context, 1),
+                 info=RunInfo(progress=False))
+    costs = budget.probe(tr, min_seconds=3.0)
+    steps = min(cfg.max_steps, budget.steps_within(budget_s, costs, cfg.eval_every, 0))
+    print(f"demo --priming: {costs.step_s * 1000:.0f} ms/step here -> {steps} steps in {budget_s:.0f} s")
     return steps
 
 
 def run(args: argparse.Namespace) -> int:
     """Train (unless --priming-model names a trained checkpoint), evaluate k = 0,1,2,4,8, print and plot."""
-    from gpt3lab.checkpoint import load
     from gpt3lab.eval.harness import format_table, plot, save_json
 
     out = Path(args.out if args.out != "runs/demo" else "runs/priming")
@@ -162,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
     s = train(out, args.time_budget, args.max_steps, progress=not args.no_progress)
     print(f"demo --priming: {s['params'] / 1e6:.2f}M params, {s['steps']} steps in {s['seconds']:.0f} s, "
           f"train loss {s['loss']:.3f}; checkpoint {out}")
+    from gpt3lab.loader import load
     model, tok = load(out)
     results = evaluate(model, tok)
     print(format_table(results))
