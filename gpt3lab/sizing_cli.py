@@ -179,14 +179,13 @@ def _memory_lines(r: dict) -> list[str]:
     div, unit = _mem_unit(r["memory"]["ddp"]["total"])
     lines = [f"memory per GPU, world size {r['world_size']}, micro-batch {r['micro_batch']} x "
              f"{r['config']['context']} tokens (16 B/param states)",
-             f"  {'':<6}{'weights':>10}{'grads':>10}{'adam':>10}{'activ.':>10}{'ckpt':>10}"
+             f"  {'':<12}{'weights':>10}{'grads':>10}{'adam':>10}{'activ.':>10}{'ckpt':>10}"
              f"{'total':>10}{'w/ ckpt':>10}"]
-    for mode in ("ddp", "fsdp"):
-        m = r["memory"][mode]
+    for mode, m in [*r["memory"].items(), *r.get("memory_tp", {}).items()]:
         cells = [m[k] / div for k in ("weights", "grads", "adam", "activations", "activations_ckpt",
                                       "total", "total_ckpt")]
         fits = "fits" if m["total_ckpt"] <= cap else f"> {r['gpu']['memory_gb']:.0f} GB"
-        lines.append(f"  {mode:<6}" + "".join(f"{x:>10.1f}" for x in cells) + f"  {unit} ({fits} w/ ckpt)")
+        lines.append(f"  {mode:<12}" + "".join(f"{x:>10.1f}" for x in cells) + f"  {unit} ({fits} w/ ckpt)")
     return lines
 
 

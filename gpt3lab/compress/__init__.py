@@ -278,7 +278,7 @@ def _write(path: Path, data: bytes) -> None:
 
 def compress_file(checkpoint, src, dst, *, threads: int = 1, progress: bool = True) -> Stats:
     """Compress file `src` into `dst` with the model of `checkpoint`."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
 
     data = _read(Path(src))
     model, tok = load(checkpoint)
@@ -289,7 +289,7 @@ def compress_file(checkpoint, src, dst, *, threads: int = 1, progress: bool = Tr
 
 def decompress_file(checkpoint, src, dst, *, progress: bool = True) -> int:
     """Decompress `src` (written by compress_file with the same checkpoint) into `dst`; returns its size."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
 
     blob = _read(Path(src))
     h = read_header(blob, str(src))             # fail fast on a bad file before loading the model

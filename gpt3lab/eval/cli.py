@@ -97,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     specs = [s for t in args.task for s in t.split(",") if s]
     tasks = [get_task(s, n=args.n, seed=args.seed, text=text) for s in specs]   # bad tasks fail before loading
 
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     model, tok = load(args.checkpoint, device=args.device)
     if args.perplexity:
         _perplexity(model, tok, args)

@@ -305,10 +305,9 @@ def last_word_items(text: str, n: int, seed: int, min_words: int = 30, max_words
 
 def heldout_text() -> str:
     """Held-out plays of the bundled corpus (the val split of `gpt3lab prepare shakespeare`, defaults)."""
-    from gpt3lab.data.prepare import split_documents
-    from gpt3lab.data.sources import read_documents
-    _, val = split_documents(read_documents(["shakespeare"]), 0.1, 0)
-    return "\n".join(d.text for d in val)
+    from gpt3lab.data.prepare import labelled_documents
+    return "\n".join("".join(d.pieces) for split, d in labelled_documents(["shakespeare"], "strict", "text", 0.1, 0)
+                     if split == "val")
 
 
 # ---- registry -----------------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ def pick_device(name: str) -> torch.device:
 
 def run(args) -> int:
     """All prompts go to the batching engine at once; one prompt with n=1 streams, the rest print when done."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.generate.api import SamplingParams
     from gpt3lab.generate.engine import Engine
 

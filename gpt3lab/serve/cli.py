@@ -110,7 +110,7 @@ def engine_config(args):
 def build_engine(checkpoint: str, device: str, config=None, tokenizer=None):
     """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine
     (tokenizer: an override spec, e.g. "gpt2")."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.generate.cli import pick_device
     from gpt3lab.generate.engine import Engine
     model, tok = load(checkpoint, device=pick_device(device), tokenizer=tokenizer)

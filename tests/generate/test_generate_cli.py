@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from gpt3lab.checkpoint import load, save_checkpoint
+from gpt3lab import load
+from gpt3lab.checkpoint import save_checkpoint
 from gpt3lab.cli import main
 from gpt3lab.generate import generate
 

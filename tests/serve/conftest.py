@@ -14,7 +14,8 @@ import time
 import pytest
 import torch
 
-from gpt3lab.checkpoint import load, save_checkpoint
+from gpt3lab import load
+from gpt3lab.checkpoint import save_checkpoint
 from gpt3lab.config import ModelConfig
 from gpt3lab.model import GPT
 from gpt3lab.tokenizer import Tokenizer

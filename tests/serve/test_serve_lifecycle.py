@@ -83,7 +83,7 @@ def test_sigterm_finishes_in_flight_stream_then_exits(checkpoint):
 
 def test_gpt3lab_serve_cli_runs_the_real_engine(checkpoint):
     """`gpt3lab serve` end to end: engine flags parsed, greedy text equals gpt3lab.generate, SIGTERM exits 0."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.generate import generate
     model, tok = load(checkpoint)
     want = generate(model, tok, "The end is", max_tokens=12, temperature=0)
