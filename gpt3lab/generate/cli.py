@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.errors import ConfigError, DataError
 
 
@@ -33,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                    help="weights/cache dtype for decoding (bf16 halves the bytes read per token)")
     add_tokenizer_override(p)
@@ -75,15 +76,6 @@ def prompts_from_file(path: Path) -> list[str]:
     return prompts
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-
-
 def run(args) -> int:
     """All prompts go to the batching engine at once; one prompt with n=1 streams, the rest print when done."""
     from gpt3lab import load
@@ -91,7 +83,7 @@ def run(args) -> int:
     from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
-    model, tokenizer = load(args.checkpoint, device=pick_device(args.device), tokenizer=args.tokenizer)  # LoRA too
+    model, tokenizer = load(args.checkpoint, device=resolve_device(args.device), tokenizer=args.tokenizer)  # LoRA too
     if args.dtype == "bf16":
         model = model.to(torch.bfloat16)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
