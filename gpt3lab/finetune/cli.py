@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.argtypes import float_range, positive_float, positive_int
 from gpt3lab.adapters import save_adapter
 from gpt3lab.convert import is_hf_dir
 from gpt3lab.loader import load, load_base
@@ -41,22 +42,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", metavar="FILE", help="prompt/completion .jsonl, or a plain-text file")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--val-data", metavar="FILE", help="validation file (default: split --val-fraction off)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="seeded validation split (default 0.1)")
+    p.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), default=0.1, help="seeded validation split (default 0.1)")
     p.add_argument("--method", choices=("full", "lora"), default="full")
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-rank", type=positive_int, default=8)
+    p.add_argument("--lora-alpha", type=positive_float, default=16.0)
+    p.add_argument("--lora-dropout", type=float_range(0.0, 1.0, hi_open=True), default=0.0)
     p.add_argument("--lora-targets", default="c_attn,c_proj", help=f"comma list of {', '.join(lora.ALL_TARGETS)}")
     p.add_argument("--pad", action="store_true", help="one example per row (default: pack whole examples)")
     p.add_argument("--include-prompt", action="store_true", help="take the loss on prompt tokens too")
     p.add_argument("--strict", action="store_true", help="error on examples longer than the context "
                    "(default: skip them and report the count)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=3e-4")
     p.add_argument("--merge", action="store_true", help="LoRA: also write RUN_DIR/merged (adapters folded in)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS")
     p.add_argument("--no-progress", action="store_true")
 
 

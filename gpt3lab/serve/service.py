@@ -22,7 +22,7 @@ from gpt3lab.generate.api import (EngineError, QueueFullError, SamplingParams, T
                                   check_token_ids)
 from gpt3lab.serve.metrics import Metrics
 from gpt3lab.serve.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InspectRequest,
-                                    TokenizeRequest)
+                                    TokenizeRequest, token_id_key)
 
 Disconnected = Callable[[], Awaitable[bool]] | None
 MAX_CHOICES = 128             # prompts x n (or best_of) in one request
@@ -181,7 +181,7 @@ class CompletionService:
             max_tokens=opt(req.max_tokens, 16), temperature=opt(req.temperature, 1.0), top_p=opt(req.top_p, 1.0),
             top_k=opt(req.top_k, 0), n=opt(req.n, 1), best_of=req.best_of,
             presence_penalty=opt(req.presence_penalty, 0.0), frequency_penalty=opt(req.frequency_penalty, 0.0),
-            logit_bias={int(k): v for k, v in (req.logit_bias or {}).items()},
+            logit_bias={token_id_key(k): v for k, v in (req.logit_bias or {}).items()},
             seed=None if req.seed is None else req.seed % 2 ** 63,
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
             logprobs=req.logprobs, echo=bool(req.echo))

@@ -98,11 +98,15 @@ def cli(ckpt, req, capsys) -> str | None:
     for k, v in req.items():
         for one in (v if isinstance(v, list) else [v]):
             argv += [f"--{k.replace('_', '-')}", str(one)]
-    rc = main(argv)
+    try:
+        rc = main(argv)
+    except SystemExit as e:                        # argparse's usage error (a flag's type= check)
+        rc = e.code
     out, err = capsys.readouterr()
     if rc == 0:
         return None
     assert rc == 2 and "Traceback" not in err, err
+    err = err.strip().splitlines()[-1]             # the message (argparse prints its usage first)
     if "exceeds the model's context" in err:
         return "prompt"
     m = re.search(r"\b(temperature|top_p|top_k|n|max_tokens|stop)=|--(temperature|top-p|top-k|n|max-tokens|stop)\b", err)

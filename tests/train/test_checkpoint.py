@@ -155,3 +155,26 @@ def test_config_and_adapter_files_that_are_not_json_objects_are_clear_errors(tmp
     for read in (read_config, read_adapter_config):
         with pytest.raises(CheckpointError, match="not a JSON object"):
             read(tmp_path)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda s: {}, "field step: Field required"),
+    (lambda s: {**s, "step": "abc"}, "field step: Input should be a valid integer"),
+    (lambda s: {**s, "rng": {**s["rng"], "torch": s["rng"]["torch"][:-1]}}, "field rng.torch: List should have at least"),
+    (lambda s: {**s, "rng": {**s["rng"], "python": s["rng"]["python"] + [1]}}, "field rng.python: List should have at most"),
+    (lambda s: {**s, "train_data": [1]}, "field train_data: Input should be a valid dictionary"),
+])
+def test_invalid_state_json_names_the_field(saved, edit, field):
+    path = saved / "train_state" / "state.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(CheckpointError, match=f"state.json: {field}"):
+        ck.load_train_state(saved)
+
+
+def test_invalid_state_json_is_one_line_on_resume(saved, tiny_data, capsys):
+    from gpt3lab.cli import main
+    path = saved / "train_state" / "state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "step": "abc"}))
+    rc = main(["train", "--data", str(tiny_data), "--out", str(saved.parent.parent), "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "field step" in err and "Traceback" not in err
