@@ -134,10 +134,8 @@ class Trainer:
             total += loss.detach()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # grad_clip=0 means "no clipping" (nanoGPT's convention); max_norm=inf only measures the norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-        if hasattr(grad_norm, "full_tensor"):       # FSDP: a replicated DTensor
-            grad_norm = grad_norm.full_tensor()
-        loss, grad_norm = self.dist.all_reduce_mean(total / accum).item(), float(grad_norm)  # equal on all ranks
+        grad_norm = self.dist.clip_grad_norm(params, cfg.grad_clip or math.inf)
+        loss = self.dist.all_reduce_mean(total / accum).item()     # equal on all ranks, as grad_norm is
         skipped = self._check_finite(loss, grad_norm, lr)
         if not skipped:
             self.optimizer.step()
