@@ -16,6 +16,7 @@ renamed into place, so an interrupted save leaves the previous checkpoint untouc
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -29,10 +30,10 @@ from safetensors.torch import load_file, save_file
 
 from gpt3lab.config import ModelConfig, from_dict
 from gpt3lab.errors import CheckpointError
+from gpt3lab.model.build import TIED_KEY, build_model
 
 FORMAT = "gpt3lab-checkpoint"
 VERSION = 1
-TIED_KEY = "lm_head.weight"
 
 
 SHARDED = "sharded"
@@ -208,37 +209,24 @@ def load_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
                               f"use an earlier checkpoint or re-save it") from None
 
 
+def is_lora_checkpoint(path: str | Path) -> bool:
+    """A training checkpoint of a LoRA fine-tune (config.json carries "lora"; weights hold base + adapters)."""
+    p = Path(path)
+    try:
+        return (p / "model.safetensors").is_file() and "lora" in json.loads((p / "config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """Build the GPT of a checkpoint (or the newest one in a run dir) and load its weights."""
-    from gpt3lab.model import GPT
-
-    from gpt3lab.model import lora
-
+    """The GPT of a plain checkpoint (or the newest one in a run dir). Users call gpt3lab.load."""
     ckpt = resolve(path)
-    if lora.is_lora_checkpoint(ckpt):   # base weights + lora_A/lora_B: not a plain GPT state dict
+    if is_lora_checkpoint(ckpt):   # base weights + lora_A/lora_B: not a plain GPT state dict
         raise CheckpointError(f"{ckpt} is a LoRA fine-tuning checkpoint (base + adapters); load it with "
                               f"gpt3lab.load({str(ckpt)!r}), or use the plain checkpoint in RUN/merged "
                               f"(written by `gpt3lab finetune --method lora --merge`)")
     cfg = from_dict(ModelConfig, read_config(ckpt)["model"], where=f"{ckpt}/config.json model")
-    state = load_state(ckpt)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model = model.to_empty(device=device)
-    expected = set(model_state(model))
-    missing, unexpected = expected - set(state), set(state) - expected
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt}/model.safetensors does not match its config.json: missing "
-                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(model.get_parameter(k).shape if k in dict(model.named_parameters())
-                                   else model.get_buffer(k).shape):
-            raise CheckpointError(f"{ckpt}: tensor {k} has shape {tuple(v.shape)}, config expects another; "
-                                  f"the weights and config.json disagree")
-    model.load_state_dict(state, strict=False)
-    model.lm_head.weight = model.transformer.wte.weight      # re-tie after to_empty
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.eval()
+    return build_model(cfg, load_state(ckpt), f"{ckpt}/model.safetensors", device, dtype=dtype)
 
 
 def load_tokenizer(path: str | Path):
@@ -275,32 +263,6 @@ def chat_template_of(path: str | Path) -> str | None:
         return read_config(resolve(path)).get("chat_template")
     except CheckpointError:   # an adapter dir or HF dir: no gpt3lab config of its own
         return None
-
-
-def load(path: str | Path, device: str | torch.device = "cpu", tokenizer=None):
-    """(model, tokenizer) from a checkpoint or run directory: the one-call loader behind gpt3lab.load.
-
-    LoRA fine-tunes load too: an adapter directory (base + adapter), a LoRA run or its checkpoints.
-    tokenizer: overrides the stored one (a Tokenizer or any spec resolve_tokenizer takes); a plain
-    checkpoint then needs no tokenizer files of its own.
-    """
-    from gpt3lab.model import lora
-
-    p = Path(path)
-    tok = resolve_tokenizer(tokenizer) if tokenizer is not None else None
-    if lora.is_adapter_dir(p) or lora.is_adapter_dir(p / "adapter"):
-        model, stored = lora.load_with_adapter(p, device=device)
-    else:
-        ckpt = resolve(p)
-        if lora.is_lora_checkpoint(ckpt):
-            model, stored = lora.load_with_adapter(ckpt, device=device)
-        else:
-            model, stored = load_model(ckpt, device=device), (tok or load_tokenizer(ckpt))
-    tok = tok or stored
-    if tok.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"tokenizer {tok.name!r} has {tok.vocab_size} ids but {path} has vocab_size "
-                              f"{model.config.vocab_size}; pass the tokenizer the model was trained with")
-    return model, tok
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,6 +326,49 @@ def save_train_state(ckpt_tmp: str | Path, optimizer: torch.optim.Optimizer | di
     (d / "state.json").write_text(json.dumps({**state, "rng": rng_state()}) + "\n")
 
 
+def validate_train_state(state: dict, where: str | Path) -> None:
+    """CheckpointError naming the first bad field of a state.json (missing, wrong type, wrong RNG length)."""
+    from pydantic import ValidationError
+
+    try:
+        _train_state_schema().model_validate(state)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise CheckpointError(f"{where}: field {field}: {err['msg']}; the file is damaged or not written by "
+                              f"gpt3lab: resume from an earlier checkpoint") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _train_state_schema():
+    """The pydantic model of state.json (built on first use: pydantic is imported lazily)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+    Byte, Word = Annotated[StrictInt, Field(ge=0, le=255)], Annotated[StrictInt, Field(ge=0, lt=2 ** 32)]
+    n_torch = torch.get_rng_state().numel()
+
+    class Rng(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        torch: Annotated[list[Byte], Field(min_length=n_torch, max_length=n_torch)]
+        python: Annotated[list[Word], Field(min_length=625, max_length=625)]
+        python_version: StrictInt
+        python_gauss: StrictFloat | None
+        cuda: list[list[Byte]] | None = None
+
+    class TrainState(BaseModel):
+        model_config = ConfigDict(extra="allow")     # later versions may add keys
+        step: Annotated[StrictInt, Field(ge=0)]
+        tokens: Annotated[StrictInt, Field(ge=0)]
+        world_size: Annotated[StrictInt, Field(ge=1)] = 1
+        train_data: dict
+        eval_data: dict | None = None
+        rng: Rng
+
+    return TrainState
+
+
 def load_train_state(ckpt: str | Path) -> tuple[dict, dict]:
     """(optimizer state_dict, state dict) of a checkpoint; CheckpointError when missing or corrupt."""
     d = Path(ckpt) / TRAIN_STATE
@@ -373,6 +378,7 @@ def load_train_state(ckpt: str | Path) -> tuple[dict, dict]:
         raise CheckpointError(f"{ckpt} has no complete {TRAIN_STATE}/ (optimizer.pt + state.json); it can be "
                               f"loaded for inference but not resumed; start a new run from it instead")
     state = read_json(d / "state.json", "the checkpoint is incomplete", "resume from an earlier checkpoint")
+    validate_train_state(state, d / "state.json")
     try:
         # weights_only=True: plain tensors and containers only, never arbitrary pickled objects
         opt = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.argtypes import positive_float, positive_int
 from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_overrides_known, from_dict
 from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
 
@@ -33,12 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "defaults to the run's")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run dir: checkpoints/, log.jsonl, log.csv")
     p.add_argument("--preset", help="model + train defaults from gpt3lab/presets.py (tiny, demo, gpt3-small, ...)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (overrides train.max_steps)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
     p.add_argument("--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override model.* / train.* fields, e.g. --set train.lr=3e-4 --set model.n_layer=6")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop (and save) after this wall time")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS", help="stop (and save) after this wall time")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -173,7 +173,8 @@ class Trainer:
 
     def _check_finite_weights(self) -> None:
         """NonFiniteError when any weight is NaN/inf: such a checkpoint is never written."""
-        bad = any(not bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        local = (p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters())   # FSDP shards
+        bad = any(not bool(torch.isfinite(t).all()) for t in local)
         if self.dist.any_rank(bad):
             raise NonFiniteError(f"step {self.step}: the weights hold NaN/inf values; not saving them (earlier "
                                  f"checkpoints are kept); lower train.lr and resume from the last checkpoint")
