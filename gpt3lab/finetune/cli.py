@@ -148,6 +148,9 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
         torch.manual_seed(tcfg.seed)   # adapter init and dropout: the same on every rank and every rerun
         if lora_cfg is not None:
             lora.inject_lora(model, lora_cfg)
+    if tcfg.tensor_parallel > 1:       # LoRA wraps the layers TP would shard; full fine-tunes: use FSDP
+        raise ConfigError(f"train.tensor_parallel={tcfg.tensor_parallel} is for `gpt3lab train`; fine-tune with "
+                          f"train.parallel=ddp or fsdp (tensor_parallel=1)")
     device = local_device(tcfg.device)
     dist = from_env(tcfg.parallel, device)
     train, val, stats = load_datasets(
