@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gpt3lab.argtypes import int_range
+from gpt3lab.argtypes import float_range, int_range, positive_int, seed_int
 from gpt3lab.data.shards import SPLITS, ShardWriter, dtype_for_vocab, read_header, remove_split_files
 from gpt3lab.data.sources import (COMPRESSED, ENCODING_ERRORS, DocStream, expand_sources, format_of,
                                   iter_documents, last_cut)
@@ -275,12 +275,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text file, directory, glob, JSONL file (text field), or `shakespeare`")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="output data directory")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 | PATH to a saved tokenizer | bpe:VOCAB_SIZE")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of bytes held out (whole documents)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    p.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), default=0.1, help="share of bytes held out (whole documents)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the document split")
     p.add_argument("--encoding-errors", choices=ENCODING_ERRORS, default="strict",
                    help="non-UTF-8 bytes: strict = error naming file and offset; replace = U+FFFD")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    p.add_argument("--shard-tokens", type=int, default=2**30, help="max tokens per shard file")
+    p.add_argument("--shard-tokens", type=positive_int, default=2**30, help="max tokens per shard file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.epilog = ("SOURCE formats: text files (one document each), JSONL (one document per line, --text-field), "
                 "either compressed as .gz or .zst; Parquet files (one document per row of --text-field); a "
