@@ -246,8 +246,11 @@ def next_step(model, tokenizer, text_or_ids, *, temperature: float = 1.0, top_k:
     likely), "kept" (tokens left after the filters), "token": {"id", "text", "prob", "model_prob"}}.
     """
     from gpt3lab.generate import sampling
+    from gpt3lab.generate.api import SamplingParams
 
-    sampling.check_sampling(temperature, top_k, top_p)
+    # the one request check (raises InvalidRequestError naming the field), as for every generation
+    SamplingParams(max_tokens=0, temperature=temperature, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0,
+                   seed=seed).validate(tokenizer.vocab_size, model.config.context)
     ids = prompt_ids(tokenizer, text_or_ids, min(max_tokens, model.config.context))
     with _eval_mode(model), torch.inference_mode():
         resid = residuals(model, ids)[-1:, -1:]                                     # (1, 1, d)
