@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("gpt3lab.finetune.cli", "fine-tune (full or LoRA) on prompt/completion JSONL"),
     "serve": ("gpt3lab.serve.cli", "OpenAI-compatible /v1/completions server + playground"),
     "compress": ("gpt3lab.compress", "compress/decompress a file with the model as the coder"),
+    "export": ("gpt3lab.export_cli", "single-file model.safetensors checkpoint of a (sharded) run"),
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from gpt3lab.argtypes import nonneg_int, positive_float, positive_int
 from gpt3lab.errors import UserError
 
 TOKENIZER = "bpe:4096"
@@ -24,13 +25,13 @@ DATA_DIR = Path("data") / "shakespeare-bpe4096"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(DATA_DIR), help="data dir (prepared here once, then reused)")
     p.add_argument("--out", default="runs/demo", help="run dir (replaced if it holds an earlier demo run)")
-    p.add_argument("--time-budget", type=float, default=540.0, metavar="SECONDS",
+    p.add_argument("--time-budget", type=positive_float, default=540.0, metavar="SECONDS",
                    help="wall-clock cap on training (the preset's max_steps caps it too); the steps are "
                         "fitted to it by timing a few steps first")
-    p.add_argument("--max-steps", type=int, help="override the preset's max_steps")
+    p.add_argument("--max-steps", type=positive_int, help="override the preset's max_steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for gpt3lab train")
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt of the printed sample")
-    p.add_argument("--sample-tokens", type=int, default=200)
+    p.add_argument("--sample-tokens", type=nonneg_int, default=200)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -110,7 +111,7 @@ def split_bpb(model, loader, batch_size: int = 16) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.data import WindowLoader
     from gpt3lab.train.cli import train
     from gpt3lab.train.plot import plot_run
@@ -136,20 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sample(model, tok, prompt: str, n: int) -> str:
+    from gpt3lab.generate import generate
+
     n = max(1, min(n, model.config.context - len(tok.encode(prompt))))   # stay within the context
-    try:
-        from gpt3lab.generate import generate
-    except ImportError:  # the generation engine is optional for the demo
-        return _minimal_sample(model, tok, prompt, n)
     return generate(model, tok, prompt, max_tokens=n, temperature=0.8, top_k=50, seed=0).text
-
-
-@torch.no_grad()
-def _minimal_sample(model, tok, prompt: str, n: int) -> str:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.tensor([tok.encode(prompt)])
-    for _ in range(n):
-        logits, _ = model(ids[:, -model.config.context:])
-        probs = torch.softmax(logits[0, -1] / 0.8, dim=-1)
-        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)[None]], dim=1)
-    return tok.decode(ids[0, len(tok.encode(prompt)):].tolist())

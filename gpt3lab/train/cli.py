@@ -20,11 +20,13 @@ from pathlib import Path
 import torch
 
 from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.argtypes import positive_float, positive_int
 from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_overrides_known, from_dict
-from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
+from gpt3lab.errors import CheckpointError, ConfigError, DataError
 
 RESUME_MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "save_every", "keep_last",
-                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "on_nonfinite"}
+                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "on_nonfinite",
+                     "tensor_parallel", "async_checkpoint"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,12 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "defaults to the run's")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run dir: checkpoints/, log.jsonl, log.csv")
     p.add_argument("--preset", help="model + train defaults from gpt3lab/presets.py (tiny, demo, gpt3-small, ...)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (overrides train.max_steps)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
     p.add_argument("--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override model.* / train.* fields, e.g. --set train.lr=3e-4 --set model.n_layer=6")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop (and save) after this wall time")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS", help="stop (and save) after this wall time")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -94,7 +96,7 @@ def _resume_batch_size(saved: dict, tcfg: TrainConfig, overrides: list[str], wor
     return replace(tcfg, batch_size=glob // world)
 
 
-def _check_resume_compatible(saved_model: dict, saved_train: dict, mcfg: ModelConfig, tcfg: TrainConfig,
+def check_resume_compatible(saved_model: dict, saved_train: dict, mcfg: ModelConfig, tcfg: TrainConfig,
                              ckpt: Path) -> None:
     saved_train = {k: v for k, v in saved_train.items() if k != "batch_size"}   # see _resume_batch_size
     bad = [f"model.{k}: {saved_model.get(k)!r} -> {v!r}" for k, v in asdict(mcfg).items() if saved_model.get(k) != v]
@@ -125,17 +127,12 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     overrides = list(overrides)
     ckpt = None
     if resume:
-        ckpts = ckpt_io.list_checkpoints(out)
-        if not ckpts:
-            raise CheckpointError(f"--resume: {out} holds no checkpoint (checkpoints/step_*); "
-                                  f"drop --resume to start a new run there")
-        ckpt = ckpts[-1]
+        ckpt = ckpt_io.resume_checkpoint(out)
         saved = ckpt_io.read_config(ckpt)
         model_d, train_d = saved["model"], saved.get("train", {})
         data_dir = data_dir or saved.get("data")
     else:
-        if out.exists() and ((out / "checkpoints").exists() or (out / "log.jsonl").exists()):
-            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or pick a new --out")
+        ckpt_io.new_run_dir(out)
         p = get_preset(preset) if preset else None
         model_d, train_d = (dict(p.model) if p else {}), (dict(p.train) if p else {})
     if data_dir is None:
@@ -154,22 +151,22 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
                           f"{tok.name} (vocab_size {tok.vocab_size}) in {data}; drop the setting or "
                           f"prepare the data with a matching tokenizer")
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = data_parallel_size(tcfg)
     if resume:
         tcfg = _resume_batch_size(saved, tcfg, overrides, world)
-        _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+        check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
     from gpt3lab.train.schedule import check_world_size
     check_world_size(tcfg, mcfg.context, world)
 
     device = local_device(tcfg.device)
-    dist = from_env(tcfg.parallel, device)
+    dist = from_env(tcfg.parallel, device, tcfg.tensor_parallel)
     torch.manual_seed(tcfg.seed)   # the same init on every rank (DDP broadcasts rank 0's anyway)
-    if resume:
+    if resume and not ckpt_io.is_sharded(ckpt):      # sharded: Trainer.resume loads into the sharded model
         model = ckpt_io.load_model(ckpt).train()
     else:
         from gpt3lab.model import GPT
         model = GPT(mcfg)
-    kw = dict(seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
+    kw = dict(seed=tcfg.seed, rank=dist.dp_rank, world_size=dist.dp_size)
     train_data = WindowLoader(data, "train", mcfg.context, tcfg.batch_size, **kw)
     eval_data = _val_loader(data, mcfg.context, tcfg.batch_size, kw)
     info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data.resolve())}, progress=progress,
@@ -188,6 +185,15 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
             "tokens": trainer.tokens, "loss": record.get("loss"), "val_loss": record.get("val_loss"),
             "val_bpb": record.get("val_bpb"), "seconds": record.get("seconds"),
             "params": model.num_params(), "model": asdict(mcfg), "train": asdict(tcfg)}
+
+
+def data_parallel_size(tcfg: TrainConfig) -> int:
+    """Data-parallel replicas of this launch: WORLD_SIZE / train.tensor_parallel."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % tcfg.tensor_parallel:
+        raise ConfigError(f"train.tensor_parallel={tcfg.tensor_parallel} does not divide the {world} launched "
+                          f"process(es); launch a multiple of it (torchrun --nproc_per_node)")
+    return world // tcfg.tensor_parallel
 
 
 def _val_loader(data: Path, context: int, batch_size: int, kw: dict):
