@@ -15,6 +15,7 @@ from typing import Any
 from gpt3lab.errors import ConfigError
 
 ATTENTION_PATTERNS = ("dense", "alternating", "banded")
+LOGGERS = ("csv", "tensorboard", "wandb")
 
 
 @dataclass
@@ -112,9 +113,12 @@ class TrainConfig:
     schedule_scale: str = "none"     # "auto": scale warmup/decay/ramp tokens by run tokens / 300B; or a number
     parallel: str = "none"           # "none" | "ddp" | "fsdp" (ddp/fsdp under torchrun)
     activation_checkpointing: bool = False
+    logger: str = "csv"              # "csv" (log.jsonl + log.csv only) | "tensorboard" | "wandb" (also write there)
 
     def __post_init__(self) -> None:
         _check_number_types(self, "train")
+        if self.logger not in LOGGERS:
+            raise ConfigError(f"train.logger={self.logger!r} must be one of {', '.join(LOGGERS)}")
         for name in ("batch_size", "max_steps", "eval_batches", "log_every", "save_every", "keep_last"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
