@@ -2,6 +2,7 @@
 
     CKPT/config.json        {"format": "gpt3lab-checkpoint", "version": 1, "model": {...}, ...}
     CKPT/model.safetensors  weights, GPT-2 key names; the tied lm_head is stored once (as wte)
+    CKPT/model.safetensors.sha256  its SHA-256 (`sha256sum -c` format), verified on every load
     CKPT/tokenizer.json     the tokenizer's saved form (gpt3lab.tokenizer)
     CKPT/train_state/       optional: optimizer.pt (torch.save, loaded with weights_only=True) and
                             state.json (step, tokens seen, RNG states as integer lists, data-loader positions)
@@ -12,6 +13,7 @@ renamed into place, so an interrupted save leaves the previous checkpoint untouc
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -121,7 +123,7 @@ def save_checkpoint(dest: str | Path, model: torch.nn.Module, model_cfg: ModelCo
     from dataclasses import asdict
 
     def fill(tmp: Path) -> None:
-        save_file(model_state(model, weights), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_weights(model_state(model, weights), tmp / "model.safetensors")
         cfg = {"format": FORMAT, "version": VERSION, "model": asdict(model_cfg), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
@@ -132,10 +134,48 @@ def save_checkpoint(dest: str | Path, model: torch.nn.Module, model_cfg: ModelCo
     return write_dir_atomically(dest, fill)
 
 
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a safetensors file and record its checksum next to it (PATH.sha256)."""
+    save_file(state, str(path), metadata={"format": "pt"})
+    record_checksum(path)
+
+
+def _sha256(path: Path) -> str:
+    h, buf = hashlib.sha256(), bytearray(1 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(memoryview(buf)[:n])
+    return h.hexdigest()
+
+
+def record_checksum(path: str | Path) -> None:
+    """PATH.sha256 in `sha256sum` format, so `sha256sum -c model.safetensors.sha256` checks it too."""
+    path = Path(path)
+    path.with_name(path.name + CHECKSUM_SUFFIX).write_text(f"{_sha256(path)}  {path.name}\n")
+
+
+def verify_checksum(path: str | Path) -> None:
+    """CheckpointError when `path` no longer has the SHA-256 recorded at save (no record: nothing to check,
+    e.g. checkpoints written before checksums existed)."""
+    path = Path(path)
+    record = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if not record.is_file():
+        return
+    want = (record.read_text().split() or [""])[0].lower()
+    got = _sha256(path)
+    if got != want:
+        raise CheckpointError(f"{path}: truncated or corrupt (SHA-256 {got[:16]}... differs from {want[:16]!r}... "
+                              f"recorded in {record.name} at save); use an earlier checkpoint or re-save it")
+
+
 def load_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     path = Path(ckpt) / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
+    verify_checksum(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
