@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("gpt3lab.presets_cli", "list the model presets (shapes, parameters, training defaults)"),
     "demo": ("gpt3lab.demo", "prepare Shakespeare, train the demo model, sample"),
     "eval": ("gpt3lab.eval.cli", "zero/one/few-shot evaluation and perplexity"),
-    "finetune": ("gpt3lab.finetune.cli", "fine-tune (full or LoRA) on prompt/completion JSONL"),
+    "finetune": ("gpt3lab.finetune.cli", "fine-tune (full or LoRA) on prompt/completion, chat or Alpaca JSONL"),
     "serve": ("gpt3lab.serve.cli", "OpenAI-compatible /v1/completions + /v1/chat/completions server + playground"),
     "compress": ("gpt3lab.compress", "compress/decompress a file with the model as the coder"),
 }
