@@ -73,6 +73,8 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # <|endoftext|> is always a stop token
     logprobs: int | None = None       # None = off; 0..5 = chosen token's logprob + top-N alternatives
     echo: bool = False                # prepend the prompt (and its token logprobs, first one None)
+    sliding_window: bool = False      # max_tokens may run past the context: each token past it is predicted
+                                      # from the last `context` tokens, recomputed (gpt3lab.generate docstring)
 
 
 @dataclass

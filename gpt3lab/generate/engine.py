@@ -179,10 +179,15 @@ class Engine:
         if len(p.stop) > 4 or any(not isinstance(s, str) or not s for s in p.stop):
             raise InvalidRequestError(f"stop={p.stop!r}: up to 4 non-empty strings", "stop")
         total = len(prompt) + p.max_tokens
-        if total > self.context:
+        if p.sliding_window and len(prompt) > self.context:
+            raise ContextLengthError(f"prompt of {len(prompt)} tokens exceeds the model's context of {self.context} "
+                                     f"tokens (sliding_window continues past it, but the prompt must fit)", "prompt")
+        if total > self.context and not p.sliding_window:
             raise ContextLengthError(
                 f"prompt of {len(prompt)} tokens + max_tokens={p.max_tokens} = {total} tokens exceeds the "
-                f"model's context of {self.context} tokens; shorten the prompt or lower max_tokens", "prompt")
+                f"model's context of {self.context} tokens; shorten the prompt, lower max_tokens, or set "
+                f"sliding_window (generate --sliding-window)", "prompt")
+        total = min(total, self.context)          # a sliding window never holds more than the context
         need = best_of * self.kv.blocks_per_seq(total)
         if need > self.pool.num_blocks:
             raise InvalidRequestError(
@@ -336,8 +341,17 @@ class Engine:
                                     self.tokenizer.eot_id, self.tokenizer.decode)
             if ev.finish_reason is None:
                 events.deliver(s, ev)
+                self._slide(s)
             else:
                 self._finish(s, ev)
+
+    def _slide(self, s: Seq) -> None:
+        """sliding_window: once the next token would sit past the context, drop the cache and recompute the
+        last `context` tokens at positions 0..context-1 (prefilled like a prompt) to predict it."""
+        if len(s.tokens) > self.context and s.req.params.sliding_window:
+            self.kv.release_seq(s)
+            s.tokens, s.computed, s.hashes = s.tokens[-self.context:], 0, []
+            self.counters["window_slides"] += 1
 
     def _finish(self, s: Seq, ev: TokenEvent) -> None:
         events.deliver(s, ev)

@@ -45,6 +45,7 @@ class CompletionRequest(BaseModel):
     logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
     seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
     user: StrictStr | None = None
+    sliding_window: StrictBool | None = False    # extension: max_tokens may run past the context window
 
     @field_validator("stop")
     @classmethod
@@ -103,6 +104,7 @@ class ChatCompletionRequest(BaseModel):
     logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
     seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
     user: StrictStr | None = None
+    sliding_window: StrictBool | None = False    # extension: max_tokens may run past the context window
 
     _stops_non_empty = field_validator("stop")(CompletionRequest._stops_non_empty.__func__)
     _bias_keys_are_ids = field_validator("logit_bias")(CompletionRequest._bias_keys_are_ids.__func__)

@@ -193,11 +193,11 @@ class CompletionService:
                                   f"{MAX_CHOICES} per request; split the request", param="n")
         max_tokens = 16 if req.max_tokens is None else req.max_tokens
         for ids in prompts:
-            if len(ids) + max_tokens > self.engine.context:
+            if len(ids) + max_tokens > self.engine.context and not (req.sliding_window and len(ids) <= self.engine.context):
                 raise ContextLengthError(
                     f"This model's maximum context length is {self.engine.context} tokens, however you requested "
                     f"{len(ids) + max_tokens} tokens ({len(ids)} in your prompt; {max_tokens} for the completion). "
-                    f"Please reduce your prompt or max_tokens.", "prompt")
+                    f"Please reduce your prompt or max_tokens, or set sliding_window: true.", "prompt")
         bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
         self._check_ids(list(bias), "logit_bias")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
@@ -206,7 +206,7 @@ class CompletionService:
             top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, n=n, best_of=best_of,
             presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
             logit_bias=bias, seed=None if req.seed is None else req.seed % 2 ** 63, stop=stop,
-            logprobs=req.logprobs, echo=bool(req.echo))
+            logprobs=req.logprobs, echo=bool(req.echo), sliding_window=bool(req.sliding_window))
         return prompts, params
 
     # ---- admission ------------------------------------------------------------------------------
