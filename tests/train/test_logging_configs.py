@@ -117,3 +117,20 @@ def test_version_presets_and_defaults_in_help(capsys):
         main(["serve", "--help"])
     help_ = " ".join(capsys.readouterr().out.split())
     assert "requests generating at once (default: 64)" in help_ and "tokens per KV cache block (default: 16)" in help_
+
+
+def test_tokenizer_cli_takes_a_run_dir(tiny_data, tmp_path, capsys):
+    from gpt3lab.data import load_data_tokenizer
+
+    assert _train(tiny_data, tmp_path / "run", "--max-steps", "1") == 0
+    capsys.readouterr()
+    tok = load_data_tokenizer(tiny_data)
+    import io
+    import sys
+    old = sys.stdin
+    try:
+        sys.stdin = io.StringIO("the king")
+        assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "run")]) == 0
+    finally:
+        sys.stdin = old
+    assert capsys.readouterr().out.split() == [str(i) for i in tok.encode("the king")]
