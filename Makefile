@@ -3,6 +3,7 @@ PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+# pip runs as `python -m pip` (a copied .venv's pip script would target the original tree).
 # torch is pinned and installed first so pip never resolves a (CUDA) build from the registry.
 TORCH   := torch==2.13.0
 
@@ -10,11 +11,11 @@ TORCH   := torch==2.13.0
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q --upgrade pip
 
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[dev]" "$(TORCH)"
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev]" "$(TORCH)"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -26,7 +27,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -x -p no:cacheprovider
 
 test-slow: $(STAMP)
-	$(BIN)/pip install -q -e ".[dev,lmeval]" "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[dev,lmeval]" "$(TORCH)"
 	$(BIN)/python -m pytest -q -m slow
 
 clean:

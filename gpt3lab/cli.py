@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("gpt3lab.finetune.cli", "fine-tune (full or LoRA) on prompt/completion, chat or Alpaca JSONL"),
     "serve": ("gpt3lab.serve.cli", "OpenAI-compatible /v1/completions + /v1/chat/completions server + playground"),
     "compress": ("gpt3lab.compress", "compress/decompress a file with the model as the coder"),
+    "export": ("gpt3lab.export_cli", "single-file model.safetensors checkpoint of a (sharded) run"),
 }
 
 
@@ -70,14 +71,19 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 HEAVY = {"train", "generate", "demo", "eval", "finetune", "serve", "compress"}
 
 
+def wants_fast_allocator(argv: list[str]) -> bool:
+    """Whether this command line runs the model (a HEAVY command, not just its --help)."""
+    return bool(argv) and argv[0] in HEAVY and not {"-h", "--help"} & set(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:   # a real process: may re-exec itself under tcmalloc (never inside tests)
-        argv = sys.argv[1:]
-        if argv and argv[0] in HEAVY:
+    real = argv is None   # a real process: may re-exec itself under another malloc (never inside tests)
+    argv = sys.argv[1:] if real else argv
+    try:
+        if real and wants_fast_allocator(argv):
             from gpt3lab.launcher import use_fast_allocator
 
             use_fast_allocator()
-    try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
         if not args.command:

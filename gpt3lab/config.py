@@ -112,6 +112,8 @@ class TrainConfig:
     decay_tokens: int | None = None  # cosine ends here; None = the run's end
     schedule_scale: str = "none"     # "auto": scale warmup/decay/ramp tokens by run tokens / 300B; or a number
     parallel: str = "none"           # "none" | "ddp" | "fsdp" (ddp/fsdp under torchrun)
+    tensor_parallel: int = 1         # K > 1: shard each block over K ranks (needs parallel=fsdp; FSDP over world/K)
+    async_checkpoint: bool = False   # write sharded checkpoints in the background while training continues
     activation_checkpointing: bool = False
     logger: str = "csv"              # "csv" (log.jsonl + log.csv only) | "tensorboard" | "wandb" (also write there)
     on_nonfinite: str = "stop"       # NaN/inf loss or gradients: "stop" (error, non-zero exit) | "skip" the step
@@ -120,7 +122,8 @@ class TrainConfig:
         _check_number_types(self, "train")
         if self.logger not in LOGGERS:
             raise ConfigError(f"train.logger={self.logger!r} must be one of {', '.join(LOGGERS)}")
-        for name in ("batch_size", "max_steps", "eval_batches", "log_every", "save_every", "keep_last"):
+        for name in ("batch_size", "max_steps", "eval_batches", "log_every", "save_every", "keep_last",
+                     "tensor_parallel"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"train.{name}={v!r} must be a positive integer")

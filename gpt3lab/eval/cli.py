@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gpt3lab.argtypes import positive_int, seed_int
 from gpt3lab.errors import ConfigError, DataError
 
 
@@ -14,9 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", default=[],
                    help="built-in task name or task file (.jsonl / .json spec); repeat or comma-separate")
     p.add_argument("--shots", default="0,1,8", help="comma-separated numbers of in-context examples (default 0,1,8)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each task")
-    p.add_argument("--seed", type=int, default=0, help="seed of example sampling and built-in task generation")
-    p.add_argument("--n", type=int, default=200, help="items generated for built-in tasks (default 200)")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items of each task")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of example sampling and built-in task generation")
+    p.add_argument("--n", type=positive_int, default=200, help="items generated for built-in tasks (default 200)")
     p.add_argument("--text", help="text file the `lambada` task cuts passages from "
                                   "(default: held-out plays of the bundled Shakespeare)")
     p.add_argument("--strict-shots", action="store_true",
@@ -25,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="write results as JSON to this file")
     p.add_argument("--plot", help="write a PNG of accuracy vs number of examples")
     p.add_argument("--perplexity", metavar="TEXT_FILE", help="report perplexity and bits/byte of a text file")
-    p.add_argument("--stride", type=int, default=None,
+    p.add_argument("--stride", type=positive_int, default=None,
                    help="rolling-window advance for --perplexity in tokens (default context/2)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     specs = [s for t in args.task for s in t.split(",") if s]
     tasks = [get_task(s, n=args.n, seed=args.seed, text=text) for s in specs]   # bad tasks fail before loading
 
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     model, tok = load(args.checkpoint, device=args.device)
     if args.perplexity:
         _perplexity(model, tok, args)

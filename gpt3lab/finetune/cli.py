@@ -13,12 +13,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.argtypes import float_range, positive_float, positive_int
+from gpt3lab.adapters import save_adapter
+from gpt3lab.convert import is_hf_dir
+from gpt3lab.loader import load, load_base
 from gpt3lab.config import ModelConfig, TrainConfig
 from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
 from gpt3lab.model import lora
@@ -39,22 +43,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "instruction/input/output records, or a plain-text file")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--val-data", metavar="FILE", help="validation file (default: split --val-fraction off)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="seeded validation split (default 0.1)")
+    p.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), default=0.1, help="seeded validation split (default 0.1)")
     p.add_argument("--method", choices=("full", "lora"), default="full")
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-rank", type=positive_int, default=8)
+    p.add_argument("--lora-alpha", type=positive_float, default=16.0)
+    p.add_argument("--lora-dropout", type=float_range(0.0, 1.0, hi_open=True), default=0.0)
     p.add_argument("--lora-targets", default="c_attn,c_proj", help=f"comma list of {', '.join(lora.ALL_TARGETS)}")
     p.add_argument("--pad", action="store_true", help="one example per row (default: pack whole examples)")
     p.add_argument("--include-prompt", action="store_true", help="take the loss on prompt tokens too")
     p.add_argument("--strict", action="store_true", help="error on examples longer than the context "
                    "(default: skip them and report the count)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
-    p.add_argument("--max-steps", type=int)
+    p.add_argument("--max-steps", type=positive_int)
     p.add_argument("--config", metavar="FILE", help='JSON or YAML file: {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=3e-4")
     p.add_argument("--merge", action="store_true", help="LoRA: also write RUN_DIR/merged (adapters folded in)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -81,9 +85,9 @@ def _base_model(base, overrides: list[str], config_file, max_steps, method: str)
     if base is None:
         raise ConfigError("--from CHECKPOINT is required (the model to fine-tune)")
     base_path = Path(base)
-    if not lora._is_hf(base_path):
+    if not is_hf_dir(base_path):
         base_path = ckpt_io.resolve(base_path)
-    model, tok = lora.load_base(base_path)
+    model, tok = load_base(base_path)
     model_d, train_d, _ = layer_configs(asdict(model.config), dict(FINETUNE_DEFAULTS[method]), config_file,
                                         overrides, max_steps)
     changed = sorted(k for k, v in model_d.items() if getattr(model.config, k) != v and k != "dropout")
@@ -112,8 +116,8 @@ def _resumed_model(out: Path, overrides, config_file, max_steps):
     model_d, train_d, _ = layer_configs(saved["model"], saved.get("train", {}), config_file, overrides, max_steps)
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
     _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
-    model = (lora.load_lora_checkpoint(ckpt) if lora.is_lora_checkpoint(ckpt) else ckpt_io.load_model(ckpt))
-    return model.train(), ckpt_io.load_tokenizer(ckpt), mcfg, tcfg, ckpt, saved
+    model, tok = load(ckpt)
+    return model.train(), tok, mcfg, tcfg, ckpt, saved
 
 
 def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRAConfig | None = None,
@@ -130,8 +134,7 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
     if resume:
         model, tok, mcfg, tcfg, ckpt, saved = _resumed_model(out, overrides, config_file, max_steps)
         ft = saved["finetune"]
-        lora_cfg = lora.LoRAConfig(**{**saved["lora"], "targets": tuple(saved["lora"]["targets"])}) \
-            if "lora" in saved else None
+        lora_cfg = lora.LoRAConfig.from_dict(saved["lora"], f"{ckpt}/config.json lora") if "lora" in saved else None
         data = data or ft["data"]
         template = saved.get("chat_template")
     else:
@@ -160,8 +163,8 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
         rank=dist.rank, world_size=dist.world_size, chat_template=template)
     trainable, total = lora.param_counts(model)
     _report(log, stats, trainable, total, ft["method"])
-    extra = {"finetune": ft, **({"lora": {**asdict(lora_cfg), "targets": list(lora_cfg.targets)}}
-                                 if lora_cfg is not None else {}), **({"chat_template": template} if template else {})}
+    extra = {"finetune": ft, **({"lora": lora_cfg.to_dict()} if lora_cfg is not None else {}),
+             **({"chat_template": template} if template else {})}
     info = RunInfo(out_dir=out, tokenizer=tok, extra_config=extra, progress=progress, max_seconds=max_seconds)
     trainer = Trainer(model, mcfg, tcfg, train, val, info=info, dist=dist, device=device)
     if resume:
@@ -208,7 +211,7 @@ def _export(trainer, out: Path, ft: dict, lora_cfg, tok, merge: bool, log) -> Pa
     if lora_cfg is None:
         return None
     model = trainer.model
-    dest = lora.save_adapter(out / "adapter", model, lora_cfg, ft["base"], ft["base_fingerprint"], tok,
+    dest = save_adapter(out / "adapter", model, lora_cfg, ft["base"], ft["base_fingerprint"], tok,
                              extra={"step": trainer.step})
     log(f"adapter: {dest} ({sum(v.numel() for v in lora.lora_state(model).values()):,} parameters)")
     if merge:

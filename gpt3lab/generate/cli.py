@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from gpt3lab.argtypes import float_range, int_range, nonneg_int, positive_int, seed_int
 from gpt3lab.errors import ConfigError, DataError
 
 
@@ -24,13 +25,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="prompt text (default: read stdin)")
     p.add_argument("--prompt-file",
                    help="file with one prompt per line (\\n in a line = newline), or JSONL with a 'prompt' key")
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per sample (default 64)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus: smallest set with mass >= p")
-    p.add_argument("--seed", type=int, default=None, help="same seed -> same text")
+    p.add_argument("--max-tokens", type=nonneg_int, default=64, help="tokens to generate per sample (default 64)")
+    p.add_argument("--temperature", type=float_range(0.0, 2.0), default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=nonneg_int, default=None, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=float_range(0.0, 1.0, lo_open=True), default=None, help="nucleus: smallest set with mass >= p")
+    p.add_argument("--seed", type=seed_int, default=None, help="same seed -> same text")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
-    p.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
+    p.add_argument("--n", type=int_range(1, 128), default=1, help="samples per prompt (default 1)")
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
@@ -89,7 +90,7 @@ def pick_device(name: str) -> torch.device:
 
 def run(args) -> int:
     """All prompts go to the batching engine at once; one prompt with n=1 streams, the rest print when done."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.generate.api import SamplingParams
     from gpt3lab.generate.engine import Engine
 

@@ -59,9 +59,17 @@ class CompletionRequest(BaseModel):
     @classmethod
     def _bias_keys_are_ids(cls, v):
         for k in v or {}:
-            if not k.isdigit() or len(k) > 9:
-                raise ValueError(f"logit_bias key {k!r} must be a token id written as a string, e.g. \"50256\"")
+            token_id_key(k)
         return v
+
+
+def token_id_key(key: str) -> int:
+    """A logit_bias key -> its token id. Only ASCII digits (at most 9) are accepted: str.isdigit() also
+    accepts "²" or "٣", which int() then rejects (that was a 500); ValueError otherwise (a 400)."""
+    if not (0 < len(key) <= 9 and key.isascii() and key.isdigit()):
+        raise ValueError(f"logit_bias key {key[:20]!r} must be a token id written as a string of ASCII digits, "
+                         f"e.g. \"50256\"")
+    return int(key)
 
 
 class TextPart(BaseModel):

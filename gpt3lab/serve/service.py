@@ -22,7 +22,7 @@ from gpt3lab.generate.api import (ContextLengthError, EngineError, InvalidReques
                                   SamplingParams, TokenEvent)
 from gpt3lab.serve.metrics import Metrics
 from gpt3lab.serve.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InspectRequest,
-                                    TokenizeRequest)
+                                    TokenizeRequest, token_id_key)
 
 Disconnected = Callable[[], Awaitable[bool]] | None
 MAX_CHOICES = 128             # prompts x n (or best_of) in one request
@@ -198,7 +198,7 @@ class CompletionService:
                     f"This model's maximum context length is {self.engine.context} tokens, however you requested "
                     f"{len(ids) + max_tokens} tokens ({len(ids)} in your prompt; {max_tokens} for the completion). "
                     f"Please reduce your prompt or max_tokens, or set sliding_window: true.", "prompt")
-        bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
+        bias = {token_id_key(k): v for k, v in (req.logit_bias or {}).items()}
         self._check_ids(list(bias), "logit_bias")
         stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
         params = SamplingParams(

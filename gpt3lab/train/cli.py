@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.argtypes import positive_float, positive_int
 from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_overrides_known, from_dict
 from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
 
 RESUME_MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "save_every", "keep_last",
-                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "logger",
-                     "on_nonfinite"}
+                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "on_nonfinite",
+                     "tensor_parallel", "async_checkpoint", "logger"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,13 +34,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "defaults to the run's")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run dir: checkpoints/, log.jsonl, log.csv")
     p.add_argument("--preset", help="model + train defaults from gpt3lab/presets.py (tiny, demo, gpt3-small, ...)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (overrides train.max_steps)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
     p.add_argument("--config", metavar="FILE",
                    help='JSON or YAML (.yaml/.yml) file: {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override model.* / train.* fields, e.g. --set train.lr=3e-4 --set model.n_layer=6")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop (and save) after this wall time")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS", help="stop (and save) after this wall time")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar; print a plain line every train.log_every steps instead")
     p.add_argument("--print-config", action="store_true",
@@ -191,7 +192,7 @@ def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: st
                           f"{tok.name} (vocab_size {tok.vocab_size}) in {data}; drop the setting or "
                           f"prepare the data with a matching tokenizer")
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = data_parallel_size(tcfg)
     if resume:
         tcfg = _resume_batch_size(saved, tcfg, overrides, world)
         _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
@@ -236,14 +237,14 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
                     max_steps=max_steps, resume=resume, reschedule=reschedule)
     out, mcfg, tcfg, data, tok, ckpt = Path(out_dir), r.mcfg, r.tcfg, r.data, r.tok, r.ckpt
     device = local_device(tcfg.device)
-    dist = from_env(tcfg.parallel, device)
+    dist = from_env(tcfg.parallel, device, tcfg.tensor_parallel)
     torch.manual_seed(tcfg.seed)   # the same init on every rank (DDP broadcasts rank 0's anyway)
-    if resume:
+    if resume and not ckpt_io.is_sharded(ckpt):      # sharded: Trainer.resume loads into the sharded model
         model = ckpt_io.load_model(ckpt).train()
     else:
         from gpt3lab.model import GPT
         model = GPT(mcfg)
-    kw = dict(seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
+    kw = dict(seed=tcfg.seed, rank=dist.dp_rank, world_size=dist.dp_size)
     train_data = WindowLoader(data, "train", mcfg.context, tcfg.batch_size, **kw)
     eval_data = _val_loader(data, mcfg.context, tcfg.batch_size, kw)
     info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data.resolve())}, progress=progress,
@@ -262,6 +263,15 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
             "tokens": trainer.tokens, "loss": record.get("loss"), "val_loss": record.get("val_loss"),
             "val_bpb": record.get("val_bpb"), "seconds": record.get("seconds"),
             "params": model.num_params(), "model": asdict(mcfg), "train": asdict(tcfg)}
+
+
+def data_parallel_size(tcfg: TrainConfig) -> int:
+    """Data-parallel replicas of this launch: WORLD_SIZE / train.tensor_parallel."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % tcfg.tensor_parallel:
+        raise ConfigError(f"train.tensor_parallel={tcfg.tensor_parallel} does not divide the {world} launched "
+                          f"process(es); launch a multiple of it (torchrun --nproc_per_node)")
+    return world // tcfg.tensor_parallel
 
 
 def _val_loader(data: Path, context: int, batch_size: int, kw: dict):

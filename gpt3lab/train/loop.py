@@ -98,9 +98,13 @@ class Trainer:
         self.model.checkpoint_activations = cfg.activation_checkpointing
         self.fwd = self.dist.wrap_model(self.model, self.precision)   # FSDP shards params in place
         self.optimizer = make_optimizer(self.model, cfg, self.device)  # ...so build AdamW on the shards
-        self.sched = scaled(cfg, model_cfg.context, self.dist.world_size)   # schedule_scale resolved
+        self.sched = scaled(cfg, model_cfg.context, self.dist.dp_size)   # schedule_scale resolved
         if cfg.compile:
             self.fwd = torch.compile(self.fwd)
+        self.checkpointer = None               # sharded (FSDP/TP) or asynchronous saves: every rank writes
+        if self.dist.sharded_checkpoints or cfg.async_checkpoint:
+            from gpt3lab.train.sharded_checkpoint import ShardedCheckpointer
+            self.checkpointer = ShardedCheckpointer(async_save=cfg.async_checkpoint)
         self.step, self.tokens = 0, 0          # optimizer steps done, tokens trained on (all ranks)
         self.skipped_in_a_row = 0              # non-finite steps skipped since the last good one
         self._eval_cache = None
@@ -114,7 +118,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         """Accumulate gradients over the micro-batches of one step, clip, update. Returns step stats."""
-        cfg, T, world = self.sched, self.model_cfg.context, self.dist.world_size
+        cfg, T, world = self.sched, self.model_cfg.context, self.dist.dp_size
         step_tokens = batch_tokens_at(self.tokens, cfg, T, world)
         accum = step_tokens // micro_tokens(cfg.batch_size, T, world)
         lr = lr_for(self.step, self.tokens, step_tokens, cfg, T, world)
@@ -169,7 +173,8 @@ class Trainer:
 
     def _check_finite_weights(self) -> None:
         """NonFiniteError when any weight is NaN/inf: such a checkpoint is never written."""
-        bad = any(not bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        local = (p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters())   # FSDP shards
+        bad = any(not bool(torch.isfinite(t).all()) for t in local)
         if self.dist.any_rank(bad):
             raise NonFiniteError(f"step {self.step}: the weights hold NaN/inf values; not saving them (earlier "
                                  f"checkpoints are kept); lower train.lr and resume from the last checkpoint")
@@ -229,6 +234,8 @@ class Trainer:
                     self.save()
                 if last:
                     break
+            if self.checkpointer is not None:
+                self.checkpointer.wait()          # the last asynchronous save is complete before we return
         finally:
             bar.close()
             logger.close()
@@ -277,7 +284,7 @@ class Trainer:
 
     def state(self) -> dict:
         """JSON part of the training state (the optimizer goes to optimizer.pt)."""
-        s = {"step": self.step, "tokens": self.tokens, "world_size": self.dist.world_size,
+        s = {"step": self.step, "tokens": self.tokens, "world_size": self.dist.dp_size,
              "train_data": self.train_data.state_dict()}
         if self.eval_data is not None:
             s["eval_data"] = self.eval_data.state_dict()
@@ -286,22 +293,31 @@ class Trainer:
     def save(self) -> Path | None:
         """Write RUN/checkpoints/step_N atomically, then keep the last K.
 
-        Every rank gathers (FSDP shards are collected into full tensors); only the main process writes.
+        Sharded (FSDP/TP) or asynchronous: every rank writes its own shards (sharded_checkpoint.py).
+        Otherwise every rank gathers (DDP: nothing to gather) and only the main process writes.
         """
         if self.info.out_dir is None:
             return None
         self._check_finite_weights()          # before pruning: the last finite checkpoint is never removed
+        dest = ckpt_io.step_dir(self.info.out_dir, self.step)
+        extra = {"train": asdict(self.cfg), "world_size": self.dist.dp_size, **(self.info.extra_config or {})}
+        keep = lambda: ckpt_io.prune_checkpoints(self.info.out_dir, self.cfg.keep_last)  # noqa: E731
+        if self.checkpointer is not None:
+            state = self.state() if self.dist.is_main else None      # this step's snapshot, even if written later
+
+            def write_meta(tmp):
+                ckpt_io.write_config(tmp, self.model_cfg, self.info.tokenizer, extra)
+                ckpt_io.save_train_state(tmp, None, state)
+            self.checkpointer.save(dest, self.model, self.optimizer, write_meta, after=keep)
+            return dest
         weights = self.dist.model_state(self.model)
         opt_state = self.dist.optimizer_state(self.model, self.optimizer)
-        dest = None
         if self.dist.is_main:
-            extra = {"train": asdict(self.cfg), "world_size": self.dist.world_size, **(self.info.extra_config or {})}
             state = self.state()
-            dest = ckpt_io.save_checkpoint(
-                ckpt_io.step_dir(self.info.out_dir, self.step), self.model, self.model_cfg, self.info.tokenizer,
-                extra=extra, fill_extra=lambda tmp: ckpt_io.save_train_state(tmp, opt_state, state),
-                weights=weights)
-            ckpt_io.prune_checkpoints(self.info.out_dir, self.cfg.keep_last)
+            ckpt_io.save_checkpoint(dest, self.model, self.model_cfg, self.info.tokenizer, extra=extra,
+                                    fill_extra=lambda tmp: ckpt_io.save_train_state(tmp, opt_state, state),
+                                    weights=weights)
+            keep()
         self.dist.barrier()                   # nobody runs ahead (or resumes) before the files exist
         return dest
 
@@ -309,7 +325,11 @@ class Trainer:
         """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first)."""
         opt_state, state = ckpt_io.load_train_state(ckpt)
         try:
-            self.dist.load_optimizer_state(self.model, self.optimizer, opt_state)
+            if ckpt_io.is_sharded(ckpt):    # weights and optimizer, resharded to this layout
+                from gpt3lab.train import sharded_checkpoint
+                sharded_checkpoint.load(ckpt, self.model, self.optimizer)
+            else:
+                self.dist.load_optimizer_state(self.model, self.optimizer, opt_state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise ckpt_io.CheckpointError(f"{ckpt}: optimizer state does not fit this model ({e}); "
                                           f"resume with the configuration the run was started with") from None
