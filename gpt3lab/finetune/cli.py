@@ -186,7 +186,7 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
 def _base_chat_template(base_path: Path) -> str | None:
     """The base's chat template (gpt3lab checkpoint config or HF tokenizer_config.json); None: the default.
     Chat data is rendered with it, and the fine-tuned checkpoints store it, so serving renders the same."""
-    if lora._is_hf(base_path):
+    if is_hf_dir(base_path):
         from gpt3lab.convert import hf_chat_template
         return hf_chat_template(base_path).get("chat_template")
     return ckpt_io.chat_template_of(base_path)
