@@ -29,7 +29,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt3lab.config import ModelConfig, from_dict
-from gpt3lab.errors import CheckpointError
+from gpt3lab.errors import CheckpointError, UserError
 from gpt3lab.model.build import TIED_KEY, build_model
 
 FORMAT = "gpt3lab-checkpoint"
@@ -280,6 +280,23 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temp dirs of interrupted saves are not listed)."""
     d = Path(run_dir) / "checkpoints"
     return sorted((c for c in d.glob("step_*") if is_checkpoint(c)), key=lambda c: c.name) if d.is_dir() else []
+
+
+def new_run_dir(run_dir: str | Path) -> Path:
+    """The --out of a new run: refused (UserError) when it already holds one, so nothing is overwritten."""
+    out = Path(run_dir)
+    if out.exists() and ((out / "checkpoints").exists() or (out / "log.jsonl").exists()):
+        raise UserError(f"--out {out} already holds a run; pass --resume to continue it or pick a new --out")
+    return out
+
+
+def resume_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint --resume continues from: the run's newest (CheckpointError when it has none)."""
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise CheckpointError(f"--resume: {run_dir} holds no checkpoint (checkpoints/step_*); drop --resume to "
+                              f"start a new run there")
+    return ckpts[-1]
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:

@@ -6,10 +6,8 @@ command line edits any field by name, with the value parsed to the field's type.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from gpt3lab.errors import ConfigError
@@ -185,10 +183,6 @@ def _check_number_types(cfg: Any, prefix: str) -> None:
 
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def from_dict(cls: type, d: dict, where: str = "config") -> Any:
     """Build dataclass `cls` from a dict, rejecting unknown keys with the list of valid ones."""
     if not isinstance(d, dict):
@@ -198,10 +192,6 @@ def from_dict(cls: type, d: dict, where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
     return cls(**d)
-
-
-def save_json(obj: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _parse_value(text: str, typ: Any, key: str) -> Any:
@@ -259,5 +249,5 @@ def check_overrides_known(overrides: list[str], *cfgs: tuple[str, Any]) -> None:
             raise ConfigError(f"--set {key}: unknown setting; valid: {', '.join(valid)}")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "ATTENTION_PATTERNS", "to_dict", "from_dict", "save_json",
+__all__ = ["ModelConfig", "TrainConfig", "ATTENTION_PATTERNS", "from_dict",
            "apply_overrides", "check_overrides_known", "field"]

@@ -137,20 +137,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sample(model, tok, prompt: str, n: int) -> str:
+    from gpt3lab.generate import generate
+
     n = max(1, min(n, model.config.context - len(tok.encode(prompt))))   # stay within the context
-    try:
-        from gpt3lab.generate import generate
-    except ImportError:  # the generation engine is optional for the demo
-        return _minimal_sample(model, tok, prompt, n)
     return generate(model, tok, prompt, max_tokens=n, temperature=0.8, top_k=50, seed=0).text
-
-
-@torch.no_grad()
-def _minimal_sample(model, tok, prompt: str, n: int) -> str:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.tensor([tok.encode(prompt)])
-    for _ in range(n):
-        logits, _ = model(ids[:, -model.config.context:])
-        probs = torch.softmax(logits[0, -1] / 0.8, dim=-1)
-        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)[None]], dim=1)
-    return tok.decode(ids[0, len(tok.encode(prompt)):].tolist())

@@ -15,18 +15,18 @@ import threading
 
 import torch
 
-from gpt3lab.errors import UserError
+from gpt3lab.generate.api import InvalidRequestError, check_token_ids
 from gpt3lab.model import matvec
 
 MAX_TOKENS = 256          # keeps the attention payload small (layers x heads x T^2 / 2 numbers)
 
 
-class InspectError(UserError, ValueError):
+class InspectError(InvalidRequestError):
     """A prompt or layer selection that cannot be inspected; `param` names the offending field."""
 
     def __init__(self, message: str, param: str, code: str | None = None):
-        super().__init__(message)
-        self.param, self.code = param, code
+        super().__init__(message, param)
+        self.code = code
 
 
 def prompt_ids(tokenizer, text_or_ids, limit: int) -> list[int]:
@@ -37,10 +37,7 @@ def prompt_ids(tokenizer, text_or_ids, limit: int) -> list[int]:
         ids = [int(t) for t in text_or_ids]
     if not ids:
         raise InspectError("the prompt is empty: give at least one token to inspect", "prompt")
-    V = tokenizer.vocab_size
-    bad = [t for t in ids if not 0 <= t < V]
-    if bad:
-        raise InspectError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})", "prompt")
+    check_token_ids(ids, tokenizer.vocab_size)
     if len(ids) > limit:
         raise InspectError(f"the prompt has {len(ids)} tokens; inspection takes at most {limit} "
                            f"(attention is returned for every pair of tokens): shorten the prompt", "prompt",

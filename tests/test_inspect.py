@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gpt3lab.model.attention as attention_mod
+from gpt3lab.generate.api import InvalidRequestError
 from gpt3lab.config import ModelConfig
 from gpt3lab.inspect import MAX_TOKENS, InspectError, attention_weights, inspect
 from gpt3lab.model import GPT
@@ -129,7 +130,7 @@ def test_layers_subset_and_errors(model, tok):
         inspect(model, tok, list(range(65)))
     with pytest.raises(InspectError, match="empty"):
         inspect(model, tok, "")
-    with pytest.raises(InspectError, match="outside the vocabulary"):
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
         inspect(model, tok, [1, tok.vocab_size])
     with pytest.raises(InspectError) as e:
         inspect(model, tok, "hi", top_k=0)

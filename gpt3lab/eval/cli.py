@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from gpt3lab.argtypes import positive_int, seed_int
+from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.errors import ConfigError, DataError
 
 
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--perplexity", metavar="TEXT_FILE", help="report perplexity and bits/byte of a text file")
     p.add_argument("--stride", type=positive_int, default=None,
                    help="rolling-window advance for --perplexity in tokens (default context/2)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
 
 
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = [get_task(s, n=args.n, seed=args.seed, text=text) for s in specs]   # bad tasks fail before loading
 
     from gpt3lab import load
-    model, tok = load(args.checkpoint, device=args.device)
+    model, tok = load(args.checkpoint, device=resolve_device(args.device))
     if args.perplexity:
         _perplexity(model, tok, args)
     if not tasks:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpt3lab.model.kv_cache import ContextOverflowError, KVCache
+from gpt3lab.errors import ContextOverflowError
+from gpt3lab.model.kv_cache import KVCache
 
 
 @dataclass

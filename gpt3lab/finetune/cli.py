@@ -24,7 +24,7 @@ from gpt3lab.adapters import save_adapter
 from gpt3lab.convert import is_hf_dir
 from gpt3lab.loader import load, load_base
 from gpt3lab.config import ModelConfig, TrainConfig
-from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
+from gpt3lab.errors import CheckpointError, ConfigError, DataError
 from gpt3lab.model import lora
 
 FINETUNE_DEFAULTS = {
@@ -104,18 +104,15 @@ def _base_model(base, overrides: list[str], config_file, max_steps, method: str)
 
 def _resumed_model(out: Path, overrides, config_file, max_steps):
     """(model, tokenizer, ModelConfig, TrainConfig, checkpoint, saved finetune settings) to resume."""
-    from gpt3lab.train.cli import _check_resume_compatible, layer_configs
+    from gpt3lab.train.cli import check_resume_compatible, layer_configs
 
-    ckpts = ckpt_io.list_checkpoints(out)
-    if not ckpts:
-        raise CheckpointError(f"--resume: {out} holds no checkpoint (checkpoints/step_*); drop --resume")
-    ckpt = ckpts[-1]
+    ckpt = ckpt_io.resume_checkpoint(out)
     saved = ckpt_io.read_config(ckpt)
     if "finetune" not in saved:
         raise CheckpointError(f"--resume: {ckpt} is not a fine-tuning checkpoint; use `gpt3lab train --resume`")
     model_d, train_d, _ = layer_configs(saved["model"], saved.get("train", {}), config_file, overrides, max_steps)
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+    check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
     model, tok = load(ckpt)
     return model.train(), tok, mcfg, tcfg, ckpt, saved
 
@@ -140,8 +137,7 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
     else:
         if method not in FINETUNE_DEFAULTS:
             raise ConfigError(f"--method {method!r} must be full or lora")
-        if out.exists() and ((out / "checkpoints").exists() or (out / "log.jsonl").exists()):
-            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or pick a new --out")
+        ckpt_io.new_run_dir(out)
         if merge and method != "lora":
             raise ConfigError("--merge applies to --method lora (a full fine-tune's checkpoint is already merged)")
         if data is None:
@@ -155,6 +151,9 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
         torch.manual_seed(tcfg.seed)   # adapter init and dropout: the same on every rank and every rerun
         if lora_cfg is not None:
             lora.inject_lora(model, lora_cfg)
+    if tcfg.tensor_parallel > 1:       # LoRA wraps the layers TP would shard; full fine-tunes: use FSDP
+        raise ConfigError(f"train.tensor_parallel={tcfg.tensor_parallel} is for `gpt3lab train`; fine-tune with "
+                          f"train.parallel=ddp or fsdp (tensor_parallel=1)")
     device = local_device(tcfg.device)
     dist = from_env(tcfg.parallel, device)
     train, val, stats = load_datasets(

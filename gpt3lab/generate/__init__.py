@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpt3lab.errors import ConfigError
-from gpt3lab.generate.sampling import check_sampling, sample, sample_generator
+from gpt3lab.generate.api import SamplingParams, check_token_ids
+from gpt3lab.generate.sampling import sample, sample_generator
 from gpt3lab.generate.text import TextStream
-from gpt3lab.model.kv_cache import ContextOverflowError, KVCache
+from gpt3lab.model.kv_cache import KVCache
 
 
 @dataclass
@@ -50,27 +50,8 @@ class Generation:
 def prompt_ids(tokenizer, prompt: str | list[int]) -> list[int]:
     """Token ids of the prompt; an empty prompt starts from <|endoftext|> (a document boundary)."""
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-    bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
-    if bad:
-        raise ConfigError(f"prompt token id {bad[0]} is outside the vocabulary (size {tokenizer.vocab_size})")
+    check_token_ids(ids, tokenizer.vocab_size)
     return ids or [tokenizer.eot_id]
-
-
-def _check(n_prompt: int, max_tokens: int, n: int, context: int, stop, sliding_window: bool = False) -> None:
-    for name, v in (("max_tokens", max_tokens), ("n", n)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name}={v!r} must be a positive integer")
-    if any(not isinstance(s, str) or not s for s in stop):
-        raise ConfigError(f"stop={stop!r}: stop strings must be non-empty strings")
-    if sliding_window and n_prompt > context:
-        raise ContextOverflowError(f"prompt of {n_prompt} tokens exceeds the model's context of {context} tokens "
-                                   f"(sliding_window continues past the context, but the prompt must fit); "
-                                   f"shorten the prompt")
-    if n_prompt + max_tokens > context and not sliding_window:
-        raise ContextOverflowError(
-            f"prompt of {n_prompt} tokens + max_tokens={max_tokens} = {n_prompt + max_tokens} exceeds the "
-            f"model's context of {context} tokens; shorten the prompt, lower max_tokens, or pass "
-            f"sliding_window=True (--sliding-window) to continue past the context")
 
 
 def _decode(model, ids: list[int], n: int, max_tokens: int, gen: list[torch.Generator], **params):
@@ -105,12 +86,14 @@ def stream(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, t
 
     Text deltas are whole UTF-8 characters; a sample's deltas concatenate to its final text.
     Same seed (and settings) -> same tokens; seed None draws a fresh random seed.
-    Bad settings raise here (ConfigError / ContextOverflowError), before any decoding.
+    Bad settings raise here, before any decoding, exactly as the engine and the server refuse them
+    (SamplingParams.validate: InvalidRequestError / ContextLengthError).
     """
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    check_sampling(temperature, top_k, top_p)
     ids = prompt_ids(tokenizer, prompt)
-    _check(len(ids), max_tokens, n, model.config.context, stops, sliding_window)
+    SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=0 if top_k is None else top_k,
+                   top_p=1.0 if top_p is None else top_p, n=n, seed=seed, stop=stops, sliding_window=sliding_window,
+                   ).validate(tokenizer.vocab_size, model.config.context, len(ids))
     gen = [sample_generator(seed, j, model.transformer.wte.weight.device) for j in range(n)]
     params = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     return _events(model, tokenizer, ids, max_tokens, n, gen, stops, params)
@@ -165,6 +148,7 @@ def generate(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64,
         g.finish_reason = ev.finish_reason
     for g, p in zip(gens, parts):
         g.text = "".join(p)
+        g.finish_reason = g.finish_reason or "length"      # max_tokens=0: nothing to sample
     return gens[0] if n == 1 else gens
 
 

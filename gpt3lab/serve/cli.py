@@ -15,6 +15,7 @@ import threading
 from pathlib import Path
 
 from gpt3lab.argtypes import int_range, nonneg_float, positive_float, positive_int
+from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.errors import ConfigError
 
 
@@ -27,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "or $GPT3LAB_API_KEY, comma-separated; default: none)")
     p.add_argument("--api-key-file", metavar="FILE", help="read the API key(s) from FILE, one per line")
     p.add_argument("--model-name", default=None, help="model id clients send (default: the checkpoint dir name)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--max-concurrent", type=positive_int, default=64, help="requests generating at once")
     p.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting for a slot before 429s")
     p.add_argument("--kv-memory", default="1GiB",
@@ -111,9 +112,8 @@ def build_engine(checkpoint: str, device: str, config=None, tokenizer=None):
     """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine
     (tokenizer: an override spec, e.g. "gpt2")."""
     from gpt3lab import load
-    from gpt3lab.generate.cli import pick_device
     from gpt3lab.generate.engine import Engine
-    model, tok = load(checkpoint, device=pick_device(device), tokenizer=tokenizer)
+    model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer)
     return Engine(model, tok, config), Path(checkpoint).resolve()
 
 

@@ -1,8 +1,9 @@
 """Request and response schemas of OpenAI's legacy Completions and Chat Completions APIs (plus
 tokenize/detokenize).
 
-Ranges are checked here so a malformed request is a 400 before it reaches the engine; checks that
-need the model (vocabulary size, context window) live in service.py.
+Only the JSON shapes and types are checked here (a malformed body is a 400 before anything runs). The
+values of the sampling fields are checked by the one request validator, SamplingParams.validate, the
+same rules the Python API, the CLI and the engine apply; service.py adds the HTTP-only rules.
 """
 from __future__ import annotations
 
@@ -29,31 +30,23 @@ class CompletionRequest(BaseModel):
     model: StrictStr
     prompt: Prompt = "<|endoftext|>"
     suffix: StrictStr | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = 16
-    temperature: Annotated[Float, Field(ge=0, le=2)] | None = 1.0
-    top_p: Annotated[Float, Field(gt=0, le=1)] | None = 1.0
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = 0          # extension; 0 = off
-    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = 1
-    best_of: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
+    max_tokens: StrictInt | None = 16
+    temperature: Float | None = 1.0
+    top_p: Float | None = 1.0
+    top_k: StrictInt | None = 0          # extension; 0 = off
+    n: StrictInt | None = 1
+    best_of: StrictInt | None = None
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
+    logprobs: StrictInt | None = None
     echo: StrictBool | None = False
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
-    presence_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
-    frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
-    logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    presence_penalty: Float | None = 0.0
+    frequency_penalty: Float | None = 0.0
+    logit_bias: dict[StrictStr, Float] | None = None
     seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
     user: StrictStr | None = None
     sliding_window: StrictBool | None = False    # extension: max_tokens may run past the context window
-
-    @field_validator("stop")
-    @classmethod
-    def _stops_non_empty(cls, v):
-        stops = [v] if isinstance(v, str) else (v or [])
-        if any(s == "" for s in stops):
-            raise ValueError("stop strings must be non-empty")
-        return v
 
     @field_validator("logit_bias")
     @classmethod
@@ -96,25 +89,24 @@ class ChatCompletionRequest(BaseModel):
 
     model: StrictStr
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
-    max_completion_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
-    temperature: Annotated[Float, Field(ge=0, le=2)] | None = 1.0
-    top_p: Annotated[Float, Field(gt=0, le=1)] | None = 1.0
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = 0          # extension; 0 = off
-    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = 1
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    temperature: Float | None = 1.0
+    top_p: Float | None = 1.0
+    top_k: StrictInt | None = 0          # extension; 0 = off
+    n: StrictInt | None = 1
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     logprobs: StrictBool | None = False
-    top_logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
-    presence_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
-    frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
-    logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
+    top_logprobs: StrictInt | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    presence_penalty: Float | None = 0.0
+    frequency_penalty: Float | None = 0.0
+    logit_bias: dict[StrictStr, Float] | None = None
     seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
     user: StrictStr | None = None
     sliding_window: StrictBool | None = False    # extension: max_tokens may run past the context window
 
-    _stops_non_empty = field_validator("stop")(CompletionRequest._stops_non_empty.__func__)
     _bias_keys_are_ids = field_validator("logit_bias")(CompletionRequest._bias_keys_are_ids.__func__)
 
 

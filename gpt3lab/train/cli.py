@@ -22,7 +22,7 @@ import torch
 from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.argtypes import positive_float, positive_int
 from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_overrides_known, from_dict
-from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
+from gpt3lab.errors import CheckpointError, ConfigError, DataError
 
 RESUME_MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "save_every", "keep_last",
                      "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "on_nonfinite",
@@ -123,7 +123,7 @@ def _resume_batch_size(saved: dict, tcfg: TrainConfig, overrides: list[str], wor
     return replace(tcfg, batch_size=glob // world)
 
 
-def _check_resume_compatible(saved_model: dict, saved_train: dict, mcfg: ModelConfig, tcfg: TrainConfig,
+def check_resume_compatible(saved_model: dict, saved_train: dict, mcfg: ModelConfig, tcfg: TrainConfig,
                              ckpt: Path) -> None:
     saved_train = {k: v for k, v in saved_train.items() if k != "batch_size"}   # see _resume_batch_size
     bad = [f"model.{k}: {saved_model.get(k)!r} -> {v!r}" for k, v in asdict(mcfg).items() if saved_model.get(k) != v]
@@ -163,17 +163,13 @@ def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: st
     overrides = list(overrides)
     ckpt = saved = None
     if resume:
-        ckpts = ckpt_io.list_checkpoints(out)
-        if not ckpts:
-            raise CheckpointError(f"--resume: {out} holds no checkpoint (checkpoints/step_*); "
-                                  f"drop --resume to start a new run there")
-        ckpt = ckpts[-1]
+        ckpt = ckpt_io.resume_checkpoint(out)
         saved = ckpt_io.read_config(ckpt)
         model_d, train_d = saved["model"], saved.get("train", {})
         data_dir = data_dir or saved.get("data")
     else:
-        if not for_print and out.exists() and ((out / "checkpoints").exists() or (out / "log.jsonl").exists()):
-            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or pick a new --out")
+        if not for_print:
+            ckpt_io.new_run_dir(out)
         p = get_preset(preset) if preset else None
         model_d, train_d = (dict(p.model) if p else {}), (dict(p.train) if p else {})
     if data_dir is None and not for_print:
@@ -195,7 +191,7 @@ def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: st
     world = data_parallel_size(tcfg)
     if resume:
         tcfg = _resume_batch_size(saved, tcfg, overrides, world)
-        _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+        check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
         tcfg = _resume_schedule(saved, tcfg, mcfg.context, world, reschedule)
     from gpt3lab.train.schedule import check_world_size
     check_world_size(tcfg, mcfg.context, world)

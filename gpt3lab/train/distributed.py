@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+from gpt3lab.devices import resolve_device
 from gpt3lab.errors import CheckpointError, ConfigError
 
 
@@ -49,6 +50,10 @@ class Distributed:
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         return value
+
+    def clip_grad_norm(self, params, max_norm: float) -> float:
+        """Clip the gradients to `max_norm` (inf: measure only); -> the total norm before clipping."""
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (collective: all ranks must call it)."""
@@ -187,6 +192,10 @@ class FSDP(DDP):
         model.set_requires_gradient_sync(final_micro_step)   # reduce-scatter only on the last micro-step
         return contextlib.nullcontext()
 
+    def clip_grad_norm(self, params, max_norm: float) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)    # sharded grads: a replicated DTensor
+        return float(norm.full_tensor())
+
 
 def launched_by_torchrun() -> bool:
     """torchrun (or any launcher speaking its protocol) sets RANK, WORLD_SIZE and MASTER_ADDR."""
@@ -194,12 +203,8 @@ def launched_by_torchrun() -> bool:
 
 
 def local_device(requested: str) -> torch.device:
-    """'auto' -> cuda:LOCAL_RANK when CUDA exists, else cpu; anything else as given."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(requested)
+    """train.device -> this process's device (auto: cuda:LOCAL_RANK when CUDA exists, else cpu)."""
+    return resolve_device(requested, flag="train.device")
 
 
 def from_env(parallel: str, device: torch.device, tensor_parallel: int = 1) -> Distributed:

@@ -7,8 +7,9 @@ requires_grad (so LoRA adapters just work) and knows nothing about where batches
 
 One optimizer step = `accum` micro-steps of `batch_size` sequences (accum from the batch ramp), AdamW
 with decoupled weight decay on matrices only, global-norm clipping, LR from `schedule.lr_for`.
-Data parallelism (DDP / FSDP) enters only through the `Distributed` seam: it wraps the model, skips the
-gradient all-reduce on non-final micro-steps, averages logged losses and gathers checkpoints.
+Parallelism (DDP / FSDP / FSDP x TP) enters only through the `Distributed` seam: it wraps the model, skips
+the gradient all-reduce on non-final micro-steps, averages logged losses and says whether checkpoints are
+sharded (then every rank writes its shards through sharded_checkpoint.py) or gathered.
 """
 from __future__ import annotations
 
@@ -135,10 +136,8 @@ class Trainer:
             total += loss.detach()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # grad_clip=0 means "no clipping" (nanoGPT's convention); max_norm=inf only measures the norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-        if hasattr(grad_norm, "full_tensor"):       # FSDP: a replicated DTensor
-            grad_norm = grad_norm.full_tensor()
-        loss, grad_norm = self.dist.all_reduce_mean(total / accum).item(), float(grad_norm)  # equal on all ranks
+        grad_norm = self.dist.clip_grad_norm(params, cfg.grad_clip or math.inf)
+        loss = self.dist.all_reduce_mean(total / accum).item()     # equal on all ranks, as grad_norm is
         skipped = self._check_finite(loss, grad_norm, lr)
         if not skipped:
             self.optimizer.step()
@@ -322,7 +321,8 @@ class Trainer:
         return dest
 
     def resume(self, ckpt: str | Path) -> None:
-        """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first)."""
+        """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first, except
+        from a sharded checkpoint, whose weights are loaded here into the already sharded model)."""
         opt_state, state = ckpt_io.load_train_state(ckpt)
         try:
             if ckpt_io.is_sharded(ckpt):    # weights and optimizer, resharded to this layout

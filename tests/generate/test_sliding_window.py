@@ -8,7 +8,6 @@ from gen_helpers import BYTES, tiny
 from gpt3lab.generate import generate
 from gpt3lab.generate.api import ContextLengthError, SamplingParams
 from gpt3lab.generate.engine import Engine
-from gpt3lab.model.kv_cache import ContextOverflowError
 
 C = 16
 
@@ -40,9 +39,9 @@ def test_generate_past_the_context_equals_recomputing_the_last_context_tokens(mo
     want = reference_greedy(model, prompt, 40)[len(prompt):]
     g = generate(model, BYTES, prompt, max_tokens=40, temperature=0, sliding_window=True)
     assert g.tokens == want and g.finish_reason == "length"
-    with pytest.raises(ContextOverflowError, match="sliding_window"):
+    with pytest.raises(ContextLengthError, match="sliding_window"):
         generate(model, BYTES, prompt, max_tokens=40, temperature=0)
-    with pytest.raises(ContextOverflowError, match="prompt must fit"):
+    with pytest.raises(ContextLengthError, match="prompt must fit"):
         generate(model, BYTES, list(range(C + 1)), max_tokens=2, sliding_window=True)
 
 

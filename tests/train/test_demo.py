@@ -4,7 +4,7 @@ import torch
 
 from gpt3lab.config import ModelConfig
 from gpt3lab.data import WindowLoader, load_data_tokenizer
-from gpt3lab.demo import _minimal_sample, split_bpb
+from gpt3lab.demo import split_bpb
 from gpt3lab.model import GPT
 
 
@@ -19,14 +19,6 @@ def test_split_bpb_is_mean_token_loss_over_bytes(tiny_data):
             losses.append(model(x, y)[1].item())
     want = sum(losses) / len(losses) * val.num_tokens / (val.num_bytes * math.log(2))
     assert math.isclose(split_bpb(model, val, batch_size=3), want, rel_tol=1e-5)
-
-
-def test_minimal_sample_is_seeded(tiny_data):
-    tok = load_data_tokenizer(tiny_data)
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, context=32, n_layer=1, d_model=32, n_head=2)).eval()
-    a, b = _minimal_sample(model, tok, "The king", 10), _minimal_sample(model, tok, "The king", 10)
-    assert a == b and len(tok.encode(a)) >= 1
 
 
 def test_fit_steps_times_on_the_device_train_uses_and_fits_the_probed_costs(tiny_data, monkeypatch):

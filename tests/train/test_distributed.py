@@ -39,9 +39,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-# mode -> the settings of a 2-process launch; a global micro-batch of 4 sequences in each
+# mode -> the settings of a 2-process launch; a global micro-batch of 4 sequences in each (tp: FSDP over 1
+# x TP over 2, saving in the background)
 MODES = {"ddp": ["parallel=ddp", "batch_size=2"], "fsdp": ["parallel=fsdp", "batch_size=2"],
-         "tp": ["parallel=fsdp", "tensor_parallel=2", "batch_size=4"]}
+         "tp": ["parallel=fsdp", "tensor_parallel=2", "batch_size=4", "async_checkpoint=true"]}
 
 
 def _launch(data, out: Path, mode: str, args=None, nproc: int = 2) -> list[subprocess.Popen]:
