@@ -40,6 +40,7 @@ class SamplingFields(BaseModel):
     logit_bias: dict[StrictStr, Float] | None = None
     seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
     user: StrictStr | None = None
+    sliding_window: StrictBool | None = False    # extension: max_tokens may run past the context window
 
     @field_validator("logit_bias")
     @classmethod

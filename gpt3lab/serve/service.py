@@ -214,7 +214,7 @@ class CompletionService:
             logit_bias={token_id_key(k): v for k, v in (req.logit_bias or {}).items()},
             seed=None if req.seed is None else req.seed % 2 ** 63,
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
-            logprobs=req.logprobs, echo=bool(req.echo))
+            logprobs=req.logprobs, echo=bool(req.echo), sliding_window=bool(req.sliding_window))
         for ids in prompts:
             best_of = params.validate(self.tokenizer.vocab_size, self.engine.context, len(ids))
         if req.stream and best_of > params.n:
