@@ -194,7 +194,7 @@ class FSDP(DDP):
 
     def clip_grad_norm(self, params, max_norm: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)    # sharded grads: a replicated DTensor
-        return float(norm.full_tensor())
+        return float(_full(norm))
 
 
 def launched_by_torchrun() -> bool:
