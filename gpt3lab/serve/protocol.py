@@ -22,30 +22,25 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions body. Unknown fields are rejected, as OpenAI does."""
+class SamplingFields(BaseModel):
+    """The fields both request bodies share (their values are checked by SamplingParams.validate)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr
-    prompt: Prompt = "<|endoftext|>"
-    suffix: StrictStr | None = None
-    max_tokens: StrictInt | None = 16
     temperature: Float | None = 1.0
     top_p: Float | None = 1.0
     top_k: StrictInt | None = 0          # extension; 0 = off
     n: StrictInt | None = 1
-    best_of: StrictInt | None = None
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: StrictInt | None = None
-    echo: StrictBool | None = False
     stop: StrictStr | list[StrictStr] | None = None
     presence_penalty: Float | None = 0.0
     frequency_penalty: Float | None = 0.0
     logit_bias: dict[StrictStr, Float] | None = None
     seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
     user: StrictStr | None = None
+    sliding_window: StrictBool | None = False    # extension: max_tokens may run past the context window
 
     @field_validator("logit_bias")
     @classmethod
@@ -53,6 +48,17 @@ class CompletionRequest(BaseModel):
         for k in v or {}:
             token_id_key(k)
         return v
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions body. Unknown fields are rejected, as OpenAI does."""
+
+    prompt: Prompt = "<|endoftext|>"
+    suffix: StrictStr | None = None
+    max_tokens: StrictInt | None = 16
+    best_of: StrictInt | None = None
+    logprobs: StrictInt | None = None
+    echo: StrictBool | None = False
 
 
 def token_id_key(key: str) -> int:
@@ -81,31 +87,14 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions body: messages are rendered by the chat template into a prompt."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: StrictStr
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_tokens: StrictInt | None = None
     max_completion_tokens: StrictInt | None = None
-    temperature: Float | None = 1.0
-    top_p: Float | None = 1.0
-    top_k: StrictInt | None = 0          # extension; 0 = off
-    n: StrictInt | None = 1
-    stream: StrictBool | None = False
-    stream_options: StreamOptions | None = None
     logprobs: StrictBool | None = False
     top_logprobs: StrictInt | None = None
-    stop: StrictStr | list[StrictStr] | None = None
-    presence_penalty: Float | None = 0.0
-    frequency_penalty: Float | None = 0.0
-    logit_bias: dict[StrictStr, Float] | None = None
-    seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
-    user: StrictStr | None = None
-
-    _bias_keys_are_ids = field_validator("logit_bias")(CompletionRequest._bias_keys_are_ids.__func__)
 
 
 class ChatTopLogprob(BaseModel):

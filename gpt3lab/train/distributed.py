@@ -113,7 +113,8 @@ def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     if hasattr(param, "device_mesh") and value.dim() > 0:
         from torch.distributed.tensor import distribute_tensor
         return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-    return value
+    # a scalar (AdamW's step) is shared by the q, k, v split of one saved c_attn: each param needs its own
+    return value.clone() if value.dim() == 0 else value
 
 
 def _param_names(model: torch.nn.Module) -> dict[int, str]:
@@ -194,7 +195,7 @@ class FSDP(DDP):
 
     def clip_grad_norm(self, params, max_norm: float) -> float:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)    # sharded grads: a replicated DTensor
-        return float(norm.full_tensor())
+        return float(_full(norm))
 
 
 def launched_by_torchrun() -> bool:
