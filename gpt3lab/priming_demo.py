@@ -26,12 +26,15 @@ from pathlib import Path
 import torch
 
 KEYS, VALUES, NOISE = "abcdefgh", "ABCDEFGH", "0123456789"   # few symbols: learnt in few steps
+REPEAT_SYMBOLS = "".join(chr(c) for c in range(33, 127))   # printable ASCII but the space
+PERIODS = (5, 12)
 N_KEYS = 4
 SHOTS = (0, 1, 2, 4, 8)
 TRAIN_SEED, HELDOUT_SEED = 1, 10_000_000      # held-out mappings come from a seed range training never uses
-MODEL = dict(context=64, n_layer=2, d_model=64, n_head=4, attention_pattern="dense")   # two layers: the least an induction head needs
+MODEL = dict(context=64, n_layer=2, d_model=128, n_head=4, attention_pattern="dense")  # two layers: the least an induction head needs
 TRAIN = dict(lr=3e-3, batch_size=32, warmup_steps=50, max_steps=8000, eval_every=500, eval_batches=4,
-             save_every=100_000, weight_decay=0.1, log_every=50, precision="fp32", device="cpu")
+             save_every=100_000, weight_decay=0.0, log_every=50, precision="fp32", device="cpu")
+REPEAT = 0.5          # fraction of each training batch that is repeated random sequences (grows the induction head)
 
 
 def byte_tokenizer():
@@ -42,7 +45,7 @@ def byte_tokenizer():
 
 def mapping_format():
     from gpt3lab.eval.prompts import PromptFormat
-    return PromptFormat(delimiter="", separator="\n")
+    return PromptFormat(delimiter="", separator="")      # 3-character lines back to back: 7cH2bE0cH...
 
 
 def random_mapping(rng: random.Random) -> dict[str, str]:
@@ -51,13 +54,20 @@ def random_mapping(rng: random.Random) -> dict[str, str]:
 
 def document(rng: random.Random, n_chars: int) -> str:
     """One training document: a fresh mapping, then random `<digit><key><value>` lines (>= n_chars)."""
-    m, lines, size = random_mapping(rng), [], 0
+    m = random_mapping(rng)
     keys = list(m)
-    while size < n_chars:
-        k = rng.choice(keys)
-        lines.append(f"{rng.choice(NOISE)}{k}{m[k]}")
-        size += len(lines[-1]) + 1
-    return "\n".join(lines)
+    return "".join(f"{rng.choice(NOISE)}{k}{m[k]}" for k in (rng.choice(keys) for _ in range(-(-n_chars // 3))))
+
+
+def repeated_sequence(rng: random.Random, n_chars: int) -> tuple[str, int]:
+    """A random string of printable symbols repeated up to n_chars, and its period: the task on which
+    induction heads form fastest (after the first period, each symbol is the one that followed the same
+    symbol before). The period is random per row (PERIODS), so no fixed look-back offset solves it, and
+    short, so each row has many copies to learn from; the wide alphabet makes a symbol's earlier
+    occurrence unambiguous."""
+    period = rng.randint(*PERIODS)
+    s = "".join(rng.choice(REPEAT_SYMBOLS) for _ in range(period))
+    return (s * -(-n_chars // period))[:n_chars], period
 
 
 class MappingStream:
@@ -65,18 +75,25 @@ class MappingStream:
 
     answers_only: targets other than the values are -100 (ignored by the loss), so every gradient goes
     to the one thing that needs the context; the digits and keys are random and teach nothing.
+    repeat: the fraction of rows that are a repeated random sequence (`repeated_sequence`, loss on its
+    second copy) instead of a mapping document: they grow the induction head that the mappings then use.
     """
 
-    def __init__(self, context: int, seed: int, answers_only: bool = True):
-        self.context, self.rng, self.answers_only = context, random.Random(seed), answers_only
+    def __init__(self, context: int, seed: int, answers_only: bool = True, repeat: float = 0.0):
+        self.context, self.rng, self.answers_only, self.repeat = context, random.Random(seed), answers_only, repeat
 
     def next_batch(self, batch_size: int):
         T = self.context
-        rows = [list(document(self.rng, T + 1).encode())[:T + 1] for _ in range(batch_size)]
-        t = torch.tensor(rows)                                                     # (B, T+1)
-        x, y = t[:, :-1], t[:, 1:]
+        n_rep = round(batch_size * self.repeat)
+        rows = [list(document(self.rng, T + 1).encode())[:T + 1] for _ in range(batch_size - n_rep)]
+        reps = [repeated_sequence(self.rng, T + 1) for _ in range(n_rep)]
+        t = torch.tensor(rows + [list(s.encode())[:T + 1] for s, _ in reps])     # (B, T+1)
+        x, y = t[:, :-1], t[:, 1:].clone()
         if self.answers_only:
-            y = torch.where((y >= ord(VALUES[0])) & (y <= ord(VALUES[-1])), y, -100)           # values only
+            y[:len(rows)] = torch.where((y[:len(rows)] >= ord(VALUES[0])) & (y[:len(rows)] <= ord(VALUES[-1])),
+                                        y[:len(rows)], -100)                     # values only
+        for i, (_, half) in enumerate(reps, start=len(rows)):
+            y[i, :half] = -100                          # the first copy and its echo's first symbol are random
         return x, y
 
 
@@ -123,7 +140,7 @@ def train(out: Path, budget_s: float, max_steps: int | None = None, progress: bo
     mcfg = ModelConfig(vocab_size=tok.vocab_size, **MODEL)
     steps = max_steps or fit_steps(mcfg, budget_s)
     cfg = TrainConfig(**{**TRAIN, "max_steps": steps})
-    tr = Trainer(GPT(mcfg), mcfg, cfg, MappingStream(mcfg.context, TRAIN_SEED),
+    tr = Trainer(GPT(mcfg), mcfg, cfg, MappingStream(mcfg.context, TRAIN_SEED, repeat=REPEAT),
                  MappingStream(mcfg.context, TRAIN_SEED + 1),
                  info=RunInfo(out_dir=None, progress=progress, max_seconds=budget_s))
     t0 = time.perf_counter()
@@ -143,7 +160,7 @@ def fit_steps(mcfg, budget_s: float) -> int:
     from gpt3lab.train.loop import RunInfo, Trainer
 
     cfg = TrainConfig(**TRAIN)
-    tr = Trainer(GPT(mcfg), mcfg, cfg, MappingStream(mcfg.context, 0), MappingStream(mcfg.context, 1),
+    tr = Trainer(GPT(mcfg), mcfg, cfg, MappingStream(mcfg.context, 0, repeat=REPEAT), MappingStream(mcfg.context, 1),
                  info=RunInfo(progress=False))
     costs = budget.probe(tr, min_seconds=3.0)
     steps = min(cfg.max_steps, budget.steps_within(budget_s, costs, cfg.eval_every, 0))

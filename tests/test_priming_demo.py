@@ -14,8 +14,8 @@ from gpt3lab.eval.harness import _prompts, evaluate_task
 def test_documents_are_lines_of_one_mapping_per_document():
     rng = random.Random(0)
     doc = pd.document(rng, 200)
-    lines = doc.split("\n")
-    assert all(re.fullmatch(r"[0-9][a-z][A-Z]", line) for line in lines) and len(doc) + 1 >= 200
+    lines = [doc[i:i + 3] for i in range(0, len(doc), 3)]
+    assert all(re.fullmatch(r"[0-9][a-z][A-Z]", line) for line in lines) and len(doc) >= 200
     mapping = {}
     for line in lines:
         assert mapping.setdefault(line[1], line[2]) == line[2]          # a key always has the same value
@@ -29,6 +29,23 @@ def test_documents_are_lines_of_one_mapping_per_document():
     assert torch.equal(x[:, 1:], y[:, :-1])
 
 
+def test_repeated_rows_are_scored_after_their_first_period_only():
+    rng = random.Random(0)
+    periods = set()
+    for _ in range(20):
+        s, period = pd.repeated_sequence(rng, 17)
+        assert len(s) == 17 and 5 <= period <= 12 and set(s) <= set(pd.REPEAT_SYMBOLS)
+        assert all(s[i] == s[i + period] for i in range(17 - period))
+        periods.add(period)
+    assert len(periods) > 1                                                # no fixed look-back offset
+    x, y = pd.MappingStream(16, 0, repeat=0.5).next_batch(4)
+    for row_x, row_y in zip(x[2:], y[2:]):                                  # the last 2 rows repeat
+        period = int((row_y == -100).sum())
+        assert 5 <= period <= 12 and bool((row_y[:period] == -100).all())
+        assert torch.equal(row_x[period:], row_x[:16 - period]) and torch.equal(row_y[period:15], row_x[period + 1:])
+    assert bool(((y[:2] == -100).sum(1) >= 10).all())                      # the mapping rows: values only
+
+
 def test_heldout_prompts_are_the_harness_prompts_in_the_training_format():
     task, tok = pd.heldout_task(0), pd.byte_tokenizer()
     assert len(task.items) == 40 and all(len(it.choices) == 4 for it in task.items)
@@ -38,7 +55,8 @@ def test_heldout_prompts_are_the_harness_prompts_in_the_training_format():
 
     prompts = _prompts(task, tok, Cfg, 8, 0, 10, False)
     for it, p in zip(task.items, prompts):
-        lines = p.text.split("\n")
+        assert len(p.text) == 8 * 3 + 2                                      # 8 lines, then the query
+        lines = [p.text[i:i + 3] for i in range(0, len(p.text), 3)]
         assert len(lines) == 9 and lines[-1] == it.context and it.context not in lines[:-1]
         value = {line[1]: line[2] for line in lines[:-1]}
         assert all(value[k] == it.gold for k in value if k == it.context[1])     # the examples share the mapping
