@@ -6,7 +6,7 @@ learning first appears in Transformers. The Shakespeare demo model cannot show i
 are flat at ~0%); this one is trained on a corpus where nothing else works:
 
     every document draws its OWN random mapping of 4 keys (of a..h) to 4 distinct values (of A..H)
-    and then lists lines `<digit><key><value>`, e.g.   7cH  2bE  0cH  5aD  9bE ...
+    and then lists 3-character lines `<digit><key><value>` back to back, e.g. 7cH2bE0cH5aD9bE...
 
 The digit is noise (it makes every query differ from its examples, as the harness requires), so a
 line's value can only be read off an earlier line with the same key: after `c`, look back for an
@@ -14,7 +14,15 @@ earlier `c` and copy the token that followed it, which is exactly what an induct
 evaluation the harness's own prompt builder (gpt3lab.eval.prompts) primes the model with k solved
 lines of a held-out mapping (seeds never used in training) and scores the 4 values as multiple choice:
 k = 0 is chance (25%); once an induction head forms, accuracy climbs with k as the query's key appears
-among the examples. Measured figures (and the budget it did not reach on a loaded box): docs/BENCHMARKS.md.
+among the examples.
+
+Induction heads form late on the mapping documents alone (a long plateau at the "some value of this
+document" solution: thousands of steps, more than 10 CPU minutes buy). So half of every training batch
+is the task that grows them fastest: a random string of printable symbols repeated with a random short
+period (5-12), scored after its first period. The circuit it forms (previous-token head in layer 1,
+match-and-copy head in layer 2) is the one the mappings need. A fixed period must be avoided: a
+fixed-offset positional head then solves the repeats without any induction (measured: the repeats'
+loss fell, the mappings' did not). Measured figures: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -75,8 +83,8 @@ class MappingStream:
 
     answers_only: targets other than the values are -100 (ignored by the loss), so every gradient goes
     to the one thing that needs the context; the digits and keys are random and teach nothing.
-    repeat: the fraction of rows that are a repeated random sequence (`repeated_sequence`, loss on its
-    second copy) instead of a mapping document: they grow the induction head that the mappings then use.
+    repeat: the fraction of rows that are a repeated random sequence (`repeated_sequence`, loss after its
+    first period) instead of a mapping document: they grow the induction head that the mappings then use.
     """
 
     def __init__(self, context: int, seed: int, answers_only: bool = True, repeat: float = 0.0):
