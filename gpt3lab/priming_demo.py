@@ -73,7 +73,7 @@ def repeated_sequence(rng: random.Random, n_chars: int) -> tuple[str, int]:
     symbol before). The period is random per row (PERIODS), so no fixed look-back offset solves it, and
     short, so each row has many copies to learn from; the wide alphabet makes a symbol's earlier
     occurrence unambiguous."""
-    period = rng.randint(*PERIODS)
+    period = rng.randint(PERIODS[0], max(PERIODS[0], min(PERIODS[1], n_chars // 2)))     # 2+ periods
     s = "".join(rng.choice(REPEAT_SYMBOLS) for _ in range(period))
     return (s * -(-n_chars // period))[:n_chars], period
 
