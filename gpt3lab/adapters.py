@@ -1,6 +1,6 @@
 """LoRA adapter directories and LoRA training checkpoints on disk (the layers are gpt3lab.model.lora).
 
-    ADAPTER/adapter.safetensors   the lora_A / lora_B tensors only
+    ADAPTER/adapter.safetensors   the lora_A / lora_B tensors only (+ adapter.safetensors.sha256, checked on load)
     ADAPTER/adapter_config.json   {"format": "gpt3lab-lora-adapter", "rank", "alpha", "dropout", "targets",
                                    "base": "<base checkpoint path>", "base_fingerprint": "<sha256>", ...}
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.config import ModelConfig, from_dict
@@ -43,7 +43,7 @@ def save_adapter(dest: str | Path, model: nn.Module, cfg: LoRAConfig, base: str,
         raise ConfigError("save_adapter: the model has no LoRA layers (inject_lora first)")
 
     def fill(tmp: Path) -> None:
-        save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        ckpt_io.save_weights(state, tmp / ADAPTER_WEIGHTS)       # + its SHA-256, checked on load
         meta = {"format": ADAPTER_FORMAT, "version": 1, **cfg.to_dict(), "base": str(base),
                 "base_fingerprint": base_fingerprint, "base_model": asdict(model.config), **(extra or {})}
         (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -85,6 +85,7 @@ def load_adapter(model: nn.Module, adapter_dir: str | Path, check: bool = True) 
                 f"{adapter_dir}: adapter was trained on a different base model (fingerprint "
                 f"{str(meta.get('base_fingerprint'))[:12]}…, this model {fp[:12]}…; base named in the adapter: "
                 f"{meta.get('base')}); load it on that base checkpoint")
+    ckpt_io.verify_checksum(Path(adapter_dir) / ADAPTER_WEIGHTS)
     try:
         state = load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS))
     except (SafetensorError, OSError, ValueError) as e:

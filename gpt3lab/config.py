@@ -13,6 +13,7 @@ from typing import Any
 from gpt3lab.errors import ConfigError
 
 ATTENTION_PATTERNS = ("dense", "alternating", "banded")
+LOGGERS = ("csv", "tensorboard", "wandb")
 
 
 @dataclass
@@ -112,10 +113,13 @@ class TrainConfig:
     tensor_parallel: int = 1         # K > 1: shard each block over K ranks (needs parallel=fsdp; FSDP over world/K)
     async_checkpoint: bool = False   # write sharded checkpoints in the background while training continues
     activation_checkpointing: bool = False
+    logger: str = "csv"              # "csv" (log.jsonl + log.csv only) | "tensorboard" | "wandb" (also write there)
     on_nonfinite: str = "stop"       # NaN/inf loss or gradients: "stop" (error, non-zero exit) | "skip" the step
 
     def __post_init__(self) -> None:
         _check_number_types(self, "train")
+        if self.logger not in LOGGERS:
+            raise ConfigError(f"train.logger={self.logger!r} must be one of {', '.join(LOGGERS)}")
         for name in ("batch_size", "max_steps", "eval_batches", "log_every", "save_every", "keep_last",
                      "tensor_parallel"):
             v = getattr(self, name)

@@ -33,6 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt of the printed sample")
     p.add_argument("--sample-tokens", type=nonneg_int, default=200)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--priming", action="store_true", help="instead: train the in-context-learning model of "
+                   "gpt3lab.priming_demo (into runs/priming) and plot its accuracy at k = 0, 1, 2, 4, 8")
 
 
 def prepare_data(data_dir: Path, progress: bool = True) -> Path:
@@ -116,6 +118,9 @@ def run(args: argparse.Namespace) -> int:
     from gpt3lab.train.cli import train
     from gpt3lab.train.plot import plot_run
 
+    if args.priming:
+        from gpt3lab.priming_demo import run as run_priming
+        return run_priming(args)
     t0 = time.perf_counter()
     data = prepare_data(Path(args.data), progress=not args.no_progress)
     out = Path(args.out)

@@ -1,8 +1,9 @@
 """Start-up helper: run CPU work under a faster malloc than glibc's default.
 
 PyTorch on CPU allocates and frees large activation buffers every step. glibc's malloc serves blocks
-over its mmap threshold (at most 32 MiB) with fresh mmaps and page-faults them in again each time;
-tcmalloc and mimalloc keep them, which makes training 1.2-1.7x faster (docs/BENCHMARKS.md). An
+over its mmap threshold (at most 32 MiB) with fresh mmaps and page-faults them in again each time
+(~40,000 faults per demo step); tcmalloc and mimalloc keep them, which took 1.2-1.5x less CPU per
+training step (docs/BENCHMARKS.md, issue 16), and so does glibc with its thresholds raised. An
 allocator can only be swapped before the process starts, so `use_fast_allocator()` re-executes the
 same command with LD_PRELOAD set. The choice, in order:
 
@@ -157,8 +158,7 @@ def use_fast_allocator(announce: bool = True) -> str:
         _preload(name, lib)
     if want != "auto":
         return _glibc(say, f"{ENV}={want} but it is not installed: {_INSTALL[want]}")
-    return _glibc(say, "no tcmalloc or mimalloc found; `pip install cmeel-mimalloc` makes CPU training "
-                       "up to 1.2x faster")
+    return _glibc(say, "no tcmalloc or mimalloc found; `pip install cmeel-mimalloc` for the fastest CPU runs")
 
 
 def _glibc(say, why: str) -> str:

@@ -260,8 +260,8 @@ def test_shard_tokens_validated_in_the_api(value, tmp_path):
             ShardWriter(tmp_path, "train", 300, value)
 
 
-@pytest.mark.parametrize("argv,expect", [(["--shard-tokens", "0"], "shard_tokens=0"),
-                                         (["--shard-tokens", "-3"], "shard_tokens=-3"),
+@pytest.mark.parametrize("argv,expect", [(["--shard-tokens", "0"], "--shard-tokens: 0 is out of range"),
+                                         (["--shard-tokens", "-3"], "--shard-tokens: -3 is out of range"),
                                          (["--workers", "0"], "--workers"),
                                          (["--workers", "x"], "--workers")])
 def test_cli_rejects_bad_counts_at_once(argv, expect, tmp_path, capsys):

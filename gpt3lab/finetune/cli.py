@@ -39,7 +39,8 @@ FINETUNE_DEFAULTS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="base", metavar="CHECKPOINT", help="base: checkpoint or run dir, or a "
                    "Hugging Face GPT-2 dir (not needed with --resume)")
-    p.add_argument("--data", metavar="FILE", help="prompt/completion .jsonl, or a plain-text file")
+    p.add_argument("--data", metavar="FILE", help="JSONL of prompt/completion, chat messages or Alpaca "
+                   "instruction/input/output records, or a plain-text file")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--val-data", metavar="FILE", help="validation file (default: split --val-fraction off)")
     p.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), default=0.1, help="seeded validation split (default 0.1)")
@@ -54,7 +55,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: skip them and report the count)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
     p.add_argument("--max-steps", type=positive_int)
-    p.add_argument("--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}}')
+    p.add_argument("--config", metavar="FILE", help='JSON or YAML file: {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=3e-4")
     p.add_argument("--merge", action="store_true", help="LoRA: also write RUN_DIR/merged (adapters folded in)")
     p.add_argument("--time-budget", type=positive_float, metavar="SECONDS")
@@ -132,6 +133,7 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
         ft = saved["finetune"]
         lora_cfg = lora.LoRAConfig.from_dict(saved["lora"], f"{ckpt}/config.json lora") if "lora" in saved else None
         data = data or ft["data"]
+        template = saved.get("chat_template")
     else:
         if method not in FINETUNE_DEFAULTS:
             raise ConfigError(f"--method {method!r} must be full or lora")
@@ -142,21 +144,26 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
             raise DataError("--data FILE is required (prompt/completion .jsonl or a plain-text file)")
         lora_cfg = (lora_cfg or lora.LoRAConfig()) if method == "lora" else None
         model, tok, mcfg, tcfg, base_path = _base_model(base, overrides, config_file, max_steps, method)
+        template = _base_chat_template(base_path)
         ft = {"method": method, "base": str(base_path), "base_fingerprint": lora.fingerprint(model),
               "data": _resolved(data), "val_data": None if val_data is None else _resolved(val_data),
               "val_fraction": val_fraction, "pack": pack, "include_prompt": include_prompt, "strict": strict}
         torch.manual_seed(tcfg.seed)   # adapter init and dropout: the same on every rank and every rerun
         if lora_cfg is not None:
             lora.inject_lora(model, lora_cfg)
+    if tcfg.tensor_parallel > 1:       # LoRA wraps the layers TP would shard; full fine-tunes: use FSDP
+        raise ConfigError(f"train.tensor_parallel={tcfg.tensor_parallel} is for `gpt3lab train`; fine-tune with "
+                          f"train.parallel=ddp or fsdp (tensor_parallel=1)")
     device = local_device(tcfg.device)
     dist = from_env(tcfg.parallel, device)
     train, val, stats = load_datasets(
         data, tok, mcfg.context, tcfg.batch_size, val_data=ft["val_data"], val_fraction=ft["val_fraction"],
         seed=tcfg.seed, pack=ft["pack"], include_prompt=ft["include_prompt"], strict=ft["strict"],
-        rank=dist.rank, world_size=dist.world_size)
+        rank=dist.rank, world_size=dist.world_size, chat_template=template)
     trainable, total = lora.param_counts(model)
     _report(log, stats, trainable, total, ft["method"])
-    extra = {"finetune": ft, **({"lora": lora_cfg.to_dict()} if lora_cfg is not None else {})}
+    extra = {"finetune": ft, **({"lora": lora_cfg.to_dict()} if lora_cfg is not None else {}),
+             **({"chat_template": template} if template else {})}
     info = RunInfo(out_dir=out, tokenizer=tok, extra_config=extra, progress=progress, max_seconds=max_seconds)
     trainer = Trainer(model, mcfg, tcfg, train, val, info=info, dist=dist, device=device)
     if resume:
@@ -173,6 +180,15 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
             "checkpoint": str(ckpt_io.step_dir(out, trainer.step)), "step": trainer.step,
             "loss": record.get("loss"), "val_loss": record.get("val_loss"), "trainable_params": trainable,
             "total_params": total, "data": asdict(stats), "model": asdict(mcfg), "train": asdict(tcfg)}
+
+
+def _base_chat_template(base_path: Path) -> str | None:
+    """The base's chat template (gpt3lab checkpoint config or HF tokenizer_config.json); None: the default.
+    Chat data is rendered with it, and the fine-tuned checkpoints store it, so serving renders the same."""
+    if is_hf_dir(base_path):
+        from gpt3lab.convert import hf_chat_template
+        return hf_chat_template(base_path).get("chat_template")
+    return ckpt_io.chat_template_of(base_path)
 
 
 def _resolved(path) -> str:
@@ -199,8 +215,10 @@ def _export(trainer, out: Path, ft: dict, lora_cfg, tok, merge: bool, log) -> Pa
     log(f"adapter: {dest} ({sum(v.numel() for v in lora.lora_state(model).values()):,} parameters)")
     if merge:
         merged = lora.merge_lora(_clone(model)).eval()
+        template = ckpt_io.read_config(ckpt_io.step_dir(out, trainer.step)).get("chat_template")
         dest = ckpt_io.save_checkpoint(out / "merged", merged, trainer.model_cfg, tok,
-                                       extra={"finetune": {**ft, "merged_from_step": trainer.step}})
+                                       extra={"finetune": {**ft, "merged_from_step": trainer.step},
+                                              **({"chat_template": template} if template else {})})
         log(f"merged checkpoint: {dest}")
     return dest
 

@@ -73,12 +73,14 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # <|endoftext|> is always a stop token
     logprobs: int | None = None       # None = off; 0..5 = chosen token's logprob + top-N alternatives
     echo: bool = False                # prepend the prompt (and its token logprobs, first one None)
+    sliding_window: bool = False      # max_tokens may run past the context: each token past it is predicted
+                                      # from the last `context` tokens, recomputed (gpt3lab.generate docstring)
 
     def validate(self, vocab_size: int, context: int, prompt_tokens: int = 0) -> int:
         """The one check of a request, for the Python API, the CLI, the engine and the server alike.
 
         Raise InvalidRequestError naming the bad parameter (or ContextLengthError when prompt_tokens +
-        max_tokens exceed `context`); return best_of (n when unset).
+        max_tokens exceed `context`, unless sliding_window; then only the prompt must fit); return best_of.
         """
         _int_in(self.max_tokens, "max_tokens", 0, None)
         _num_in(self.temperature, "temperature", 0.0, 2.0)
@@ -101,10 +103,15 @@ class SamplingParams:
         if len(self.stop) > MAX_STOP or any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidRequestError(f"stop={self.stop!r}: up to {MAX_STOP} non-empty strings", "stop")
         total = prompt_tokens + self.max_tokens
-        if total > context:
+        if self.sliding_window and prompt_tokens > context:
+            raise ContextLengthError(f"prompt of {prompt_tokens} tokens exceeds the model's context of {context} "
+                                     f"tokens (sliding_window continues past the context, but the prompt must fit); "
+                                     f"shorten the prompt", "prompt")
+        if total > context and not self.sliding_window:
             raise ContextLengthError(
                 f"prompt of {prompt_tokens} tokens + max_tokens={self.max_tokens} = {total} tokens exceeds the "
-                f"model's context of {context} tokens; shorten the prompt or lower max_tokens", "prompt")
+                f"model's context of {context} tokens; shorten the prompt, lower max_tokens, or set sliding_window "
+                f"(generate --sliding-window) to continue past the context", "prompt")
         return best_of
 
 

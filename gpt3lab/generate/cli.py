@@ -39,6 +39,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                    help="weights/cache dtype for decoding (bf16 halves the bytes read per token)")
+    p.add_argument("--sliding-window", action="store_true",
+                   help="let --max-tokens run past the context: each token past it is predicted from the last "
+                        "`context` tokens, recomputed (a full forward per token)")
     add_tokenizer_override(p)
 
 
@@ -106,7 +109,7 @@ def run(args) -> int:
         model = model.to(torch.bfloat16)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
                             top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
-                            stop=list(args.stop))
+                            stop=list(args.stop), sliding_window=args.sliding_window)
     engine = Engine(model, tokenizer)
     try:
         handles = [engine.submit(tokenizer.encode(p) or [tokenizer.eot_id], params) for p in prompts]

@@ -156,6 +156,7 @@ class Engine:
         check_token_ids(prompt, self.tokenizer.vocab_size)
         best_of = p.validate(self.tokenizer.vocab_size, self.context, len(prompt))
         total = len(prompt) + p.max_tokens
+        total = min(total, self.context)          # a sliding window never holds more than the context
         need = best_of * self.kv.blocks_per_seq(total)
         if need > self.pool.num_blocks:
             raise InvalidRequestError(
@@ -309,8 +310,17 @@ class Engine:
                                     self.tokenizer.eot_id, self.tokenizer.decode)
             if ev.finish_reason is None:
                 events.deliver(s, ev)
+                self._slide(s)
             else:
                 self._finish(s, ev)
+
+    def _slide(self, s: Seq) -> None:
+        """sliding_window: once the next token would sit past the context, drop the cache and recompute the
+        last `context` tokens at positions 0..context-1 (prefilled like a prompt) to predict it."""
+        if len(s.tokens) > self.context and s.req.params.sliding_window:
+            self.kv.release_seq(s)
+            s.tokens, s.computed, s.hashes = s.tokens[-self.context:], 0, []
+            self.counters["window_slides"] += 1
 
     def _finish(self, s: Seq, ev: TokenEvent) -> None:
         events.deliver(s, ev)

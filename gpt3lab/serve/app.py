@@ -13,20 +13,21 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt3lab.generate.api import EngineError
 from gpt3lab.serve.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                                     CompletionResponse, DetokenizeRequest, DetokenizeResponse,
                                     ErrorResponse, InspectRequest, InspectResponse, ModelCard, ModelList,
+                                    PrimingRequest, PrimingResponse,
                                     TokenizeRequest, TokenizeResponse)
 from gpt3lab.serve.service import ClientDisconnected, CompletionService, CompletionStream, ServeError
 
 log = logging.getLogger("gpt3lab.serve")
 STATIC = Path(__file__).parent / "static"
-ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize",
-          "/tokenizer_info", "/v1/inspect"}
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize",
+          "/detokenize", "/tokenizer_info", "/v1/inspect", "/v1/inspect/priming", "/favicon.ico"}
 OPEN_PATHS = {"/", "/health", "/openapi.json", "/docs", "/favicon.ico"}   # no API key needed
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
           413: {"model": ErrorResponse}, 429: {"model": ErrorResponse}}
@@ -259,6 +260,15 @@ def add_routes(app: FastAPI, service: CompletionService) -> None:
     async def inspect(body: InspectRequest):
         """Look inside: per-token probabilities and attention weights for one prompt (gpt3lab extension)."""
         return JSONResponse(await service.inspect(body))
+
+    @app.post("/v1/inspect/priming", response_model=PrimingResponse, responses=ERRORS)
+    async def priming(body: PrimingRequest):
+        """Priming: the eval harness's metric at k = 0..K examples in context, for one task (gpt3lab extension)."""
+        return JSONResponse(await service.priming(body))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response((STATIC / "favicon.svg").read_bytes(), media_type="image/svg+xml")
 
     @app.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
     async def tokenize(body: TokenizeRequest):

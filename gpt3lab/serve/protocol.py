@@ -40,6 +40,7 @@ class SamplingFields(BaseModel):
     logit_bias: dict[StrictStr, Float] | None = None
     seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
     user: StrictStr | None = None
+    sliding_window: StrictBool | None = False    # extension: max_tokens may run past the context window
 
     @field_validator("logit_bias")
     @classmethod
@@ -204,6 +205,17 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
+class InspectStepRequest(BaseModel):
+    """The sampler's settings for one generation step (as in /v1/completions)."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: Annotated[Float, Field(ge=0, le=2)] = 1.0
+    top_k: Annotated[StrictInt, Field(ge=0)] = 0           # 0 = off
+    top_p: Annotated[Float, Field(gt=0, le=1)] = 1.0
+    seed: StrictInt | None = None
+    show: Annotated[StrictInt, Field(ge=1, le=50)] = 10    # candidates returned
+
+
 class InspectRequest(BaseModel):
     """POST /v1/inspect body (a gpt3lab extension): one prompt, what the model does with it."""
 
@@ -212,6 +224,10 @@ class InspectRequest(BaseModel):
     prompt: StrictStr | TokenIds
     top_k: Annotated[StrictInt, Field(ge=1, le=20)] = 5
     layers: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] | None = None   # None = all
+    attention: StrictBool = True        # false: no attention weights (tracks or a step only)
+    lens: StrictBool = False            # true: the logit lens ("tracks"), (n_layer + 1) x T x lens_top_k cells
+    lens_top_k: Annotated[StrictInt, Field(ge=1, le=10)] = 3
+    step: InspectStepRequest | None = None   # one step of the generation loop at the prompt's end
 
 
 class InspectToken(BaseModel):
@@ -237,11 +253,65 @@ class InspectAttention(BaseModel):
     weights: list[list[list[list[float]]]]     # [layer][head][query i][key 0..i]
 
 
+class InspectLensCell(BaseModel):
+    top: list[InspectCandidate]
+    next_prob: float | None
+
+
+class InspectLens(BaseModel):
+    rows: list[str]                          # "embedding", "block 0", ..., "block L-1"
+    norms: list[list[float]]                 # [row][position] L2 norm of the residual stream
+    cells: list[list[InspectLensCell]]       # [row][position]: ln_f + unembedding of that residual
+
+
+class InspectStepCandidate(InspectCandidate):
+    model_prob: float                        # raw softmax; prob is after temperature / top_k / top_p
+
+
+class InspectStep(BaseModel):
+    top: list[InspectStepCandidate]
+    kept: int                                # tokens left after the filters
+    token: InspectStepCandidate              # the sampler's draw
+
+
 class InspectResponse(BaseModel):
+    """tokens/positions always; attention unless attention=false; lens and step only when asked for."""
     model: str
     tokens: list[InspectToken]
     positions: list[InspectPosition]
     attention: InspectAttention
+    lens: InspectLens | None = None
+    step: InspectStep | None = None
+
+
+class PrimingRequest(BaseModel):
+    """POST /v1/inspect/priming: one task's in-context learning curve (gpt3lab extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: StrictStr
+    task: StrictStr = "mapping"              # a built-in eval task name, or "mapping" (the priming demo's)
+    shots: Annotated[list[Annotated[StrictInt, Field(ge=0, le=32)]], Field(min_length=1, max_length=9)] = \
+        [0, 1, 2, 4, 8]
+    n: Annotated[StrictInt, Field(ge=1, le=100)] = 20          # test items per k
+    seed: Annotated[StrictInt, Field(ge=0)] = 0
+
+
+class PrimingShot(BaseModel):
+    k: int
+    value: float                             # the harness's primary metric (accuracy / exact match)
+    answer_logprob: float                    # mean log p(gold answer | prompt), natural log
+    mean_shots: float
+    prompt: str
+    gold: str
+    prediction: str
+
+
+class PrimingResponse(BaseModel):
+    model: str
+    task: str
+    kind: str
+    metric: str
+    shots: list[PrimingShot]
 
 
 class ErrorBody(BaseModel):

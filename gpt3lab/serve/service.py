@@ -18,6 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
+from gpt3lab.errors import UserError
 from gpt3lab.generate.api import (EngineError, QueueFullError, SamplingParams, TokenEvent,
                                   check_token_ids)
 from gpt3lab.serve.metrics import Metrics
@@ -148,11 +149,40 @@ class CompletionService:
             self._inspect_lock = asyncio.Lock()
         async with self._inspect_lock:
             try:
-                info = await asyncio.to_thread(look.inspect, self.engine.model, self.tokenizer, req.prompt,
-                                               top_k=req.top_k, layers=req.layers, decimals=4)
+                info = await asyncio.to_thread(self._inspect_all, look, req)
             except look.InspectError as e:
                 raise ServeError(400, str(e), param=e.param, code=e.code) from None
         return {"model": self.model_name, **info}
+
+    def _inspect_all(self, look, req: InspectRequest) -> dict:
+        m, tok = self.engine.model, self.tokenizer
+        info = look.inspect(m, tok, req.prompt, top_k=req.top_k, layers=req.layers if req.attention else [],
+                            decimals=4)
+        if req.lens:
+            lens = look.lens(m, tok, req.prompt, top_k=req.lens_top_k, decimals=4)
+            info["lens"] = {k: lens[k] for k in ("rows", "norms", "cells")}
+        if req.step is not None:
+            s = req.step
+            info["step"] = look.next_step(m, tok, req.prompt, temperature=s.temperature, top_k=s.top_k or None,
+                                          top_p=s.top_p, seed=s.seed, show=s.show)
+        return info
+
+    async def priming(self, req) -> dict:
+        """POST /v1/inspect/priming: the harness's metric vs k for one built-in task (gpt3lab.inspect)."""
+        from gpt3lab import inspect as look
+
+        self.check_model(req.model)
+        if self._inspect_lock is None:
+            self._inspect_lock = asyncio.Lock()
+        async with self._inspect_lock:
+            try:
+                out = await asyncio.to_thread(look.priming, self.engine.model, self.tokenizer, req.task,
+                                              req.shots, req.n, req.seed)
+            except look.InspectError as e:
+                raise ServeError(400, str(e), param=e.param, code=e.code) from None
+            except UserError as e:          # e.g. more examples asked for than the task's pool holds
+                raise ServeError(400, str(e), param="shots") from None
+        return {"model": self.model_name, **out}
 
     # ---- request -> engine inputs -----------------------------------------------------------
     def prompts(self, prompt) -> list[list[int]]:
@@ -184,7 +214,7 @@ class CompletionService:
             logit_bias={token_id_key(k): v for k, v in (req.logit_bias or {}).items()},
             seed=None if req.seed is None else req.seed % 2 ** 63,
             stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
-            logprobs=req.logprobs, echo=bool(req.echo))
+            logprobs=req.logprobs, echo=bool(req.echo), sliding_window=bool(req.sliding_window))
         for ids in prompts:
             best_of = params.validate(self.tokenizer.vocab_size, self.engine.context, len(ids))
         if req.stream and best_of > params.n:
@@ -316,7 +346,8 @@ class CompletionService:
             raise ServeError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         ids = self.tokenizer.encode(text) or [self.tokenizer.eot_id]
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        stop = ([req.stop] if isinstance(req.stop, str) else list(req.stop or [])) + default_stop(self.chat_template)
+        # the template's own stop strings apply when the request names none (a request's list replaces them)
+        stop = ([req.stop] if isinstance(req.stop, str) else list(req.stop or [])) or default_stop(self.chat_template)
         fields = req.model_dump(exclude={"messages", "max_tokens", "max_completion_tokens", "logprobs",
                                          "top_logprobs", "stop", "stream_options"})
         # already validated by both schemas' rules; model_construct keeps the template's extra stop strings

@@ -7,8 +7,9 @@ requires_grad (so LoRA adapters just work) and knows nothing about where batches
 
 One optimizer step = `accum` micro-steps of `batch_size` sequences (accum from the batch ramp), AdamW
 with decoupled weight decay on matrices only, global-norm clipping, LR from `schedule.lr_for`.
-Data parallelism (DDP / FSDP) enters only through the `Distributed` seam: it wraps the model, skips the
-gradient all-reduce on non-final micro-steps, averages logged losses and gathers checkpoints.
+Parallelism (DDP / FSDP / FSDP x TP) enters only through the `Distributed` seam: it wraps the model, skips
+the gradient all-reduce on non-final micro-steps, averages logged losses and says whether checkpoints are
+sharded (then every rank writes its shards through sharded_checkpoint.py) or gathered.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from gpt3lab.config import ModelConfig, TrainConfig
 from gpt3lab.errors import UserError
 from gpt3lab.train import perf
 from gpt3lab.train.distributed import Distributed
+from gpt3lab.train.logger import make_logger, plain_line
 from gpt3lab.train.schedule import batch_tokens_at, lr_for, micro_tokens, scaled
 
 # train.on_nonfinite="skip" gives up after this many non-finite steps in a row: the weights themselves
@@ -209,34 +211,51 @@ class Trainer:
         cfg, main = self.cfg, self.dist.is_main
         peak = cfg.peak_flops or perf.measured_peak_flops(
             self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        show_bar = main and self.info.progress
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
-                   disable=not (main and self.info.progress), dynamic_ncols=True)
+                   disable=not show_bar, dynamic_ncols=True)
+        logger = make_logger(cfg.logger, self.info.out_dir if main else None,
+                             {"model": asdict(self.model_cfg), "train": asdict(cfg)})
         start, record = time.perf_counter(), {}
-        while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            record = self.train_step()
-            _sync(self.device)
-            dt = time.perf_counter() - t0
-            record["tokens_per_s"] = record.pop("_step_tokens") / dt
-            record["mfu"] = perf.mfu(record["tokens_per_s"], self.flops_per_token, peak)
-            out_of_time = self._out_of_time(start)
-            last = self.step == cfg.max_steps or out_of_time
-            if self.eval_data is not None and cfg.eval_batches and (
-                    last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
-                record.update(self.evaluate())
-            record["seconds"] = round(time.perf_counter() - start, 3)
-            if main:
-                self.log(record)
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or last:
-                    bar.set_postfix(_postfix(record), refresh=False)
-            if self.step % cfg.save_every == 0 or last:
-                self.save()
-            if out_of_time:
-                break
-        if self.checkpointer is not None:
-            self.checkpointer.wait()          # the last asynchronous save is complete before we return
-        bar.close()
+        try:
+            while self.step < cfg.max_steps:
+                record = self._one_step(peak, start)
+                last = self.step == cfg.max_steps or record.pop("_out_of_time")
+                if main:
+                    self.log(record)
+                    logger.log(record)
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or last:
+                        bar.set_postfix(_postfix(record), refresh=False)
+                        if not show_bar:      # no bar: a plain line now and then, so the run is not silent
+                            print(plain_line(record, cfg.max_steps), file=sys.stderr, flush=True)
+                if self.step % cfg.save_every == 0 or last:
+                    self.save()
+                if last:
+                    break
+            if self.checkpointer is not None:
+                self.checkpointer.wait()          # the last asynchronous save is complete before we return
+        finally:
+            bar.close()
+            logger.close()
+        return record
+
+    def _one_step(self, peak: float, start: float) -> dict:
+        """train_step plus throughput, MFU, the due evaluation and the time budget check."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        record = self.train_step()
+        _sync(self.device)
+        dt = time.perf_counter() - t0
+        record["tokens_per_s"] = record.pop("_step_tokens") / dt
+        record["mfu"] = perf.mfu(record["tokens_per_s"], self.flops_per_token, peak)
+        out_of_time = self._out_of_time(start)
+        last = self.step == cfg.max_steps or out_of_time
+        if self.eval_data is not None and cfg.eval_batches and (
+                last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+            record.update(self.evaluate())
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        record["_out_of_time"] = out_of_time
         return record
 
     def _out_of_time(self, start: float) -> bool:
@@ -302,7 +321,8 @@ class Trainer:
         return dest
 
     def resume(self, ckpt: str | Path) -> None:
-        """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first)."""
+        """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first, except
+        from a sharded checkpoint, whose weights are loaded here into the already sharded model)."""
         opt_state, state = ckpt_io.load_train_state(ckpt)
         try:
             if ckpt_io.is_sharded(ckpt):    # weights and optimizer, resharded to this layout

@@ -107,6 +107,20 @@ def test_adapter_round_trip_and_fingerprint_mismatch(ft_tok, base_ckpt, tmp_path
         gpt3lab.load(bad)
 
 
+def test_a_flipped_adapter_byte_fails_its_checksum(ft_tok, base_ckpt, tmp_path):
+    model = ckpt_io.load_model(base_ckpt)
+    cfg = lora.LoRAConfig(rank=2)
+    lora.inject_lora(model, cfg)
+    _randomize_adapters(model)
+    out = adapters.save_adapter(tmp_path / "adapter", model, cfg, str(base_ckpt), lora.fingerprint(model), ft_tok)
+    f = out / adapters.ADAPTER_WEIGHTS
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="adapter.safetensors: truncated or corrupt \\(SHA-256"):
+        gpt3lab.load(out)
+
+
 def test_lora_config_dict_round_trip_and_bad_dicts():
     cfg = lora.LoRAConfig(rank=4, alpha=8.0, dropout=0.1, targets=("c_attn", "mlp.c_proj"))
     d = cfg.to_dict()

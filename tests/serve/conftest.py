@@ -104,3 +104,10 @@ def server_factory(model_and_tokenizer):
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (item.rep_call), so a fixture can act on failure (screenshots)."""
+    rep = (yield).get_result()
+    setattr(item, f"rep_{rep.when}", rep)

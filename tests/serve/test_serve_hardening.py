@@ -100,5 +100,13 @@ def test_a_slow_body_gets_408_within_the_body_timeout(server_factory):
         t0 = time.monotonic()
         reply = s.recv(4096)
         waited = time.monotonic() - t0
+        while b"request_timeout" not in reply and (chunk := s.recv(4096)):   # the body may come separately
+            reply += chunk
     assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
     assert 0.4 < waited < 5
+
+
+def test_chat_logit_bias_keys_are_strict_too(http):
+    r = http.post("/v1/chat/completions", json={"model": MODEL, "messages": [{"role": "user", "content": "a"}],
+                                                "max_tokens": 1, "logit_bias": {"²": 1}})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "logit_bias", r.text
