@@ -7,11 +7,20 @@
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu"):
-    """Load a checkpoint (or the latest checkpoint of a run directory): returns (model, tokenizer)."""
-    from gpt3lab.checkpoint import load as _load
+def load(path, device="cpu", quantize="none"):
+    """Load a checkpoint (or the latest checkpoint of a run directory): returns (model, tokenizer).
 
-    return _load(path, device=device)
+    quantize: "none" (fp32 as trained), "bf16" or "int8" (CPU; per-channel int8 weights, for fast
+    inference only): see gpt3lab.model.quant.
+    """
+    from gpt3lab.checkpoint import load as _load
+    from gpt3lab.model.quant import check_mode, prepare_for_inference
+
+    check_mode(quantize)                 # a bad mode fails before the (slow) load
+    model, tokenizer = _load(path, device=device)
+    if quantize != "none":
+        prepare_for_inference(model, quantize)
+    return model, tokenizer
 
 
 def generate_text(model, tokenizer, prompt, **kwargs):

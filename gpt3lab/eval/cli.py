@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gpt3lab.argtypes import add_quantize_argument
 from gpt3lab.errors import ConfigError, DataError
 
 
@@ -28,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=int, default=None,
                    help="rolling-window advance for --perplexity in tokens (default context/2)")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    add_quantize_argument(p)
     p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
 
 
@@ -96,8 +98,8 @@ def run(args: argparse.Namespace) -> int:
     specs = [s for t in args.task for s in t.split(",") if s]
     tasks = [get_task(s, n=args.n, seed=args.seed, text=text) for s in specs]   # bad tasks fail before loading
 
-    from gpt3lab.checkpoint import load
-    model, tok = load(args.checkpoint, device=args.device)
+    from gpt3lab import load
+    model, tok = load(args.checkpoint, device=args.device, quantize=args.quantize)
     if args.perplexity:
         _perplexity(model, tok, args)
     if not tasks:

@@ -20,6 +20,7 @@ from gpt3lab.errors import ConfigError
 from gpt3lab.generate.sampling import check_sampling, sample, sample_generator
 from gpt3lab.generate.text import TextStream
 from gpt3lab.model.kv_cache import ContextOverflowError, KVCache
+from gpt3lab.model.quant import prepare_for_inference
 
 
 @dataclass
@@ -92,6 +93,7 @@ def stream(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, t
     check_sampling(temperature, top_k, top_p)
     ids = prompt_ids(tokenizer, prompt)
     _check(len(ids), max_tokens, n, model.config.context, stops)
+    prepare_for_inference(model)     # keeps the mode a quantized model has; the fp32 decode layout otherwise
     gen = [sample_generator(seed, j, model.transformer.wte.weight.device) for j in range(n)]
     params = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     return _events(model, tokenizer, ids, max_tokens, n, gen, stops, params)

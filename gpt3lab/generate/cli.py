@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from gpt3lab.argtypes import add_quantize_argument
 from gpt3lab.errors import ConfigError, DataError
 
 
@@ -34,8 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
-                   help="weights/cache dtype for decoding (bf16 halves the bytes read per token)")
+    add_quantize_argument(p)
 
 
 def read_prompts(args) -> list[str]:
@@ -79,14 +79,12 @@ def pick_device(name: str) -> torch.device:
 
 def run(args) -> int:
     """All prompts go to the batching engine at once; one prompt with n=1 streams, the rest print when done."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.generate.api import SamplingParams
     from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
-    model, tokenizer = load(args.checkpoint, device=pick_device(args.device))   # LoRA adapters too
-    if args.dtype == "bf16":
-        model = model.to(torch.bfloat16)
+    model, tokenizer = load(args.checkpoint, device=pick_device(args.device), quantize=args.quantize)   # LoRA too
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
                             top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
                             stop=list(args.stop))

@@ -29,7 +29,7 @@ from gpt3lab.generate.paged_cache import BlockPool, PagedStep, Segment, block_ha
 from gpt3lab.generate.sampling import (apply_logit_bias, apply_penalties, draw, sample_generator, top_k_filter,
                                        top_p_filter, uniforms)
 from gpt3lab.generate.text import TextStream
-from gpt3lab.model.matvec import prepare_for_decode
+from gpt3lab.model.quant import prepare_for_inference
 
 class EngineHandle(EventStream):
     """A request's event stream: the scheduler thread puts events, readers block or await on them."""
@@ -98,7 +98,7 @@ class Engine:
     def __init__(self, model, tokenizer, config: EngineConfig | None = None, **overrides):
         self.cfg = cfg = config or EngineConfig(**overrides)
         self.model = model.eval()
-        prepare_for_decode(self.model)     # weight relayout now, never while other threads read them
+        prepare_for_inference(self.model)  # its layout/quantization now, never while other threads read it
         self.tokenizer = tokenizer
         self.mcfg = model.config
         self.context = model.config.context

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from gpt3lab.argtypes import add_quantize_argument
 from gpt3lab.errors import ConfigError
 
 
@@ -24,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require `Authorization: Bearer KEY` (repeatable; default: $GPT3LAB_API_KEY, else none)")
     p.add_argument("--model-name", default=None, help="model id clients send (default: the checkpoint dir name)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    add_quantize_argument(p)
     p.add_argument("--max-concurrent", type=int, default=64, help="requests generating at once")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting for a slot before 429s")
     p.add_argument("--kv-memory", default="1GiB",
@@ -79,12 +81,12 @@ def engine_config(args):
                         enable_prefix_caching=not args.no_prefix_caching)
 
 
-def build_engine(checkpoint: str, device: str, config=None):
+def build_engine(checkpoint: str, device: str, config=None, quantize: str = "none"):
     """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.generate.cli import pick_device
     from gpt3lab.generate.engine import Engine
-    model, tokenizer = load(checkpoint, device=pick_device(device))
+    model, tokenizer = load(checkpoint, device=pick_device(device), quantize=quantize)
     return Engine(model, tokenizer, config), Path(checkpoint).resolve()
 
 
@@ -115,7 +117,7 @@ def run(args) -> int:
     from gpt3lab.serve.service import CompletionService
 
     check_args(args)
-    engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args))
+    engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args), args.quantize)
     name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue)
     app = create_app(service, api_keys(args.api_key), args.max_body_bytes,
