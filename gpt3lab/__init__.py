@@ -7,9 +7,10 @@
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu", quantize="none"):
+def load(path, device="cpu", tokenizer=None, quantize="none"):
     """Load a checkpoint (or the latest checkpoint of a run directory): returns (model, tokenizer).
 
+    tokenizer: "gpt2" or a path, overriding (or supplying) the checkpoint's own tokenizer.
     quantize: "none" (fp32 as trained), "bf16" or "int8" (CPU; per-channel int8 weights, for fast
     inference only): see gpt3lab.model.quant.
     """
@@ -17,10 +18,10 @@ def load(path, device="cpu", quantize="none"):
     from gpt3lab.model.quant import check_mode, prepare_for_inference
 
     check_mode(quantize)                 # a bad mode fails before the (slow) load
-    model, tokenizer = _load(path, device=device)
+    model, tok = _load(path, device=device, tokenizer=tokenizer)
     if quantize != "none":
         prepare_for_inference(model, quantize)
-    return model, tokenizer
+    return model, tok
 
 
 def generate_text(model, tokenizer, prompt, **kwargs):

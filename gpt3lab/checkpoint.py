@@ -2,6 +2,7 @@
 
     CKPT/config.json        {"format": "gpt3lab-checkpoint", "version": 1, "model": {...}, ...}
     CKPT/model.safetensors  weights, GPT-2 key names; the tied lm_head is stored once (as wte)
+    CKPT/model.safetensors.sha256  its SHA-256 (`sha256sum -c` format), verified on every load
     CKPT/tokenizer.json     the tokenizer's saved form (gpt3lab.tokenizer)
     CKPT/train_state/       optional: optimizer.pt (torch.save, loaded with weights_only=True) and
                             state.json (step, tokens seen, RNG states as integer lists, data-loader positions)
@@ -12,6 +13,7 @@ renamed into place, so an interrupted save leaves the previous checkpoint untouc
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -121,7 +123,7 @@ def save_checkpoint(dest: str | Path, model: torch.nn.Module, model_cfg: ModelCo
     from dataclasses import asdict
 
     def fill(tmp: Path) -> None:
-        save_file(model_state(model, weights), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        save_weights(model_state(model, weights), tmp / "model.safetensors")
         cfg = {"format": FORMAT, "version": VERSION, "model": asdict(model_cfg), **(extra or {})}
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
         if tokenizer is not None:
@@ -132,10 +134,48 @@ def save_checkpoint(dest: str | Path, model: torch.nn.Module, model_cfg: ModelCo
     return write_dir_atomically(dest, fill)
 
 
+CHECKSUM_SUFFIX = ".sha256"
+
+
+def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
+    """Write a safetensors file and record its checksum next to it (PATH.sha256)."""
+    save_file(state, str(path), metadata={"format": "pt"})
+    record_checksum(path)
+
+
+def _sha256(path: Path) -> str:
+    h, buf = hashlib.sha256(), bytearray(1 << 20)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(memoryview(buf)[:n])
+    return h.hexdigest()
+
+
+def record_checksum(path: str | Path) -> None:
+    """PATH.sha256 in `sha256sum` format, so `sha256sum -c model.safetensors.sha256` checks it too."""
+    path = Path(path)
+    path.with_name(path.name + CHECKSUM_SUFFIX).write_text(f"{_sha256(path)}  {path.name}\n")
+
+
+def verify_checksum(path: str | Path) -> None:
+    """CheckpointError when `path` no longer has the SHA-256 recorded at save (no record: nothing to check,
+    e.g. checkpoints written before checksums existed)."""
+    path = Path(path)
+    record = path.with_name(path.name + CHECKSUM_SUFFIX)
+    if not record.is_file():
+        return
+    want = (record.read_text().split() or [""])[0].lower()
+    got = _sha256(path)
+    if got != want:
+        raise CheckpointError(f"{path}: truncated or corrupt (SHA-256 {got[:16]}... differs from {want[:16]!r}... "
+                              f"recorded in {record.name} at save); use an earlier checkpoint or re-save it")
+
+
 def load_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
     path = Path(ckpt) / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
+    verify_checksum(path)
     try:
         return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as e:
@@ -177,25 +217,65 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torc
 
 
 def load_tokenizer(path: str | Path):
-    from gpt3lab.tokenizer import Tokenizer
+    """The tokenizer stored in a checkpoint (or a run's newest one); a CheckpointError saying what to
+    pass (--tokenizer gpt2|PATH) when the checkpoint has none."""
+    from gpt3lab.tokenizer import TOKENIZER_FILE, Tokenizer
 
-    return Tokenizer.load(resolve(path))
+    ckpt = resolve(path)
+    if not (ckpt / TOKENIZER_FILE).is_file():
+        vocab = read_config(ckpt)["model"].get("vocab_size")
+        hint = " (its vocab_size is 50257: probably --tokenizer gpt2)" if vocab == 50257 else ""
+        raise CheckpointError(f"{ckpt} has no tokenizer ({TOKENIZER_FILE}); pass --tokenizer gpt2|PATH{hint}, "
+                              f"or store one with `gpt3lab convert --from-hf ... --tokenizer gpt2|PATH`")
+    return Tokenizer.load(ckpt)
 
 
-def load(path: str | Path, device: str | torch.device = "cpu"):
+def resolve_tokenizer(spec):
+    """A tokenizer from any spec a user may pass: "gpt2", a saved tokenizer file/dir, a data dir, an HF
+    directory with tokenizer.json, or a checkpoint/run directory."""
+    from gpt3lab.hf_tokenizer import read_hf_tokenizer
+    from gpt3lab.tokenizer import TOKENIZER_FILE, load_tokenizer as load_spec
+
+    p = Path(str(spec))
+    if str(spec) == "gpt2" or not p.is_dir() or (p / TOKENIZER_FILE).is_file():
+        return load_spec(spec)
+    if (p / "tokenizer.json").is_file() and not is_checkpoint(p):
+        return read_hf_tokenizer(p)
+    return load_tokenizer(p)
+
+
+def chat_template_of(path: str | Path) -> str | None:
+    """The chat template stored in a checkpoint's config.json (None: base model, use the default)."""
+    try:
+        return read_config(resolve(path)).get("chat_template")
+    except CheckpointError:   # an adapter dir or HF dir: no gpt3lab config of its own
+        return None
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", tokenizer=None):
     """(model, tokenizer) from a checkpoint or run directory: the one-call loader behind gpt3lab.load.
 
     LoRA fine-tunes load too: an adapter directory (base + adapter), a LoRA run or its checkpoints.
+    tokenizer: overrides the stored one (a Tokenizer or any spec resolve_tokenizer takes); a plain
+    checkpoint then needs no tokenizer files of its own.
     """
     from gpt3lab.model import lora
 
     p = Path(path)
+    tok = resolve_tokenizer(tokenizer) if tokenizer is not None else None
     if lora.is_adapter_dir(p) or lora.is_adapter_dir(p / "adapter"):
-        return lora.load_with_adapter(p, device=device)
-    ckpt = resolve(p)
-    if lora.is_lora_checkpoint(ckpt):
-        return lora.load_with_adapter(ckpt, device=device)
-    return load_model(ckpt, device=device), load_tokenizer(ckpt)
+        model, stored = lora.load_with_adapter(p, device=device)
+    else:
+        ckpt = resolve(p)
+        if lora.is_lora_checkpoint(ckpt):
+            model, stored = lora.load_with_adapter(ckpt, device=device)
+        else:
+            model, stored = load_model(ckpt, device=device), (tok or load_tokenizer(ckpt))
+    tok = tok or stored
+    if tok.vocab_size > model.config.vocab_size:
+        raise CheckpointError(f"tokenizer {tok.name!r} has {tok.vocab_size} ids but {path} has vocab_size "
+                              f"{model.config.vocab_size}; pass the tokenizer the model was trained with")
+    return model, tok
 
 
 # ---------------------------------------------------------------------------------------------

@@ -112,6 +112,7 @@ class TrainConfig:
     schedule_scale: str = "none"     # "auto": scale warmup/decay/ramp tokens by run tokens / 300B; or a number
     parallel: str = "none"           # "none" | "ddp" | "fsdp" (ddp/fsdp under torchrun)
     activation_checkpointing: bool = False
+    on_nonfinite: str = "stop"       # NaN/inf loss or gradients: "stop" (error, non-zero exit) | "skip" the step
 
     def __post_init__(self) -> None:
         _check_number_types(self, "train")
@@ -127,6 +128,8 @@ class TrainConfig:
             raise ConfigError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1]")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"train.precision={self.precision!r} must be auto, fp32 or bf16")
+        if self.on_nonfinite not in ("stop", "skip"):
+            raise ConfigError(f"train.on_nonfinite={self.on_nonfinite!r} must be stop or skip")
         if self.parallel not in ("none", "ddp", "fsdp"):
             raise ConfigError(f"train.parallel={self.parallel!r} must be none, ddp or fsdp")
         if self.schedule_scale not in ("none", "auto"):

@@ -2,6 +2,10 @@
 
     gpt3lab convert --from-hf HF_DIR OUT_DIR        HF GPT-2 dir -> gpt3lab checkpoint
     gpt3lab convert --to-hf CHECKPOINT_DIR OUT_DIR   gpt3lab checkpoint -> dir GPT2LMHeadModel loads
+    --tokenizer gpt2|PATH                            the tokenizer to store (default: the source's own)
+
+The tokenizer travels as HF `tokenizers`' tokenizer.json (gpt3lab.hf_tokenizer), so AutoTokenizer loads
+an exported directory and an import takes it back; bos/eos ids are the tokenizer's <|endoftext|>.
 
 Our parameter names are GPT-2's, so a conversion is a key copy plus one detail: HF's GPT-2 uses
 `Conv1D` layers that store their weight as (in, out), the transpose of `nn.Linear`'s (out, in), for
@@ -21,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from gpt3lab.checkpoint import read_json
+from gpt3lab.checkpoint import read_json, write_dir_atomically
 from gpt3lab.config import ModelConfig
 from gpt3lab.errors import CheckpointError, ConfigError
 
@@ -111,13 +115,18 @@ def hf_to_gpt3lab_state(state: dict[str, torch.Tensor], n_layer: int) -> dict[st
 
 
 def hf_tokenizer(hf_dir: str | Path):
-    """GPT-2's Tokenizer when the HF dir holds GPT-2's vocab.json + merges.txt; None when it holds none.
+    """The tokenizer of an HF dir: its tokenizer.json (any byte-level BPE written by gpt3lab, or GPT-2's),
+    else GPT-2's vocab.json + merges.txt; None when it holds no tokenizer files.
 
-    A different BPE vocabulary raises: importing other tokenizers is not supported.
+    A different vocab.json/merges.txt BPE raises: only GPT-2's is read in that older form.
     """
+    from gpt3lab.hf_tokenizer import read_hf_tokenizer
     from gpt3lab.tokenizer import Tokenizer, gpt2_files
 
     hf_dir = Path(hf_dir)
+    tok = read_hf_tokenizer(hf_dir)
+    if tok is not None:
+        return tok
     vocab, merges = hf_dir / "vocab.json", hf_dir / "merges.txt"
     if not vocab.is_file():
         return None
@@ -128,6 +137,15 @@ def hf_tokenizer(hf_dir: str | Path):
         raise CheckpointError(f"{vocab}: a tokenizer other than GPT-2's; only GPT-2's vocabulary is "
                               f"imported (remove vocab.json/merges.txt to import the weights alone)")
     return Tokenizer.gpt2()
+
+
+def hf_chat_template(hf_dir: str | Path) -> dict:
+    """{"chat_template": ...} from an HF dir's tokenizer_config.json, or {} when it has none."""
+    try:
+        tpl = json.loads((Path(hf_dir) / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
+    except (OSError, ValueError, AttributeError):
+        return {}
+    return {"chat_template": tpl} if isinstance(tpl, str) else {}
 
 
 def _merge_lines(path: Path) -> list[str]:
@@ -160,12 +178,14 @@ def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
 
 # ---- writing an HF directory -------------------------------------------------------------------
 
-def check_exportable(cfg: ModelConfig) -> None:
-    """Raise unless HF's GPT-2 can represent `cfg` exactly."""
-    if cfg.attention_pattern != "dense":
-        raise ConfigError(f"cannot export a model with attention_pattern={cfg.attention_pattern!r}: "
-                          f"Hugging Face GPT-2 has no banded (locally sparse) attention, so its logits "
-                          f"would differ; only dense models export")
+def check_exportable(cfg: ModelConfig, window_context: bool = False) -> None:
+    """Raise unless HF's GPT-2 can represent `cfg` exactly (with window_context: up to local_window tokens)."""
+    if cfg.attention_pattern != "dense" and not window_context:
+        raise ConfigError(
+            f"cannot export a model with attention_pattern={cfg.attention_pattern!r}: Hugging Face GPT-2 has "
+            f"no banded (locally sparse) attention. Options: `convert --to-hf --window-context` exports it "
+            f"exactly with n_positions=local_window={cfg.local_window} (banded = dense up to the band); or "
+            f"train/fine-tune a dense model (--set model.attention_pattern=dense) for the full context")
     if cfg.d_attn != cfg.d_model:
         raise ConfigError(f"cannot export: attention width n_head*d_head={cfg.d_attn} differs from "
                           f"d_model={cfg.d_model}, which HF GPT-2 cannot represent")
@@ -173,8 +193,8 @@ def check_exportable(cfg: ModelConfig) -> None:
         raise ConfigError("cannot export a model with bias=False: HF GPT-2 always has biases")
 
 
-def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
-    """config.json for transformers' GPT2LMHeadModel."""
+def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32, eos_id: int | None = None) -> dict:
+    """config.json for transformers' GPT2LMHeadModel; eos_id: the tokenizer's <|endoftext|> (also bos)."""
     return {
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
         "vocab_size": cfg.vocab_size, "n_positions": cfg.context, "n_ctx": cfg.context,
@@ -183,7 +203,7 @@ def hf_config(cfg: ModelConfig, dtype: torch.dtype = torch.float32) -> dict:
         "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": cfg.dropout,
         "initializer_range": 0.02, "scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
         "reorder_and_upcast_attn": False, "tie_word_embeddings": True, "use_cache": True,
-        "bos_token_id": 50256, "eos_token_id": 50256,
+        "bos_token_id": eos_id, "eos_token_id": eos_id,
         "torch_dtype": str(dtype).removeprefix("torch."),
     }
 
@@ -196,28 +216,55 @@ def gpt3lab_to_hf_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
             for k, v in model_state(model).items()}
 
 
-def to_hf(model_or_ckpt, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write an HF GPT-2 directory (config.json, model.safetensors, and GPT-2's vocab.json/merges.txt
-    when the tokenizer is GPT-2's) from a GPT or a checkpoint/run directory. Written atomically."""
-    from gpt3lab.checkpoint import load_model, load_tokenizer, write_dir_atomically
+def _export_tokenizer(model_or_ckpt, tokenizer):
+    """The tokenizer to export: the one given, else the checkpoint's own, else None (weights only)."""
+    from gpt3lab.checkpoint import load_tokenizer
+    from gpt3lab.errors import UserError
 
-    if isinstance(model_or_ckpt, torch.nn.Module):
-        model = model_or_ckpt
-    else:
-        model = load_model(model_or_ckpt)
-        if tokenizer is None:
-            try:
-                tokenizer = load_tokenizer(model_or_ckpt)
-            except Exception:  # a checkpoint without tokenizer files exports weights alone
-                tokenizer = None
+    if tokenizer is not None or isinstance(model_or_ckpt, torch.nn.Module):
+        return tokenizer
+    try:
+        return load_tokenizer(model_or_ckpt)
+    except UserError:   # a checkpoint without tokenizer files exports weights alone
+        return None
+
+
+def _window_state(state: dict, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
+    """Positions cut to local_window: every layer (banded or dense) then sees the whole sequence."""
+    n = min(cfg.local_window, cfg.context)
+    state = {**state, "transformer.wpe.weight": state["transformer.wpe.weight"][:n].contiguous()}
+    return state, replace(cfg, context=n, attention_pattern="dense")
+
+
+def to_hf(model_or_ckpt, out_dir: str | Path, tokenizer=None, window_context: bool = False) -> Path:
+    """Write an HF GPT-2 directory from a GPT or a checkpoint/run directory, written atomically:
+    config.json, model.safetensors, generation_config.json and, when a tokenizer is known, tokenizer.json
+    (+ tokenizer_config.json; GPT-2's also as vocab.json/merges.txt), so AutoTokenizer loads it.
+
+    window_context: export a banded/alternating model exactly, with n_positions = local_window.
+    """
+    from gpt3lab.checkpoint import chat_template_of, load_model
+    from gpt3lab.hf_tokenizer import write_hf_tokenizer
+
+    model = model_or_ckpt if isinstance(model_or_ckpt, torch.nn.Module) else load_model(model_or_ckpt)
+    tokenizer = _export_tokenizer(model_or_ckpt, tokenizer)
     cfg = getattr(model, "_orig_mod", model).config
-    check_exportable(cfg)
+    check_exportable(cfg, window_context)
     state = gpt3lab_to_hf_state(model)
+    if cfg.attention_pattern != "dense":
+        state, cfg = _window_state(state, cfg)
     dtype = state["transformer.wte.weight"].dtype
+    check_vocab(tokenizer, cfg)
+    eos = tokenizer.eot_id if tokenizer is not None else (50256 if cfg.vocab_size == 50257 else None)
+    template = None if isinstance(model_or_ckpt, torch.nn.Module) else chat_template_of(model_or_ckpt)
 
     def fill(tmp: Path) -> None:
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        (tmp / "config.json").write_text(json.dumps(hf_config(replace(cfg), dtype), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(hf_config(cfg, dtype, eos), indent=2) + "\n")
+        (tmp / "generation_config.json").write_text(json.dumps(
+            {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos}, indent=2) + "\n")
+        if tokenizer is not None:
+            write_hf_tokenizer(tokenizer, tmp, cfg.context, template)
         if tokenizer is not None and getattr(tokenizer, "name", None) == "gpt2":
             from gpt3lab.tokenizer import gpt2_files
 
@@ -228,6 +275,13 @@ def to_hf(model_or_ckpt, out_dir: str | Path, tokenizer=None) -> Path:
     return write_dir_atomically(out_dir, fill)
 
 
+def check_vocab(tokenizer, cfg: ModelConfig) -> None:
+    """A tokenizer whose ids do not fit the model's embedding cannot go with it."""
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise ConfigError(f"tokenizer {tokenizer.name!r} has {tokenizer.vocab_size} ids but the model's "
+                          f"vocab_size is {cfg.vocab_size}; pass the tokenizer the model was trained with")
+
+
 # ---- command line ------------------------------------------------------------------------------
 
 def add_arguments(parser) -> None:
@@ -235,21 +289,33 @@ def add_arguments(parser) -> None:
     way.add_argument("--from-hf", metavar="HF_DIR", help="import a Hugging Face GPT-2 directory")
     way.add_argument("--to-hf", metavar="CHECKPOINT_DIR", help="export a gpt3lab checkpoint or run dir")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to write")
+    parser.add_argument("--tokenizer", metavar="gpt2|PATH", default=None,
+                        help="tokenizer to store with the weights (default: the source's own tokenizer files)")
+    parser.add_argument("--window-context", action="store_true",
+                        help="--to-hf of a banded/alternating model: exact export with n_positions = local_window")
 
 
 def run(args) -> int:
+    from gpt3lab.checkpoint import resolve_tokenizer
+
+    tok = resolve_tokenizer(args.tokenizer) if args.tokenizer else None
     if args.from_hf:
         from gpt3lab.checkpoint import save_checkpoint
 
         model, cfg = from_hf(args.from_hf)
-        tok = hf_tokenizer(args.from_hf)
-        save_checkpoint(args.out_dir, model, cfg, tokenizer=tok, extra={"source": {"hf_dir": str(args.from_hf)}})
-        note = "" if tok is not None else " (no tokenizer files in the source; weights only)"
+        tok = tok or hf_tokenizer(args.from_hf)
+        check_vocab(tok, cfg)
+        extra = {"source": {"hf_dir": str(args.from_hf)}, **hf_chat_template(args.from_hf)}
+        save_checkpoint(args.out_dir, model, cfg, tokenizer=tok, extra=extra)
+        note = f" (tokenizer {tok.name})" if tok is not None else (
+            " (no tokenizer files in the source; weights only: add --tokenizer gpt2|PATH"
+            + (", probably gpt2 for this 50,257-token vocabulary)" if cfg.vocab_size == 50257 else ")"))
         print(f"imported {args.from_hf} -> {args.out_dir}: {cfg.n_layer} layers, d_model {cfg.d_model}, "
               f"{model.num_params() / 1e6:.1f}M params{note}")
     else:
-        out = to_hf(args.to_hf, args.out_dir)
-        print(f"exported {args.to_hf} -> {out} (transformers: GPT2LMHeadModel.from_pretrained({str(out)!r}))")
+        out = to_hf(args.to_hf, args.out_dir, tokenizer=tok, window_context=args.window_context)
+        print(f"exported {args.to_hf} -> {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}), "
+              f"AutoTokenizer.from_pretrained({str(out)!r}))")
     return 0
 
 

@@ -10,7 +10,6 @@ import argparse
 import sys
 
 from gpt3lab.errors import DataError
-from gpt3lab.tokenizer import load_tokenizer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -18,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for name, help_ in (("encode", "stdin text -> ids"), ("decode", "stdin ids -> text"),
                         ("info", "name and vocabulary size")):
         a = sub.add_parser(name, help=help_)
-        a.add_argument("--tokenizer", default="gpt2", help="gpt2 | saved tokenizer dir/file | data dir")
+        a.add_argument("--tokenizer", default="gpt2",
+                       help="gpt2 | saved tokenizer dir/file | data dir | checkpoint or run dir | HF dir (default gpt2)")
     t = sub.add_parser("train", help="train a byte-level BPE on SOURCEs")
     t.add_argument("sources", nargs="+", metavar="SOURCE", help="files, dirs, globs, JSONL, `shakespeare`")
     t.add_argument("--vocab-size", type=int, required=True, help="total ids incl. <|endoftext|> (>= 257)")
@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
         tok = Tokenizer.train((d.text for d in docs), args.vocab_size)
         print(f"{tok.save(args.out)}: {tok.name} ({tok.vocab_size} ids)")
         return 0
-    tok = load_tokenizer(args.tokenizer)
+    from gpt3lab.checkpoint import resolve_tokenizer
+    tok = resolve_tokenizer(args.tokenizer)
     if args.action == "info":
         print(f"{tok.name} vocab_size={tok.vocab_size} eot_id={tok.eot_id}")
     elif args.action == "encode":

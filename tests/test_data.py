@@ -9,8 +9,8 @@ import torch
 
 from gpt3lab.cli import main
 from gpt3lab.data import WindowLoader, load_data_tokenizer, prepare
-from gpt3lab.data.prepare import chunk_text, split_documents
-from gpt3lab.data.sources import Document
+from gpt3lab.data.sources import chunk_text
+from gpt3lab.data.split import is_val
 from gpt3lab.errors import DataError
 from gpt3lab.tokenizer import EOT, Tokenizer
 
@@ -74,13 +74,20 @@ def test_prepare_deterministic_and_trained_tokenizer(corpus, tmp_path):
     assert c["tokenizer"] == a["tokenizer"]
 
 
-def test_split_and_chunk_helpers():
-    docs = [Document(str(i), "x" * 100) for i in range(10)]
-    tr, va = split_documents(docs, 0.3, seed=1)
-    assert len(va) == 3 and [d.name for d in tr] == sorted((d.name for d in tr), key=int)
-    assert split_documents(docs, 0.3, seed=1) == (tr, va)
-    one_tr, one_va = split_documents([Document("a", "line\n" * 100)], 0.1, 0)
-    assert one_tr[0].text + one_va[0].text == "line\n" * 100 and one_va[0].text.count("\n") == 10
+def test_split_and_chunk_helpers(tmp_path):
+    # every prefix of the corpus holds out its share of documents to within one; document 0 trains
+    for f in (0.1, 0.25, 0.3, 0.7):
+        for seed in range(3):
+            val = [is_val(i, f, seed) for i in range(400)]
+            assert not val[0] and all(abs(sum(val[:n]) - (n - 1) * f) <= 1 for n in range(1, 401))
+    assert [is_val(i, 0.1, 1) for i in range(50)] != [is_val(i, 0.1, 2) for i in range(50)]
+    # a single text file is split at a line break near the fraction; the halves' tokens make the whole
+    (tmp_path / "one.txt").write_text("line\n" * 100)
+    prepare([str(tmp_path / "one.txt")], tmp_path / "o", val_fraction=0.1, progress=False)
+    tr, va = (_tokens(tmp_path / "o", s)[0] for s in ("train", "val"))
+    tok = Tokenizer.gpt2()
+    assert tok.decode(tr.tolist()) + tok.decode(va.tolist()) == "line\n" * 100
+    assert tok.decode(va.tolist()) == "\n" + "line\n" * 10  # cut just before a line break (a safe cut)
     # chunked encoding equals whole-text encoding (cuts only where no pre-token spans)
     tok = Tokenizer.gpt2()
     text = ("Word word.\n\n  indented \n\n\nx\ty 12\n" * 400)
@@ -270,7 +277,10 @@ def test_prepare_removes_only_its_own_outputs(corpus, tmp_path):
     (out / "val_notes.json").write_text("{}")
     (out / "train_0099.bin").write_bytes(b"\0\0")  # a stale shard of an earlier, bigger run
     (out / "val_0042.bin").write_bytes(b"\0\0")
-    prepare([str(corpus)], out, "gpt2", val_fraction=0.25, seed=3, progress=False)
+    with pytest.raises(DataError, match="not written by `gpt3lab prepare`.*--overwrite"):
+        prepare([str(corpus)], out, "gpt2", val_fraction=0.25, seed=3, progress=False)
+    assert (out / "train_0099.bin").exists()  # refused: nothing touched
+    prepare([str(corpus)], out, "gpt2", val_fraction=0.25, seed=3, progress=False, overwrite=True)
     assert (out / "train_config.json").read_text() == "{}" and (out / "val_notes.json").read_text() == "{}"
     assert not (out / "train_0099.bin").exists() and not (out / "val_0042.bin").exists()
     assert sorted(p.name for p in out.glob("*.bin")) == ["train_0000.bin", "val_0000.bin"]

@@ -3,7 +3,9 @@ described by one small JSON header per split (`{split}.json`).
 
 Header fields: magic, version, split, tokenizer (name), vocab_size, dtype, num_tokens, num_bytes (UTF-8
 bytes of the split's document text, separators excluded, for bits/byte), num_documents, sources,
-and shards: [{file, num_tokens}]. The header is written last, so a split without one is unfinished.
+and shards: [{file, num_tokens}]. A shard is written as `NAME.tmp` and renamed when complete, and the
+header is written last (also via a temp file), so a split without one is unfinished and an interrupted
+run never leaves a file under a shard's name that is shorter than the header says.
 """
 from __future__ import annotations
 
@@ -35,10 +37,12 @@ class ShardWriter:
         self._file = None
 
     def write(self, tokens) -> None:
-        arr = np.asarray(tokens, dtype=np.int64)
+        arr = np.asarray(tokens)
+        if arr.dtype.kind not in "ui":
+            arr = arr.astype(np.int64)
         if arr.size and (arr.min() < 0 or arr.max() >= self.vocab_size):
             raise DataError(f"token id {int(arr.max())} does not fit vocab_size {self.vocab_size}")
-        arr = arr.astype(self.dtype.newbyteorder("<"))
+        arr = arr.astype(self.dtype.newbyteorder("<"), copy=False)
         while arr.size:
             if self._file is None or self.shards[-1]["num_tokens"] >= self.shard_tokens:
                 self._open_next()
@@ -48,16 +52,22 @@ class ShardWriter:
             self.shards[-1]["num_tokens"] += int(part.size)
 
     def _open_next(self) -> None:
+        self._finish()
+        name = f"{self.split}_{len(self.shards):04d}.bin"
+        self._file = open(self.out_dir / (name + ".tmp"), "wb")
+        self.shards.append({"file": name, "num_tokens": 0})
+
+    def _finish(self) -> None:
+        """Close the current shard and give it its final name."""
         if self._file is not None:
             self._file.close()
-        name = f"{self.split}_{len(self.shards):04d}.bin"
-        self._file = open(self.out_dir / name, "wb")
-        self.shards.append({"file": name, "num_tokens": 0})
+            self._file = None
+            path = self.out_dir / self.shards[-1]["file"]
+            path.with_name(path.name + ".tmp").replace(path)
 
     def close(self, **fields) -> dict:
         """Finish the shards and write the header (with extra `fields`); returns the header."""
-        if self._file is not None:
-            self._file.close()
+        self._finish()
         header = {"magic": MAGIC, "version": VERSION, "split": self.split, "vocab_size": self.vocab_size,
                   "dtype": self.dtype.name, "num_tokens": sum(s["num_tokens"] for s in self.shards),
                   **fields, "shards": self.shards}
@@ -66,6 +76,15 @@ class ShardWriter:
         tmp.write_text(json.dumps(header, indent=1), encoding="utf-8")
         tmp.replace(path)
         return header
+
+
+def remove_split_files(out_dir: Path) -> None:
+    """Delete every split's header, shards and unfinished shards in `out_dir` (nothing else)."""
+    for split in SPLITS:  # headers first, so a half-cleaned directory never looks finished
+        (out_dir / f"{split}.json").unlink(missing_ok=True)
+    for split in SPLITS:
+        for stale in [*out_dir.glob(f"{split}_*.bin"), *out_dir.glob(f"{split}_*.bin.tmp")]:
+            stale.unlink(missing_ok=True)
 
 
 def read_header(data_dir: str | Path, split: str) -> dict:

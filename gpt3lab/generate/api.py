@@ -185,6 +185,7 @@ class RequestHandle(Protocol):
 class EngineLike(Protocol):
     tokenizer: object                              # encode/decode/eot_id/vocab_size
     context: int                                   # model context window in tokens
+    model: object                                  # the GPT, read-only: the server's /v1/inspect runs it
 
     def submit(self, prompt: list[int], params: SamplingParams,
                request_id: str | None = None) -> RequestHandle:

@@ -36,6 +36,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     add_quantize_argument(p)
+    add_tokenizer_override(p)
+
+
+def add_tokenizer_override(p: argparse.ArgumentParser) -> None:
+    """--tokenizer for every command that loads a checkpoint (generate, serve)."""
+    p.add_argument("--tokenizer", metavar="gpt2|PATH", default=None,
+                   help="use this tokenizer instead of the checkpoint's (e.g. gpt2 for a weights-only import)")
 
 
 def read_prompts(args) -> list[str]:
@@ -84,7 +91,8 @@ def run(args) -> int:
     from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
-    model, tokenizer = load(args.checkpoint, device=pick_device(args.device), quantize=args.quantize)   # LoRA too
+    model, tokenizer = load(args.checkpoint, device=pick_device(args.device), tokenizer=args.tokenizer,
+                            quantize=args.quantize)                                 # LoRA too
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
                             top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
                             stop=list(args.stop))

@@ -14,7 +14,6 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 
 from gpt3lab.errors import ConfigError
 
@@ -102,27 +101,49 @@ def uniforms(B: int, generator, device=None) -> torch.Tensor:
     return torch.rand(B, generator=generator, device=device)
 
 
+def choose(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = None, top_p: Param = None,
+           generator: torch.Generator | Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
+    """One token per row of logits (B, V) -> (B,) long: argmax where temperature is 0, else an inverse-CDF
+    draw from the tempered, top-k/top-p filtered distribution.
+
+    Only the sampled ("hot") rows are tempered, filtered and drawn, so greedy rows in a mixed batch cost
+    one argmax. A list of generators gives each row its own stream (a greedy row's is left untouched);
+    one generator draws B uniforms in row order whatever the temperatures.
+    """
+    B = logits.shape[0]
+    t = temperature if isinstance(temperature, torch.Tensor) else torch.full((B,), float(temperature))
+    hot = (t.reshape(B) > 0).nonzero()[:, 0].tolist()
+    if len(hot) < B:
+        tok = logits.argmax(dim=-1)                                          # (B,) greedy
+    if not hot:
+        return tok
+    every = len(hot) == B
+    pick = (lambda v: v) if every else (lambda v: v[torch.tensor(hot, device=v.device)])
+    x = pick(logits) / pick(_rows(t, B, logits, logits.dtype))               # (H, V)
+    H = len(hot)
+    x = top_p_filter(top_k_filter(x, _pick(top_k, pick)), _pick(top_p, pick))
+    if isinstance(generator, Sequence):
+        u = uniforms(H, [generator[i] for i in hot], logits.device)
+    else:
+        u = pick(uniforms(B, generator, logits.device))
+    drawn = draw(x, u)                                                       # (H,)
+    if every:
+        return drawn
+    tok[hot] = drawn
+    return tok
+
+
+def _pick(control: Param, pick) -> Param:
+    """A per-row control restricted to the hot rows (scalars apply to every row as they are)."""
+    return pick(control) if isinstance(control, torch.Tensor) else control
+
+
 def sample(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = None, top_p: Param = None,
            generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pick one token per row of logits (B, V) -> (tokens (B,) long, logprobs (B,) float32).
-
-    Rows with temperature 0 take the argmax (no randomness drawn for them if all rows are greedy).
-    """
+    """Pick one token per row of logits (B, V) -> (tokens (B,) long, logprobs (B,) float32); see `choose`."""
     logits = logits.float()
-    B = logits.shape[0]
-    all_greedy = (temperature == 0) if not isinstance(temperature, torch.Tensor) \
-        else bool((temperature == 0).all())
-    if all_greedy:
-        tok = logits.argmax(dim=-1)                                          # (B,)
-    else:
-        t = _rows(temperature, B, logits, torch.float32)
-        greedy = (t == 0).squeeze(1)
-        x = logits / torch.where(t == 0, torch.ones_like(t), t)
-        x = top_p_filter(top_k_filter(x, top_k), top_p)
-        tok = draw(x, uniforms(B, generator, logits.device))
-        if bool(greedy.any()):
-            tok = torch.where(greedy, logits.argmax(dim=-1), tok)
+    tok = choose(logits, temperature, top_k, top_p, generator)
     # log_softmax at the chosen ids only: no (B, V) logprobs tensor is written
     return tok, logits.gather(1, tok[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
 
@@ -157,5 +178,5 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, presence: Param,
     return logits - pres * (counts > 0).to(logits.dtype) - freq * counts
 
 
-__all__ = ["check_sampling", "sample", "draw", "uniforms", "top_k_filter", "top_p_filter", "top_logprobs", "apply_logit_bias",
+__all__ = ["check_sampling", "choose", "sample", "draw", "uniforms", "top_k_filter", "top_p_filter", "top_logprobs", "apply_logit_bias",
            "apply_penalties"]

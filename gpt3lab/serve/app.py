@@ -16,14 +16,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Str
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt3lab.generate.api import EngineError
-from gpt3lab.serve.protocol import (CompletionRequest, CompletionResponse, DetokenizeRequest, DetokenizeResponse,
+from gpt3lab.serve.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
+                                    CompletionResponse, DetokenizeRequest, DetokenizeResponse,
                                     ErrorResponse, InspectRequest, InspectResponse, ModelCard, ModelList,
                                     TokenizeRequest, TokenizeResponse)
 from gpt3lab.serve.service import ClientDisconnected, CompletionService, CompletionStream, ServeError
 
 log = logging.getLogger("gpt3lab.serve")
 STATIC = Path(__file__).parent / "static"
-ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/tokenize", "/detokenize",
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize",
           "/tokenizer_info", "/v1/inspect"}
 OPEN_PATHS = {"/", "/health", "/openapi.json", "/docs", "/favicon.ico"}   # no API key needed
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
@@ -181,7 +182,7 @@ def create_app(service: CompletionService, api_keys: list[str] | None = None,
             on_shutdown()
 
     app = FastAPI(title="gpt3lab", version="0.1.0", lifespan=lifespan, redoc_url=None,
-                  description="OpenAI-compatible legacy Completions API over a gpt3lab checkpoint.")
+                  description="OpenAI-compatible Completions and Chat Completions APIs over a gpt3lab checkpoint.")
     install_error_handlers(app)
     add_routes(app, service)
     app.add_middleware(Guard, api_keys=list(api_keys or []), max_body_bytes=max_body_bytes,
@@ -219,6 +220,16 @@ def add_routes(app: FastAPI, service: CompletionService) -> None:
             if body.stream:
                 return SSEResponse(await service.open_stream(body, request.is_disconnected))
             return JSONResponse(await service.complete(body, request.is_disconnected))
+        except ClientDisconnected:
+            return _error(499, "client closed the request", code="client_closed")
+
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+    async def chat_completions(body: ChatCompletionRequest, request: Request):
+        """Messages rendered by the checkpoint's chat template (a plain default for base models)."""
+        try:
+            if body.stream:
+                return SSEResponse(await service.open_chat_stream(body, request.is_disconnected))
+            return JSONResponse(await service.chat(body, request.is_disconnected))
         except ClientDisconnected:
             return _error(499, "client closed the request", code="client_closed")
 

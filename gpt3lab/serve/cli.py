@@ -39,6 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM before they are cancelled")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--chat-template", metavar="FILE", default=None,
+                   help="Jinja chat template for /v1/chat/completions (default: the checkpoint's, else a plain "
+                        "User:/Assistant: transcript)")
+    from gpt3lab.generate.cli import add_tokenizer_override
+    add_tokenizer_override(p)
 
 
 def api_keys(flag: list[str] | None) -> list[str]:
@@ -81,13 +86,14 @@ def engine_config(args):
                         enable_prefix_caching=not args.no_prefix_caching)
 
 
-def build_engine(checkpoint: str, device: str, config=None, quantize: str = "none"):
-    """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine."""
+def build_engine(checkpoint: str, device: str, config=None, tokenizer=None, quantize: str = "none"):
+    """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine
+    (tokenizer: an override spec, e.g. "gpt2"; quantize: see gpt3lab.model.quant)."""
     from gpt3lab import load
     from gpt3lab.generate.cli import pick_device
     from gpt3lab.generate.engine import Engine
-    model, tokenizer = load(checkpoint, device=pick_device(device), quantize=quantize)
-    return Engine(model, tokenizer, config), Path(checkpoint).resolve()
+    model, tok = load(checkpoint, device=pick_device(device), tokenizer=tokenizer, quantize=quantize)
+    return Engine(model, tok, config), Path(checkpoint).resolve()
 
 
 def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_timeout: float = 30.0,
@@ -112,14 +118,28 @@ def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_ti
     Server(config).run()
 
 
+def chat_template(args) -> str | None:
+    """--chat-template FILE, else the template stored in the checkpoint, else None (the default)."""
+    from gpt3lab.checkpoint import chat_template_of
+
+    if getattr(args, "chat_template", None):
+        try:
+            return Path(args.chat_template).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--chat-template {args.chat_template}: cannot read it ({e})") from None
+    return chat_template_of(args.checkpoint)
+
+
 def run(args) -> int:
     from gpt3lab.serve.app import create_app
     from gpt3lab.serve.service import CompletionService
 
     check_args(args)
-    engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args), args.quantize)
+    engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args), getattr(args, "tokenizer", None),
+                                args.quantize)
     name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
-    service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue)
+    service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
+                                chat_template=chat_template(args))
     app = create_app(service, api_keys(args.api_key), args.max_body_bytes,
                      on_shutdown=lambda: engine.shutdown(cancel_running=True))
     if args.host not in ("127.0.0.1", "localhost", "::1") and not api_keys(args.api_key):

@@ -1,4 +1,5 @@
-"""Request and response schemas of the legacy OpenAI Completions API (plus tokenize/detokenize).
+"""Request and response schemas of OpenAI's legacy Completions and Chat Completions APIs (plus
+tokenize/detokenize).
 
 Ranges are checked here so a malformed request is a 400 before it reaches the engine; checks that
 need the model (vocabulary size, context window) live in service.py.
@@ -62,6 +63,86 @@ class CompletionRequest(BaseModel):
         return v
 
 
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: StrictStr
+
+
+class ChatMessage(BaseModel):
+    """One message; content may be a string or a list of text parts (OpenAI's array form)."""
+
+    model_config = ConfigDict(extra="ignore")            # name, tool_call_id, ... are accepted and unused
+    role: Literal["system", "developer", "user", "assistant"]
+    content: StrictStr | Annotated[list[TextPart], Field(min_length=1)]
+
+    def text(self) -> str:
+        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
+
+
+class ChatCompletionRequest(BaseModel):
+    """POST /v1/chat/completions body: messages are rendered by the chat template into a prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: StrictStr
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+    max_completion_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+    temperature: Annotated[Float, Field(ge=0, le=2)] | None = 1.0
+    top_p: Annotated[Float, Field(gt=0, le=1)] | None = 1.0
+    top_k: Annotated[StrictInt, Field(ge=0)] | None = 0          # extension; 0 = off
+    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = 1
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    logprobs: StrictBool | None = False
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
+    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
+    presence_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
+    frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
+    logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
+    seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
+    user: StrictStr | None = None
+
+    _stops_non_empty = field_validator("stop")(CompletionRequest._stops_non_empty.__func__)
+    _bias_keys_are_ids = field_validator("logit_bias")(CompletionRequest._bias_keys_are_ids.__func__)
+
+
+class ChatTopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class ChatTokenLogprob(ChatTopLogprob):
+    top_logprobs: list[ChatTopLogprob]
+
+
+class ChatLogprobs(BaseModel):
+    content: list[ChatTokenLogprob] | None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    logprobs: ChatLogprobs | None = None
+    finish_reason: Literal["stop", "length"] | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: "UsageInfo | None" = None
+
+
 class LogProbs(BaseModel):
     tokens: list[str]
     token_logprobs: list[float | None]
@@ -94,6 +175,9 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: UsageInfo | None = None
+
+
+ChatCompletionResponse.model_rebuild()
 
 
 class ModelCard(BaseModel):

@@ -1,5 +1,9 @@
 """The serving layer: a Completions request -> SamplingParams -> engine handles -> response or SSE chunks.
 
+Chat Completions are a thin layer on top: the chat template (gpt3lab.chat) renders the messages into
+prompt tokens, the request becomes a CompletionRequest, and the completion's choices, logprobs and
+stream chunks are reshaped into the chat form; sampling, admission and streaming are shared.
+
 Knows the HTTP-facing contract (OpenAI's legacy Completions API) and the engine's contract
 (gpt3lab.generate.api); imports no model code (POST /v1/inspect goes through gpt3lab.inspect, the
 one module that reads the model). Admission control lives here: at most
@@ -17,7 +21,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from gpt3lab.generate.api import (ContextLengthError, EngineError, InvalidRequestError, QueueFullError,
                                   SamplingParams, TokenEvent)
 from gpt3lab.serve.metrics import Metrics
-from gpt3lab.serve.protocol import CompletionRequest, DetokenizeRequest, InspectRequest, TokenizeRequest
+from gpt3lab.serve.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InspectRequest,
+                                    TokenizeRequest)
 
 Disconnected = Callable[[], Awaitable[bool]] | None
 MAX_CHOICES = 128             # prompts x n (or best_of) in one request
@@ -92,8 +97,9 @@ class CompletionService:
     """Turns validated requests into engine work; one instance per server."""
 
     def __init__(self, engine, model_name: str, max_concurrent: int = 64, max_queue: int = 256,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None, chat_template: str | None = None):
         self.engine = engine
+        self.chat_template = chat_template          # None: gpt3lab.chat's plain default for base models
         self.tokenizer = engine.tokenizer
         self.model_name = model_name
         self.max_concurrent, self.max_queue = max_concurrent, max_queue
@@ -294,10 +300,12 @@ class CompletionService:
         return choices
 
     # ---- streamed -------------------------------------------------------------------------------
-    async def open_stream(self, req: CompletionRequest, is_disconnected: Disconnected = None) -> "CompletionStream":
+    async def open_stream(self, req: CompletionRequest, is_disconnected: Disconnected = None,
+                          stream_cls: type | None = None) -> "CompletionStream":
         """Validate, take a slot and submit; errors here still become a plain HTTP error response."""
+        stream_cls = stream_cls or CompletionStream
         prompts, params = self.prepare(req)
-        t0, rid = time.perf_counter(), f"cmpl-{uuid.uuid4().hex}"
+        t0, rid = time.perf_counter(), f"{stream_cls.ID_PREFIX}-{uuid.uuid4().hex}"
         await self._acquire(is_disconnected)
         try:
             handles = self._submit(prompts, params, rid)
@@ -305,11 +313,60 @@ class CompletionService:
             self._release()
             raise
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
-        return CompletionStream(self, rid, handles, params, include_usage, t0)
+        return stream_cls(self, rid, handles, params, include_usage, t0)
+
+    # ---- chat: template -> the completion path above -> chat shape --------------------------------
+    def chat_request(self, req: ChatCompletionRequest) -> CompletionRequest:
+        """The CompletionRequest a chat request amounts to: the rendered messages as prompt tokens."""
+        from gpt3lab.chat import default_stop, render
+        from gpt3lab.errors import DataError
+
+        self.check_model(req.model)
+        try:
+            text = render([{"role": m.role, "content": m.text()} for m in req.messages], self.chat_template)
+        except DataError as e:
+            raise ServeError(400, str(e), param="messages") from None
+        if req.top_logprobs and not req.logprobs:
+            raise ServeError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
+        ids = self.tokenizer.encode(text) or [self.tokenizer.eot_id]
+        max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
+        stop = ([req.stop] if isinstance(req.stop, str) else list(req.stop or [])) + default_stop(self.chat_template)
+        fields = req.model_dump(exclude={"messages", "max_tokens", "max_completion_tokens", "logprobs",
+                                         "top_logprobs", "stop", "stream_options"})
+        # already validated by both schemas' rules; model_construct keeps the template's extra stop strings
+        return CompletionRequest.model_construct(
+            **fields, prompt=ids, stop=stop, stream_options=req.stream_options,
+            max_tokens=max(self.engine.context - len(ids), 1) if max_tokens is None else max_tokens,
+            logprobs=(req.top_logprobs or 0) if req.logprobs else None, echo=False, suffix=None, best_of=None)
+
+    async def chat(self, req: ChatCompletionRequest, is_disconnected: Disconnected = None) -> dict:
+        """The whole response body of a non-streamed chat request."""
+        body = await self.complete(self.chat_request(req), is_disconnected)
+        choices = [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
+                    "logprobs": chat_logprobs(c["logprobs"]), "finish_reason": c["finish_reason"]}
+                   for c in body["choices"]]
+        return {**body, "id": "chatcmpl-" + body["id"].removeprefix("cmpl-"), "object": "chat.completion",
+                "choices": choices}
+
+    async def open_chat_stream(self, req: ChatCompletionRequest, is_disconnected: Disconnected = None):
+        return await self.open_stream(self.chat_request(req), is_disconnected, ChatStream)
+
+
+def chat_logprobs(lp: dict | None) -> dict | None:
+    """Completion logprobs (parallel lists) -> chat logprobs ({"content": [per-token objects]})."""
+    if lp is None:
+        return None
+    tops = lp["top_logprobs"] or [None] * len(lp["tokens"])
+    return {"content": [
+        {"token": t, "logprob": p, "bytes": list(t.encode("utf-8")),
+         "top_logprobs": [{"token": k, "logprob": v, "bytes": list(k.encode("utf-8"))} for k, v in (top or {}).items()]}
+        for t, p, top in zip(lp["tokens"], lp["token_logprobs"], tops)]}
 
 
 class CompletionStream:
     """Server-sent events of one streamed request; close() cancels unfinished generations and frees the slot."""
+
+    ID_PREFIX, OBJECT = "cmpl", "text_completion"
 
     def __init__(self, service: CompletionService, rid: str, handles: list, params: SamplingParams,
                  include_usage: bool, t0: float):
@@ -319,11 +376,14 @@ class CompletionStream:
         self._closed = False
 
     def _chunk(self, choices: list[dict], usage: dict | None = None) -> str:
-        body = {"id": self.rid, "object": "text_completion", "created": int(time.time()),
-                "model": self.service.model_name, "choices": choices}
+        body = {"id": self.rid, "object": self.OBJECT, "created": int(time.time()),
+                "model": self.service.model_name, "choices": [self._shape(c) for c in choices]}
         if usage is not None:
             body["usage"] = usage
         return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
+
+    def _shape(self, choice: dict) -> dict:
+        return choice
 
     async def _merged(self) -> AsyncIterator[tuple[int, TokenEvent]]:
         """Events of all prompts' handles as they come: (prompt index, event)."""
@@ -384,3 +444,20 @@ class CompletionStream:
             for h in self.handles:
                 h.cancel()
         self.service._release()
+
+
+class ChatStream(CompletionStream):
+    """The same events as chat.completion.chunk objects: each choice's first delta carries the role."""
+
+    ID_PREFIX, OBJECT = "chatcmpl", "chat.completion.chunk"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._started: set[int] = set()
+
+    def _shape(self, c: dict) -> dict:
+        first = c["index"] not in self._started
+        delta = {"role": "assistant", "content": c["text"]} if first else {"content": c["text"]}
+        self._started.add(c["index"])
+        return {"index": c["index"], "delta": delta, "logprobs": chat_logprobs(c["logprobs"]),
+                "finish_reason": c["finish_reason"]}

@@ -24,7 +24,7 @@ from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_over
 from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
 
 RESUME_MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "save_every", "keep_last",
-                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing"}
+                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "on_nonfinite"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -172,7 +172,7 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     kw = dict(seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
     train_data = WindowLoader(data, "train", mcfg.context, tcfg.batch_size, **kw)
     eval_data = _val_loader(data, mcfg.context, tcfg.batch_size, kw)
-    info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data)}, progress=progress,
+    info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data.resolve())}, progress=progress,
                    max_seconds=max_seconds)
     trainer = Trainer(model, mcfg, tcfg, train_data, eval_data, info=info, dist=dist, device=device)
     if resume:

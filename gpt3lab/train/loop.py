@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -25,9 +26,14 @@ from tqdm import tqdm
 
 from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.config import ModelConfig, TrainConfig
+from gpt3lab.errors import UserError
 from gpt3lab.train import perf
 from gpt3lab.train.distributed import Distributed
 from gpt3lab.train.schedule import batch_tokens_at, lr_for, micro_tokens, scaled
+
+# train.on_nonfinite="skip" gives up after this many non-finite steps in a row: the weights themselves
+# have diverged and skipping cannot recover the run
+MAX_CONSECUTIVE_SKIPS = 10
 
 LOG_FIELDS = ["step", "loss", "lr", "tokens", "tokens_per_s", "mfu", "grad_norm", "val_loss", "val_bpb",
               "seconds"]
@@ -72,6 +78,10 @@ class RunInfo:
     max_seconds: float | None = None   # wall-clock budget: stop (and save) after this many seconds
 
 
+class NonFiniteError(UserError):
+    """The loss, the gradients or the weights became NaN/inf (the run diverged)."""
+
+
 class Trainer:
     """Owns model, optimizer and counters; `fit()` trains to cfg.max_steps (or the time budget)."""
 
@@ -91,6 +101,7 @@ class Trainer:
         if cfg.compile:
             self.fwd = torch.compile(self.fwd)
         self.step, self.tokens = 0, 0          # optimizer steps done, tokens trained on (all ranks)
+        self.skipped_in_a_row = 0              # non-finite steps skipped since the last good one
         self._eval_cache = None
         self.flops_per_token = perf.flops_per_token(model_cfg)
 
@@ -122,13 +133,45 @@ class Trainer:
         grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
         if hasattr(grad_norm, "full_tensor"):       # FSDP: a replicated DTensor
             grad_norm = grad_norm.full_tensor()
-        self.optimizer.step()
+        loss, grad_norm = self.dist.all_reduce_mean(total / accum).item(), float(grad_norm)  # equal on all ranks
+        skipped = self._check_finite(loss, grad_norm, lr)
+        if not skipped:
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         self.tokens += step_tokens
-        loss = self.dist.all_reduce_mean(total / accum).item()
-        return {"step": self.step, "loss": loss, "lr": lr, "tokens": self.tokens,
-                "grad_norm": float(grad_norm), "_step_tokens": step_tokens}
+        record = {"step": self.step, "loss": loss, "lr": lr, "tokens": self.tokens,
+                  "grad_norm": grad_norm, "_step_tokens": step_tokens}
+        return {**record, "skipped": True} if skipped else record
+
+    # ---- non-finite losses and weights (train.on_nonfinite) --------------------------------------
+    def _check_finite(self, loss: float, grad_norm: float, lr: float) -> bool:
+        """True when this step must be skipped; raises NonFiniteError when the run must stop.
+
+        Runs before optimizer.step(), so the weights (and the last checkpoint) are never touched by a
+        non-finite update. loss and grad_norm are already reduced, so every rank takes the same branch.
+        """
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.skipped_in_a_row = 0
+            return False
+        what = f"step {self.step + 1}: loss {loss} and gradient norm {grad_norm} at lr {lr:.3g}"
+        last = ckpt_io.list_checkpoints(self.info.out_dir)[-1:] if self.info.out_dir is not None else []
+        keep = f"; the last checkpoint ({last[0]}) is finite and kept" if last else ""
+        if self.cfg.on_nonfinite == "stop":
+            raise NonFiniteError(f"{what}: the run diverged{keep}; lower train.lr (or raise train.warmup_steps) "
+                                 f"and resume, or set train.on_nonfinite=skip to skip such steps")
+        self.skipped_in_a_row += 1
+        if self.skipped_in_a_row >= MAX_CONSECUTIVE_SKIPS:
+            raise NonFiniteError(f"{what}: {self.skipped_in_a_row} non-finite steps in a row were skipped, the "
+                                 f"run does not recover{keep}; lower train.lr and resume")
+        return True
+
+    def _check_finite_weights(self) -> None:
+        """NonFiniteError when any weight is NaN/inf: such a checkpoint is never written."""
+        bad = any(not bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if self.dist.any_rank(bad):
+            raise NonFiniteError(f"step {self.step}: the weights hold NaN/inf values; not saving them (earlier "
+                                 f"checkpoints are kept); lower train.lr and resume from the last checkpoint")
 
     # ---- evaluation ------------------------------------------------------------------------------
     def eval_batches(self) -> list:
@@ -229,6 +272,7 @@ class Trainer:
         """
         if self.info.out_dir is None:
             return None
+        self._check_finite_weights()          # before pruning: the last finite checkpoint is never removed
         weights = self.dist.model_state(self.model)
         opt_state = self.dist.optimizer_state(self.model, self.optimizer)
         dest = None
@@ -266,10 +310,23 @@ def truncate_log(run_dir: str | Path, step: int) -> None:
     if not path.exists():
         return
     keep = [r for r in read_log(run_dir) if r["step"] <= step]
-    path.write_text("".join(json.dumps(r) + "\n" for r in keep))
-    csv = Path(run_dir) / "log.csv"
-    csv.write_text(",".join(LOG_FIELDS) + "\n" + "".join(
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))
+    write_text_atomically(Path(run_dir) / "log.csv", ",".join(LOG_FIELDS) + "\n" + "".join(
         ",".join("" if r.get(k) is None else repr(r[k]) for k in LOG_FIELDS) + "\n" for r in keep))
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` via a synced temp sibling + rename: a kill mid-write leaves the old file."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_log(run_dir: str | Path) -> list[dict]:

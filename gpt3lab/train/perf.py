@@ -26,12 +26,15 @@ def measured_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype =
     """Best observed FLOP/s of an n x n matmul on `device` in `dtype` (cached per process).
 
     A practical ceiling for MFU on machines without a datasheet figure (CPUs, shared boxes).
+    Draws from a private generator: the global ones drive dropout, and a resumed run restores them
+    before this is called (drawing from them here made resumed runs with dropout diverge).
     """
     device = torch.device(device)
     key = (str(device), str(dtype))
     if key not in _PEAK_CACHE:
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
+        gen = torch.Generator(device=device).manual_seed(0)
+        a = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
+        b = torch.randn(n, n, device=device, dtype=dtype, generator=gen)
         best = float("inf")
         for _ in range(repeats + 1):                       # first run warms up kernels / caches
             _sync(device)

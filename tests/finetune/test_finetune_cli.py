@@ -35,6 +35,19 @@ def test_lora_resume_gives_the_same_losses_as_uninterrupted(base_ckpt, add_data,
     assert all(torch.equal(v, lora.lora_state(b)[k]) for k, v in lora.lora_state(a).items())
 
 
+def test_lora_resume_is_exact_with_the_measured_peak(base_ckpt, add_data, tmp_path):
+    """peak_flops unset: measuring the MFU peak must not draw from the restored dropout RNG (issue 11)."""
+    from gpt3lab.train import perf
+
+    def run(out, steps, resume=False):
+        perf._PEAK_CACHE.clear()           # as in a fresh process
+        return finetune(None if resume else base_ckpt, None if resume else add_data, out, method="lora",
+                        resume=resume, max_steps=steps, progress=False, lora_cfg=lora.LoRAConfig(rank=4, dropout=0.1),
+                        overrides=[o for o in FAST if "peak_flops" not in o])
+    run(tmp_path / "a", 6), run(tmp_path / "b", 3), run(tmp_path / "b", 6, resume=True)
+    assert [r["loss"] for r in read_log(tmp_path / "a")] == [r["loss"] for r in read_log(tmp_path / "b")]
+
+
 def test_lora_exports_merge_and_checkpoint_agree(base_ckpt, add_data, tmp_path):
     s = _lora(base_ckpt, add_data, tmp_path / "r", 3, merge=True)
     assert s["trainable_params"] < s["total_params"] * 0.25

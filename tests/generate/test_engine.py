@@ -8,6 +8,7 @@ import torch
 from gpt3lab.generate import generate
 from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, InvalidRequestError, QueueFullError,
                                   SamplingParams)
+from gpt3lab.generate.batch_sampler import BatchSampler
 from gpt3lab.generate.engine import Engine
 
 from gen_helpers import BYTES, tiny
@@ -21,10 +22,10 @@ PROMPTS = ["To be, or not", "a", "The quick brown fox jumps over", "xyz", "Hello
 def make_engine():
     engines = []
 
-    def make(model=None, cls=Engine, **kw):
+    def make(model=None, **kw):
         kw.setdefault("block_size", 4)
         kw.setdefault("max_batch_tokens", 16)      # small: long prompts are prefilled in chunks
-        e = cls(model if model is not None else tiny(), BYTES, **kw)
+        e = Engine(model if model is not None else tiny(), BYTES, **kw)
         engines.append(e)
         return e
     yield make
@@ -122,18 +123,19 @@ def test_echo_logprobs_equal_a_direct_forward_pass(make_engine, pattern):
     assert evs[0].text_offset[:3] == [0, 1, 2]
 
 
-class Scripted(Engine):
-    """The real engine, but the sampler emits a fixed script of tokens (to test text handling)."""
+class Scripted(BatchSampler):
+    """The real sampler's adjustments, but it picks a fixed script of tokens (to test text handling)."""
 
-    script: list[int] = []
+    def __init__(self, script: list[int]):
+        super().__init__(BYTES.vocab_size)
+        self.script = script
 
-    def _sample(self, seqs, logits):
+    def choose(self, seqs, logits):
         return torch.tensor([self.script[min(len(s.out), len(self.script) - 1)] for s in seqs])
 
 
 def test_stop_string_spanning_token_boundaries(make_engine):
-    e = make_engine(cls=Scripted)
-    e.script = list(b"ab\n\nQ: more")
+    e = make_engine(sampler=Scripted(list(b"ab\n\nQ: more")))
     h = e.submit([1, 2], SamplingParams(max_tokens=20, stop=["\n\nQ:"]))
     evs = list(h)
     assert "".join(ev.text for ev in evs) == "ab"
@@ -142,9 +144,8 @@ def test_stop_string_spanning_token_boundaries(make_engine):
 
 
 def test_utf8_split_across_tokens_never_emits_broken_text(make_engine):
-    e = make_engine(cls=Scripted)
     want = "h€llo 😀!"
-    e.script = list(want.encode()) + [BYTES.eot_id]
+    e = make_engine(sampler=Scripted(list(want.encode()) + [BYTES.eot_id]))
     (toks, text, _, reason), h = run(e, "x", max_tokens=40)
     assert text == want and reason == "stop"
     h2 = e.submit([5], SamplingParams(max_tokens=40))
@@ -155,8 +156,7 @@ def test_utf8_split_across_tokens_never_emits_broken_text(make_engine):
 
 
 def test_stop_token_ids_and_length(make_engine):
-    e = make_engine(cls=Scripted)
-    e.script = list(b"abcdef")
+    e = make_engine(sampler=Scripted(list(b"abcdef")))
     (toks, text, _, reason), _ = run(e, "x", max_tokens=10, stop_token_ids=[ord("d")])
     assert (toks, text, reason) == (list(b"abc"), "abc", "stop")
     (toks, text, _, reason), _ = run(e, "x", max_tokens=4)
@@ -179,23 +179,27 @@ def test_logit_bias_bans_and_forces(make_engine):
     assert (same, slps) == (plain, plps)
 
 
-class Recording(Engine):
+class Recording(BatchSampler):
     """Records each sampling step's (generated tokens per row, logits before and after the adjustments)."""
 
-    def _adjust(self, seqs, logits):
+    def __init__(self):
+        super().__init__(BYTES.vocab_size)
+        self.log = []
+
+    def adjust(self, seqs, logits):
         raw = logits.clone()
-        out, undo = super()._adjust(seqs, logits)
+        out, undo = super().adjust(seqs, logits)
         self.log.append(([list(s.out) for s in seqs], raw, out.clone()))
         return out, undo
 
 
 def test_penalties_follow_openai_definition(make_engine):
-    e = make_engine(cls=Recording)
-    e.log = []
+    rec = Recording()
+    e = make_engine(sampler=rec)
     (toks, _, _, _), _ = run(e, "aaaa", max_tokens=12, temperature=0, presence_penalty=0.7,
                              frequency_penalty=0.3)
     checked = 0
-    for outs, raw, adj in e.log:
+    for outs, raw, adj in rec.log:
         counts = torch.bincount(torch.tensor(outs[0], dtype=torch.long), minlength=raw.shape[1]).float()
         want = raw[0] - 0.7 * (counts > 0).float() - 0.3 * counts
         assert torch.allclose(adj[0], want)
@@ -240,14 +244,8 @@ def _wait_idle(e, timeout=10.0):
         time.sleep(0.01)
 
 
-class Slow(Engine):
-    def _step(self):
-        time.sleep(0.005)
-        super()._step()
-
-
 def test_cancel_frees_blocks_at_once(make_engine):
-    e = make_engine(cls=Slow, enable_prefix_caching=False)
+    e = make_engine(enable_prefix_caching=False, on_step=lambda _: time.sleep(0.005))
     h = e.submit(BYTES.encode("Hello"), SamplingParams(max_tokens=50, logit_bias={BYTES.eot_id: -100}))
     next(iter(h))
     assert e.stats()["kv_blocks_used"] > 0
@@ -338,22 +336,21 @@ def test_unseeded_top_k_1_is_greedy(make_engine):
     assert run(make_engine(model), "Hello", max_tokens=16, temperature=1.5, top_k=1)[0][0] == greedy
 
 
-class Broken(Engine):
-    """Fails its next step once (a device error, say)."""
+def fail_once():
+    """An on_step hook that fails the first step (a device error, say)."""
+    calls = []
 
-    fail_next = True
-
-    def _step(self):
-        if self.fail_next:
-            self.fail_next = False
+    def hook(engine):
+        calls.append(1)
+        if len(calls) == 1:
             raise RuntimeError("device lost")
-        super()._step()
+    return hook
 
 
 def test_an_engine_failure_ends_requests_with_a_clear_error_and_the_engine_goes_on(make_engine):
     from gpt3lab.generate.api import EngineInternalError
 
-    e = make_engine(tiny(), cls=Broken)
+    e = make_engine(tiny(), on_step=fail_once())
     h = e.submit(BYTES.encode("Hello"), SamplingParams(max_tokens=5, temperature=0))
     with pytest.raises(EngineInternalError, match="device lost") as info:
         list(h)

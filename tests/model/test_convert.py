@@ -94,14 +94,20 @@ def test_round_trip_is_bit_exact_and_writes_gpt2_tokenizer(tmp_path, hf_dir):
     from gpt3lab.tokenizer import Tokenizer
 
     model, cfg = convert.from_hf(hf_dir)
-    convert.to_hf(model, tmp_path / "back", tokenizer=Tokenizer.gpt2())
+    with pytest.raises(ConfigError, match="50257 ids but the model's vocab_size is 211"):
+        convert.to_hf(model, tmp_path / "bad", tokenizer=Tokenizer.gpt2())      # ids would not fit
+    convert.to_hf(model, tmp_path / "back")
     a, b = load_file(str(hf_dir / "model.safetensors")), load_file(str(tmp_path / "back/model.safetensors"))
     assert set(b) <= set(a)
     for k, v in b.items():
         assert torch.equal(a[k], v), k
-    assert (tmp_path / "back/vocab.json").is_file() and (tmp_path / "back/merges.txt").is_file()
-    # and the exported tokenizer files import back as GPT-2's tokenizer
-    assert convert.hf_tokenizer(tmp_path / "back").name == "gpt2"
+    big = GPT(ModelConfig(vocab_size=50257, context=16, n_layer=1, n_head=2, d_model=16))
+    convert.to_hf(big, tmp_path / "g", tokenizer=Tokenizer.gpt2())
+    assert (tmp_path / "g/vocab.json").is_file() and (tmp_path / "g/merges.txt").is_file()
+    # and the exported tokenizer files import back as GPT-2's tokenizer (tokenizer.json, or the older pair)
+    assert convert.hf_tokenizer(tmp_path / "g").name == "gpt2"
+    (tmp_path / "g/tokenizer.json").unlink()
+    assert convert.hf_tokenizer(tmp_path / "g").name == "gpt2"
 
 
 def test_prefix_absent_buffers_present_and_untied_head(tmp_path, hf_dir):

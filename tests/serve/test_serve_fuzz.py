@@ -7,7 +7,7 @@ schemathesis = pytest.importorskip("schemathesis")
 from hypothesis import HealthCheck, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-LIMITS = {"max_tokens": 4, "n": 2, "best_of": 2}     # keep generated work small; types are left alone
+LIMITS = {"max_tokens": 4, "max_completion_tokens": 4, "n": 2, "best_of": 2}     # keep generated work small; types are left alone
 
 
 def check(case) -> None:

@@ -1,4 +1,5 @@
 import json
+import subprocess
 
 import pytest
 import torch
@@ -95,6 +96,24 @@ def test_truncated_weights_are_a_checkpoint_error(saved):
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
         ck.load(saved)
+
+
+def test_a_flipped_byte_in_the_weights_fails_the_checksum(saved):
+    f = saved / "model.safetensors"
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01                 # inside tensor data: safetensors itself cannot notice
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"model.safetensors: truncated or corrupt \(SHA-256 .*at save"):
+        ck.load(saved)
+    assert subprocess.run(["sha256sum", "-c", "model.safetensors.sha256"], cwd=saved,
+                          capture_output=True).returncode != 0          # the record is sha256sum's format
+
+
+def test_checksum_record_matches_sha256sum_and_old_checkpoints_still_load(saved):
+    assert subprocess.run(["sha256sum", "-c", "model.safetensors.sha256"], cwd=saved,
+                          capture_output=True).returncode == 0
+    (saved / "model.safetensors.sha256").unlink()        # written before checksums existed
+    assert ck.load(saved)[0] is not None
 
 
 def test_corrupt_train_state_is_a_checkpoint_error(saved):

@@ -1,0 +1,152 @@
+"""KV block accounting for the engine: reservations, prefix matching, allocation and return of blocks.
+
+A request is admitted only with its worst-case blocks reserved (`reserved` counts blocks promised to
+running requests and not yet taken), so decoding never runs out of cache. Invariants, tested directly:
+`reserved` >= 0 and equals the sum of the running requests' budgets; a request's blocks all go back to
+the pool (free or cached) when it finishes, is cancelled or fails.
+
+Sequences are the scheduler's `Seq` (tables, tokens, computed, hashes, req.budget); the pool is a
+paged_cache.BlockPool.
+"""
+from __future__ import annotations
+
+from gpt3lab.config import ModelConfig
+from gpt3lab.generate.paged_cache import BlockPool, block_hash, prefix_hashes
+
+
+class KVManager:
+    """Reservations and block tables over one BlockPool."""
+
+    def __init__(self, pool: BlockPool, mcfg: ModelConfig, max_batch_tokens: int, prefix_caching: bool = True):
+        self.pool, self.mcfg = pool, mcfg
+        self.block_size, self.max_batch_tokens = pool.block_size, max_batch_tokens
+        self.prefix_caching = prefix_caching
+        self.reserved = 0                 # blocks promised to running requests, not yet taken
+
+    def blocks_per_seq(self, total: int) -> int:
+        """Most blocks one sequence of `total` tokens holds at once (banded layers keep only their window)."""
+        bs, W, C = self.block_size, self.mcfg.local_window, self.max_batch_tokens
+        full = -(-total // bs)
+        return sum(min(full, (W + C) // bs + 2) if self.mcfg.is_banded(l) else full
+                   for l in range(self.mcfg.n_layer))
+
+    def blocks_needed(self, req) -> int:
+        """Worst-case blocks of a request: every choice at its full length."""
+        return req.best_of * self.blocks_per_seq(len(req.prompt) + req.params.max_tokens)
+
+    def reserve(self, req):
+        """Reserve `req`'s worst case, reusing its cached prefix; -> (P, tables, hashes) or None if it does not fit.
+
+        P = prompt tokens already in the cache; tables = per-layer block tables holding them.
+        """
+        P, tables, hashes, hits = self.match_prefix(req.prompt, req.params.echo)
+        evictable = sum(1 for b in hits if self.pool.ref[b] == 0)
+        budget = self.blocks_needed(req) - len(hits)
+        if self.pool.available() - evictable < self.reserved + budget:
+            return None
+        for b in hits:
+            self.pool.acquire(b)
+        req.budget, self.reserved = budget, self.reserved + budget
+        return P, tables, hashes
+
+    def match_prefix(self, prompt: list[int], echo: bool = False):
+        """Longest cached prefix of the prompt (whole blocks, at least one prompt token left to run).
+
+        -> (cached tokens P, per-layer tables, block hashes, hit block ids). Banded layers need only
+        the blocks that the window of position P reaches. Echo needs every prompt logit: no reuse.
+        """
+        L, bs, banded = self.mcfg.n_layer, self.block_size, self.mcfg.is_banded
+        if echo or not self.prefix_caching:
+            return 0, [[] for _ in range(L)], [], []
+        hashes = prefix_hashes(prompt[:-1], bs)
+        m = 0
+        while m < len(hashes) and all(self.pool.lookup(hashes[m], l) is not None for l in range(L) if not banded(l)):
+            m += 1
+        while m and not all(self.pool.lookup(hashes[j], l) is not None
+                            for l in range(L) if banded(l) for j in range(self.band_lo(m * bs), m)):
+            m -= 1
+        tables, hits = [], []
+        for l in range(L):
+            lo = self.band_lo(m * bs) if banded(l) else 0
+            tables.append([self.pool.lookup(hashes[j], l) if j >= lo else -1 for j in range(m)])
+            hits += [b for b in tables[-1] if b >= 0]
+        return m * bs, tables, hashes[:m], hits
+
+    def band_lo(self, pos: int) -> int:
+        """First block a banded layer's window still reaches from a query at `pos`."""
+        return max(0, pos - self.mcfg.local_window + 1) // self.block_size
+
+    def alloc(self, req) -> int:
+        """A new block for `req`, taken from its reservation."""
+        if req.budget > 0:
+            req.budget -= 1
+            self.reserved -= 1
+        elif self.pool.available() <= self.reserved:
+            raise RuntimeError("KV block reservation exceeded (engine bug)")
+        return self.pool.allocate()
+
+    def give_back(self, req, b: int) -> None:
+        """Drop `req`'s reference to block b; a block back in the pool returns to the request's reservation."""
+        if self.pool.release(b):
+            req.budget += 1
+            self.reserved += 1
+
+    def ensure_blocks(self, s, upto: int) -> None:
+        """Allocate blocks so every layer's table covers positions 0..upto-1."""
+        for t in s.tables:
+            while len(t) * self.block_size < upto:
+                t.append(self.alloc(s.req))
+
+    def register_blocks(self, s) -> None:
+        """Blocks that just became full become findable by the hash of all tokens up to their end."""
+        if not self.prefix_caching:
+            return
+        bs = self.block_size
+        while len(s.hashes) < s.computed // bs:
+            j = len(s.hashes)
+            h = block_hash(s.hashes[-1] if s.hashes else b"", s.tokens[j * bs:(j + 1) * bs])
+            s.hashes.append(h)
+            for layer, t in enumerate(s.tables):
+                if t[j] >= 0:
+                    self.pool.register(t[j], h, layer)
+
+    def free_outside_window(self, s) -> None:
+        """Banded layers: give back blocks no future query of this sequence can see."""
+        upto = self.band_lo(s.computed)
+        for layer, t in enumerate(s.tables):
+            if self.mcfg.is_banded(layer):
+                for j in range(min(upto, len(t))):
+                    if t[j] >= 0:
+                        self.give_back(s.req, t[j])
+                        t[j] = -1
+
+    def share(self, req, table: list[int], n_tokens: int) -> list[int]:
+        """A fork's copy of `table`: full blocks shared by reference, the partial last one copied."""
+        full = n_tokens // self.block_size
+        out = []
+        for j, b in enumerate(table):
+            if b >= 0 and j < full:
+                self.pool.acquire(b)
+            elif b >= 0:                                 # the partial block: written to by each choice
+                nb = self.alloc(req)
+                self.pool.copy_block(b, nb)
+                b = nb
+            out.append(b)
+        return out
+
+    def release_seq(self, s) -> None:
+        for t in s.tables:
+            for b in t:
+                if b >= 0:
+                    self.give_back(s.req, b)
+            t.clear()
+
+    def release_request(self, req) -> None:
+        """Every block of every choice back to the pool, and the rest of the reservation cancelled."""
+        for s in req.seqs:
+            self.release_seq(s)
+        self.reserved -= req.budget
+        req.budget = 0
+
+
+__all__ = ["KVManager"]
