@@ -10,6 +10,7 @@ text is merely what the model predicts well. A sequence longer than the context 
 File format (little-endian):
     magic "G3LZ" | version u8 | total_bits u8 | threads u16 | checkpoint fingerprint 16B |
     token count u64 | original byte length u64 | SHA-256 of the original 32B | payload length u64 |
+    quantize mode u8 (index in gpt3lab.model.quant.MODES: the model's weights must match) |
     torch version (u8 length + ASCII) | machine (u8 length + ASCII) | payload | CRC32 of all before u32
 Decoding needs the same checkpoint (fingerprint checked up front), and the same torch version and
 machine type (recorded; a mismatch that changes any probability shows up as a SHA-256 failure).
@@ -33,11 +34,13 @@ import torch
 from gpt3lab.compress.coder import RangeDecoder, RangeEncoder
 from gpt3lab.compress.model import (TOTAL, TOTAL_BITS, Predictor, find_symbol, fingerprint, fixed_threads,
                                     quantise, symbol_range)
+from gpt3lab.argtypes import add_quantize_argument
 from gpt3lab.errors import CheckpointError, ConfigError, DataError
+from gpt3lab.model.quant import MODES, mode_of
 
 MAGIC = b"G3LZ"
-VERSION = 1
-_HEAD = struct.Struct("<4sBBH16sQQ32sQ")
+VERSION = 2                                   # 2: the quantize mode byte (#12)
+_HEAD = struct.Struct("<4sBBH16sQQ32sQB")
 _ESCAPED = re.compile("([\udc80-\udcff]+)")   # surrogateescape's stand-ins for non-UTF-8 bytes
 
 
@@ -128,7 +131,7 @@ def compress_bytes(model, tokenizer, data: bytes, *, threads: int = 1,
     with fixed_threads(threads):
         payload, ideal = encode_tokens(model, ids, tokenizer.eot_id, progress)
     head = _HEAD.pack(MAGIC, VERSION, TOTAL_BITS, threads, fingerprint(model, tokenizer), len(ids), len(data),
-                      hashlib.sha256(data).digest(), len(payload))
+                      hashlib.sha256(data).digest(), len(payload), MODES.index(mode_of(model)))
     body = head + _short(torch.__version__) + _short(platform.machine()) + payload
     blob = body + struct.pack("<I", zlib.crc32(body))
     return blob, Stats(len(data), len(ids), len(blob), len(payload), ideal, time.perf_counter() - t0)
@@ -139,7 +142,7 @@ def read_header(blob: bytes, name: str = "<data>") -> dict:
     if len(blob) < _HEAD.size + 6 or blob[:4] != MAGIC:
         raise DataError(f"{name}: not a gpt3lab compressed file (no {MAGIC.decode()} header); "
                         f"it must be written by `gpt3lab compress`")
-    magic, version, total_bits, threads, fp, n_tok, n_bytes, sha, n_payload = _HEAD.unpack_from(blob)
+    magic, version, total_bits, threads, fp, n_tok, n_bytes, sha, n_payload, mode = _HEAD.unpack_from(blob)
     if version != VERSION or total_bits != TOTAL_BITS:
         raise DataError(f"{name}: compressed-file version {version} (total 2^{total_bits}); this gpt3lab "
                         f"reads version {VERSION} (2^{TOTAL_BITS}); use the gpt3lab that wrote it")
@@ -155,7 +158,9 @@ def read_header(blob: bytes, name: str = "<data>") -> dict:
                         f"or has extra bytes (copy it again)")
     if zlib.crc32(blob[:-4]) != struct.unpack("<I", blob[-4:])[0]:
         raise DataError(f"{name}: corrupt (CRC32 mismatch); the file was damaged, copy it again")
-    return dict(threads=threads, fingerprint=fp, n_tokens=n_tok, n_bytes=n_bytes, sha256=sha,
+    if mode >= len(MODES):
+        raise DataError(f"{name}: unknown quantize mode {mode} in the header; use the gpt3lab that wrote it")
+    return dict(quantize=MODES[mode], threads=threads, fingerprint=fp, n_tokens=n_tok, n_bytes=n_bytes, sha256=sha,
                 torch=strings[0], machine=strings[1], payload=blob[pos:pos + n_payload])
 
 
@@ -163,6 +168,7 @@ def decompress_bytes(model, tokenizer, blob: bytes, *, name: str = "<data>", che
                      progress: bool = False) -> bytes:
     """Inverse of compress_bytes. DataError (bad file) or CheckpointError (wrong model); never garbage."""
     h = read_header(blob, name)
+    check_quantize(h, mode_of(model), name)
     if h["fingerprint"] != fingerprint(model, tokenizer):
         raise CheckpointError(f"{name} was compressed with a different model than {checkpoint} (fingerprint "
                               f"{h['fingerprint'].hex()}, this one {fingerprint(model, tokenizer).hex()}); "
@@ -199,24 +205,33 @@ def _write(path: Path, data: bytes) -> None:
         raise DataError(f"{path}: cannot write it ({e.strerror}); check the output path") from None
 
 
-def compress_file(checkpoint, src, dst, *, threads: int = 1, progress: bool = True) -> Stats:
-    """Compress file `src` into `dst` with the model of `checkpoint`."""
-    from gpt3lab.checkpoint import load
+def check_quantize(header: dict, mode: str, name: str) -> None:
+    """CheckpointError unless `mode` is the quantize mode the file was compressed with."""
+    if header["quantize"] != mode:
+        raise CheckpointError(f"{name} was compressed with --quantize {header['quantize']}, not --quantize {mode}; "
+                              f"decompress with --quantize {header['quantize']} (the model's probabilities "
+                              f"must be the very same)")
+
+
+def compress_file(checkpoint, src, dst, *, threads: int = 1, progress: bool = True, quantize: str = "none") -> Stats:
+    """Compress file `src` into `dst` with the model of `checkpoint` (weights as `quantize` says)."""
+    from gpt3lab import load
 
     data = _read(Path(src))
-    model, tok = load(checkpoint)
+    model, tok = load(checkpoint, quantize=quantize)
     blob, stats = compress_bytes(model, tok, data, threads=threads, progress=progress)
     _write(Path(dst), blob)
     return stats
 
 
-def decompress_file(checkpoint, src, dst, *, progress: bool = True) -> int:
+def decompress_file(checkpoint, src, dst, *, progress: bool = True, quantize: str = "none") -> int:
     """Decompress `src` (written by compress_file with the same checkpoint) into `dst`; returns its size."""
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
 
     blob = _read(Path(src))
-    read_header(blob, str(src))                 # fail fast on a bad file before loading the model
-    model, tok = load(checkpoint)
+    h = read_header(blob, str(src))             # fail fast on a bad file or mode before loading the model
+    check_quantize(h, quantize, str(src))
+    model, tok = load(checkpoint, quantize=quantize)
     data = decompress_bytes(model, tok, blob, name=str(src), checkpoint=str(checkpoint), progress=progress)
     _write(Path(dst), data)
     return len(data)
@@ -230,17 +245,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads while compressing (recorded; decompression uses the same number)")
     p.add_argument("--no-progress", action="store_true")
+    add_quantize_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
     if args.decompress:
-        n = decompress_file(args.checkpoint, args.input, args.output, progress=not args.no_progress)
+        n = decompress_file(args.checkpoint, args.input, args.output, progress=not args.no_progress,
+                            quantize=args.quantize)
         print(f"decompressed {args.input} -> {args.output}: {n:,} bytes, SHA-256 verified")
         return 0
     s = compress_file(args.checkpoint, args.input, args.output, threads=args.threads,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, quantize=args.quantize)
     over = (s.bits_per_byte / s.ideal_bits_per_byte - 1) * 100 if s.ideal_bits else 0.0
     print(f"compressed {args.input} -> {args.output}: {s.n_bytes:,} -> {s.file_bytes:,} bytes "
           f"({s.n_tokens:,} tokens), {s.bits_per_byte:.3f} bits/byte; model cross-entropy "
