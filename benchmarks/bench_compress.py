@@ -20,7 +20,8 @@ from pathlib import Path
 
 import torch
 
-from gpt3lab.checkpoint import load, read_config, resolve
+from gpt3lab import load
+from gpt3lab.checkpoint import read_config, resolve
 from gpt3lab.compress import compress_bytes, decompress_bytes
 
 

@@ -50,7 +50,7 @@ def bench_batched(repeats: int) -> None:
 
 
 def bench_demo(ckpt: str, limit: int) -> None:
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     model, tok = load(ckpt)
     text = heldout_text()[:200_000]
     t0 = time.perf_counter()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+import gpt3lab
 from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.config import ModelConfig
 from gpt3lab.eval.harness import evaluate_task
@@ -74,7 +75,7 @@ def main() -> None:
     finetune(out / "init", corpus, out / "base", method="full", max_steps=steps["pre"], progress=False,
              overrides=common + ["train.lr=3e-3", "train.warmup_steps=50", "train.weight_decay=0.1"])
     t_pre = time.perf_counter() - t0
-    base, _ = ckpt_io.load(out / "base")
+    base, _ = gpt3lab.load(out / "base")
     rows = [("base (pretrained, never saw 2-digit +)", accuracy(base, tok, task), t_pre, "-")]
 
     t0 = time.perf_counter()
@@ -83,16 +84,16 @@ def main() -> None:
                  overrides=common + ["train.lr=5e-3", "train.warmup_steps=20"])
     t_lora = time.perf_counter() - t0
     frac = f"{100 * s['trainable_params'] / s['total_params']:.1f}%"
-    m, _ = lora.load_with_adapter(out / "lora" / "adapter")
+    m, _ = gpt3lab.load(out / "lora" / "adapter")
     rows.append(("LoRA r=8 (base + adapter)", accuracy(m, tok, task), t_lora, frac))
-    m, _ = ckpt_io.load(out / "lora" / "merged")
+    m, _ = gpt3lab.load(out / "lora" / "merged")
     rows.append(("LoRA r=8 merged checkpoint", accuracy(m, tok, task), t_lora, frac))
 
     t0 = time.perf_counter()
     s = finetune(out / "base", jsonl, out / "full", method="full", max_steps=steps["ft"], progress=False,
                  overrides=common + ["train.lr=2e-3", "train.warmup_steps=20"])
     t_full = time.perf_counter() - t0
-    m, _ = ckpt_io.load(out / "full")
+    m, _ = gpt3lab.load(out / "full")
     rows.append(("full fine-tune", accuracy(m, tok, task), t_full, "100%"))
 
     size = lambda p: sum(f.stat().st_size for f in Path(p).iterdir() if f.is_file())  # noqa: E731

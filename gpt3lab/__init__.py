@@ -1,20 +1,20 @@
 """gpt3lab: a complete, readable GPT-3 in PyTorch.
 
     import gpt3lab
-    model, tokenizer = gpt3lab.load("runs/demo")          # checkpoint or run directory
+    model, tokenizer = gpt3lab.load("runs/demo")          # any checkpoint, run, adapter or HF dir
     print(gpt3lab.generate_text(model, tokenizer, "ROMEO:", max_tokens=50))
 """
 __version__ = "0.1.0"
 
 
 def load(path, device="cpu", tokenizer=None, quantize="none"):
-    """Load a checkpoint (or the latest checkpoint of a run directory): returns (model, tokenizer).
+    """(model, tokenizer) from a checkpoint, a run directory (its newest checkpoint, or its LoRA adapter), an
+    adapter directory, a LoRA checkpoint or a Hugging Face GPT-2 directory: see gpt3lab.loader.
 
-    tokenizer: "gpt2" or a path, overriding (or supplying) the checkpoint's own tokenizer.
+    tokenizer: "gpt2" or a path, overriding (or supplying) the directory's own tokenizer.
     quantize: "none" (fp32 as trained), "bf16" or "int8" (CPU; per-channel int8 weights, for fast
-    inference only): see gpt3lab.model.quant.
-    """
-    from gpt3lab.checkpoint import load as _load
+    inference only): see gpt3lab.model.quant."""
+    from gpt3lab.loader import load as _load
     from gpt3lab.model.quant import check_mode, prepare_for_inference
 
     check_mode(quantize)                 # a bad mode fails before the (slow) load

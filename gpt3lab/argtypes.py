@@ -57,6 +57,7 @@ positive_int = int_range(1)
 nonneg_int = int_range(0)
 positive_float = float_range(0.0, lo_open=True)
 nonneg_float = float_range(0.0)
+seed_int = int_range(0, 2**63 - 1)                   # any seed torch.manual_seed takes
 fraction = float_range(0.0, 1.0)                      # [0, 1]
 open_fraction = float_range(0.0, 1.0, lo_open=True, hi_open=True)   # (0, 1)
 

@@ -6,6 +6,9 @@
     CKPT/tokenizer.json     the tokenizer's saved form (gpt3lab.tokenizer)
     CKPT/train_state/       optional: optimizer.pt (torch.save, loaded with weights_only=True) and
                             state.json (step, tokens seen, RNG states as integer lists, data-loader positions)
+    CKPT/sharded/           instead of model.safetensors and optimizer.pt in checkpoints of sharded (FSDP/TP)
+                            runs: one file per rank (train/sharded_checkpoint.py); `gpt3lab export` makes the
+                            single-file checkpoint of it
 
 A run directory holds checkpoints under RUN/checkpoints/step_NNNNNNN; `resolve` maps a run directory
 to its newest complete checkpoint. A checkpoint is written into a temporary sibling directory and then
@@ -13,6 +16,7 @@ renamed into place, so an interrupted save leaves the previous checkpoint untouc
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -25,16 +29,24 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from gpt3lab.config import ModelConfig, from_dict
-from gpt3lab.errors import CheckpointError
+from gpt3lab.errors import CheckpointError, UserError
+from gpt3lab.model.build import TIED_KEY, build_model
 
 FORMAT = "gpt3lab-checkpoint"
 VERSION = 1
-TIED_KEY = "lm_head.weight"
+
+
+SHARDED = "sharded"
+
+
+def is_sharded(path: str | Path) -> bool:
+    """A checkpoint of a sharded run: CKPT/sharded/ holds torch.distributed.checkpoint files."""
+    return (Path(path) / SHARDED / ".metadata").is_file()
 
 
 def is_checkpoint(path: str | Path) -> bool:
     p = Path(path)
-    return (p / "config.json").is_file() and (p / "model.safetensors").is_file()
+    return (p / "config.json").is_file() and ((p / "model.safetensors").is_file() or is_sharded(p))
 
 
 def resolve(path: str | Path) -> Path:
@@ -95,21 +107,27 @@ def write_dir_atomically(dest: str | Path, fill) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
     try:
         fill(tmp)
-        for f in tmp.rglob("*"):
-            if f.is_file():
-                with open(f, "rb") as fh:
-                    os.fsync(fh.fileno())
-        if dest.exists():
-            old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
+        commit_dir(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def commit_dir(tmp: str | Path, dest: str | Path) -> None:
+    """fsync every file of the complete directory `tmp`, then rename it to `dest` (replacing one)."""
+    tmp, dest = Path(tmp), Path(dest)
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+    if dest.exists():
+        old = dest.with_name(f".old-{dest.name}-{os.getpid()}")
+        os.replace(dest, old)
+        os.replace(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, dest)
 
 
 def save_checkpoint(dest: str | Path, model: torch.nn.Module, model_cfg: ModelConfig, tokenizer=None,
@@ -120,18 +138,23 @@ def save_checkpoint(dest: str | Path, model: torch.nn.Module, model_cfg: ModelCo
     fill_extra(tmpdir): writes more files (the trainer's train_state/) into the same atomic directory.
     weights: the full state dict to write instead of model.state_dict() (gathered FSDP weights).
     """
-    from dataclasses import asdict
-
     def fill(tmp: Path) -> None:
         save_weights(model_state(model, weights), tmp / "model.safetensors")
-        cfg = {"format": FORMAT, "version": VERSION, "model": asdict(model_cfg), **(extra or {})}
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            tokenizer.save(tmp)
+        write_config(tmp, model_cfg, tokenizer, extra)
         if fill_extra is not None:
             fill_extra(tmp)
 
     return write_dir_atomically(dest, fill)
+
+
+def write_config(ckpt: str | Path, model_cfg: ModelConfig, tokenizer=None, extra: dict | None = None) -> None:
+    """CKPT/config.json (+ the tokenizer's files): everything of a checkpoint but its weights."""
+    from dataclasses import asdict
+
+    cfg = {"format": FORMAT, "version": VERSION, "model": asdict(model_cfg), **(extra or {})}
+    (Path(ckpt) / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    if tokenizer is not None:
+        tokenizer.save(ckpt)
 
 
 CHECKSUM_SUFFIX = ".sha256"
@@ -172,6 +195,9 @@ def verify_checksum(path: str | Path) -> None:
 
 
 def load_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
+    if is_sharded(ckpt):
+        raise CheckpointError(f"{ckpt} is a sharded checkpoint (one file per training process); write its "
+                              f"single-file form with `gpt3lab export {ckpt} OUT_DIR` and use OUT_DIR")
     path = Path(ckpt) / "model.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; the checkpoint is incomplete")
@@ -183,37 +209,24 @@ def load_state(ckpt: str | Path) -> dict[str, torch.Tensor]:
                               f"use an earlier checkpoint or re-save it") from None
 
 
+def is_lora_checkpoint(path: str | Path) -> bool:
+    """A training checkpoint of a LoRA fine-tune (config.json carries "lora"; weights hold base + adapters)."""
+    p = Path(path)
+    try:
+        return (p / "model.safetensors").is_file() and "lora" in json.loads((p / "config.json").read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None):
-    """Build the GPT of a checkpoint (or the newest one in a run dir) and load its weights."""
-    from gpt3lab.model import GPT
-
-    from gpt3lab.model import lora
-
+    """The GPT of a plain checkpoint (or the newest one in a run dir). Users call gpt3lab.load."""
     ckpt = resolve(path)
-    if lora.is_lora_checkpoint(ckpt):   # base weights + lora_A/lora_B: not a plain GPT state dict
+    if is_lora_checkpoint(ckpt):   # base weights + lora_A/lora_B: not a plain GPT state dict
         raise CheckpointError(f"{ckpt} is a LoRA fine-tuning checkpoint (base + adapters); load it with "
                               f"gpt3lab.load({str(ckpt)!r}), or use the plain checkpoint in RUN/merged "
                               f"(written by `gpt3lab finetune --method lora --merge`)")
     cfg = from_dict(ModelConfig, read_config(ckpt)["model"], where=f"{ckpt}/config.json model")
-    state = load_state(ckpt)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model = model.to_empty(device=device)
-    expected = set(model_state(model))
-    missing, unexpected = expected - set(state), set(state) - expected
-    if missing or unexpected:
-        raise CheckpointError(f"{ckpt}/model.safetensors does not match its config.json: missing "
-                              f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(model.get_parameter(k).shape if k in dict(model.named_parameters())
-                                   else model.get_buffer(k).shape):
-            raise CheckpointError(f"{ckpt}: tensor {k} has shape {tuple(v.shape)}, config expects another; "
-                                  f"the weights and config.json disagree")
-    model.load_state_dict(state, strict=False)
-    model.lm_head.weight = model.transformer.wte.weight      # re-tie after to_empty
-    if dtype is not None:
-        model = model.to(dtype)
-    return model.eval()
+    return build_model(cfg, load_state(ckpt), f"{ckpt}/model.safetensors", device, dtype=dtype)
 
 
 def load_tokenizer(path: str | Path):
@@ -252,32 +265,6 @@ def chat_template_of(path: str | Path) -> str | None:
         return None
 
 
-def load(path: str | Path, device: str | torch.device = "cpu", tokenizer=None):
-    """(model, tokenizer) from a checkpoint or run directory: the one-call loader behind gpt3lab.load.
-
-    LoRA fine-tunes load too: an adapter directory (base + adapter), a LoRA run or its checkpoints.
-    tokenizer: overrides the stored one (a Tokenizer or any spec resolve_tokenizer takes); a plain
-    checkpoint then needs no tokenizer files of its own.
-    """
-    from gpt3lab.model import lora
-
-    p = Path(path)
-    tok = resolve_tokenizer(tokenizer) if tokenizer is not None else None
-    if lora.is_adapter_dir(p) or lora.is_adapter_dir(p / "adapter"):
-        model, stored = lora.load_with_adapter(p, device=device)
-    else:
-        ckpt = resolve(p)
-        if lora.is_lora_checkpoint(ckpt):
-            model, stored = lora.load_with_adapter(ckpt, device=device)
-        else:
-            model, stored = load_model(ckpt, device=device), (tok or load_tokenizer(ckpt))
-    tok = tok or stored
-    if tok.vocab_size > model.config.vocab_size:
-        raise CheckpointError(f"tokenizer {tok.name!r} has {tok.vocab_size} ids but {path} has vocab_size "
-                              f"{model.config.vocab_size}; pass the tokenizer the model was trained with")
-    return model, tok
-
-
 # ---------------------------------------------------------------------------------------------
 # Run directories and training state (written by gpt3lab.train.loop)
 
@@ -293,6 +280,23 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first (temp dirs of interrupted saves are not listed)."""
     d = Path(run_dir) / "checkpoints"
     return sorted((c for c in d.glob("step_*") if is_checkpoint(c)), key=lambda c: c.name) if d.is_dir() else []
+
+
+def new_run_dir(run_dir: str | Path) -> Path:
+    """The --out of a new run: refused (UserError) when it already holds one, so nothing is overwritten."""
+    out = Path(run_dir)
+    if out.exists() and ((out / "checkpoints").exists() or (out / "log.jsonl").exists()):
+        raise UserError(f"--out {out} already holds a run; pass --resume to continue it or pick a new --out")
+    return out
+
+
+def resume_checkpoint(run_dir: str | Path) -> Path:
+    """The checkpoint --resume continues from: the run's newest (CheckpointError when it has none)."""
+    ckpts = list_checkpoints(run_dir)
+    if not ckpts:
+        raise CheckpointError(f"--resume: {run_dir} holds no checkpoint (checkpoints/step_*); drop --resume to "
+                              f"start a new run there")
+    return ckpts[-1]
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
@@ -329,21 +333,69 @@ def set_rng_state(state: dict) -> None:
 def save_train_state(ckpt_tmp: str | Path, optimizer: torch.optim.Optimizer | dict, state: dict) -> None:
     """Write CKPT/train_state/{optimizer.pt, state.json}; `state` must be JSON-serialisable.
 
-    optimizer: an optimizer, or its state dict (the trainer passes the portable by-name form).
+    optimizer: an optimizer, or its state dict (the trainer passes the portable by-name form); None when the
+    optimizer is saved elsewhere (sharded checkpoints).
     """
     d = Path(ckpt_tmp) / TRAIN_STATE
     d.mkdir(parents=True, exist_ok=True)
-    torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), d / "optimizer.pt")
+    if optimizer is not None:
+        torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), d / "optimizer.pt")
     (d / "state.json").write_text(json.dumps({**state, "rng": rng_state()}) + "\n")
+
+
+def validate_train_state(state: dict, where: str | Path) -> None:
+    """CheckpointError naming the first bad field of a state.json (missing, wrong type, wrong RNG length)."""
+    from pydantic import ValidationError
+
+    try:
+        _train_state_schema().model_validate(state)
+    except ValidationError as e:
+        err = e.errors()[0]
+        field = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise CheckpointError(f"{where}: field {field}: {err['msg']}; the file is damaged or not written by "
+                              f"gpt3lab: resume from an earlier checkpoint") from None
+
+
+@functools.lru_cache(maxsize=1)
+def _train_state_schema():
+    """The pydantic model of state.json (built on first use: pydantic is imported lazily)."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
+
+    Byte, Word = Annotated[StrictInt, Field(ge=0, le=255)], Annotated[StrictInt, Field(ge=0, lt=2 ** 32)]
+    n_torch = torch.get_rng_state().numel()
+
+    class Rng(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        torch: Annotated[list[Byte], Field(min_length=n_torch, max_length=n_torch)]
+        python: Annotated[list[Word], Field(min_length=625, max_length=625)]
+        python_version: StrictInt
+        python_gauss: StrictFloat | None
+        cuda: list[list[Byte]] | None = None
+
+    class TrainState(BaseModel):
+        model_config = ConfigDict(extra="allow")     # later versions may add keys
+        step: Annotated[StrictInt, Field(ge=0)]
+        tokens: Annotated[StrictInt, Field(ge=0)]
+        world_size: Annotated[StrictInt, Field(ge=1)] = 1
+        train_data: dict
+        eval_data: dict | None = None
+        rng: Rng
+
+    return TrainState
 
 
 def load_train_state(ckpt: str | Path) -> tuple[dict, dict]:
     """(optimizer state_dict, state dict) of a checkpoint; CheckpointError when missing or corrupt."""
     d = Path(ckpt) / TRAIN_STATE
+    if is_sharded(ckpt):         # the optimizer is in the shards (train/sharded_checkpoint.py)
+        return None, read_json(d / "state.json", "the checkpoint is incomplete", "resume from an earlier checkpoint")
     if not (d / "state.json").is_file() or not (d / "optimizer.pt").is_file():
         raise CheckpointError(f"{ckpt} has no complete {TRAIN_STATE}/ (optimizer.pt + state.json); it can be "
                               f"loaded for inference but not resumed; start a new run from it instead")
     state = read_json(d / "state.json", "the checkpoint is incomplete", "resume from an earlier checkpoint")
+    validate_train_state(state, d / "state.json")
     try:
         # weights_only=True: plain tensors and containers only, never arbitrary pickled objects
         opt = torch.load(d / "optimizer.pt", map_location="cpu", weights_only=True)

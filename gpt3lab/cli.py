@@ -20,11 +20,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("gpt3lab.convert", "import/export Hugging Face GPT-2 checkpoints"),
     "plot": ("gpt3lab.train.plot", "plot a run's loss curves to PNG"),
     "size": ("gpt3lab.sizing_cli", "parameters, FLOPs, memory, GPU-time and cost"),
+    "presets": ("gpt3lab.presets_cli", "list the model presets (shapes, parameters, training defaults)"),
     "demo": ("gpt3lab.demo", "prepare Shakespeare, train the demo model, sample"),
     "eval": ("gpt3lab.eval.cli", "zero/one/few-shot evaluation and perplexity"),
-    "finetune": ("gpt3lab.finetune.cli", "fine-tune (full or LoRA) on prompt/completion JSONL"),
-    "serve": ("gpt3lab.serve.cli", "OpenAI-compatible /v1/completions server + playground"),
+    "finetune": ("gpt3lab.finetune.cli", "fine-tune (full or LoRA) on prompt/completion, chat or Alpaca JSONL"),
+    "serve": ("gpt3lab.serve.cli", "OpenAI-compatible /v1/completions + /v1/chat/completions server + playground"),
     "compress": ("gpt3lab.compress", "compress/decompress a file with the model as the coder"),
+    "export": ("gpt3lab.export_cli", "single-file model.safetensors checkpoint of a (sharded) run"),
 }
 
 
@@ -38,11 +40,27 @@ def _load(name: str):
         raise
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Appends "(default: X)" to an option's help unless it has no real default (None/False/[]) or the
+    help text already states it."""
+
+    def _get_help_string(self, action):
+        help_ = action.help or ""
+        d = action.default
+        if (not action.option_strings or d in (None, False, argparse.SUPPRESS) or d == [] or "default" in help_
+                or "%(default)" in help_):
+            return help_
+        return f"{help_} (default: %(default)s)"
+
+
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
+    from gpt3lab import __version__
+
     parser = argparse.ArgumentParser(prog="gpt3lab", description="A complete, readable GPT-3.")
+    parser.add_argument("--version", action="version", version=f"gpt3lab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, formatter_class=DefaultsHelpFormatter)
         # only the chosen command's module is imported (and adds its flags)
         if argv and argv[0] == name:
             _load(name).add_arguments(p)
@@ -53,14 +71,19 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 HEAVY = {"train", "generate", "demo", "eval", "finetune", "serve", "compress"}
 
 
+def wants_fast_allocator(argv: list[str]) -> bool:
+    """Whether this command line runs the model (a HEAVY command, not just its --help)."""
+    return bool(argv) and argv[0] in HEAVY and not {"-h", "--help"} & set(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:   # a real process: may re-exec itself under tcmalloc (never inside tests)
-        argv = sys.argv[1:]
-        if argv and argv[0] in HEAVY:
+    real = argv is None   # a real process: may re-exec itself under another malloc (never inside tests)
+    argv = sys.argv[1:] if real else argv
+    try:
+        if real and wants_fast_allocator(argv):
             from gpt3lab.launcher import use_fast_allocator
 
             use_fast_allocator()
-    try:
         parser = build_parser(argv)
         args = parser.parse_args(argv)
         if not args.command:

@@ -6,15 +6,14 @@ command line edits any field by name, with the value parsed to the field's type.
 from __future__ import annotations
 
 import dataclasses
-import json
 import typing
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 from gpt3lab.errors import ConfigError
 
 ATTENTION_PATTERNS = ("dense", "alternating", "banded")
+LOGGERS = ("csv", "tensorboard", "wandb")
 
 
 @dataclass
@@ -111,12 +110,18 @@ class TrainConfig:
     decay_tokens: int | None = None  # cosine ends here; None = the run's end
     schedule_scale: str = "none"     # "auto": scale warmup/decay/ramp tokens by run tokens / 300B; or a number
     parallel: str = "none"           # "none" | "ddp" | "fsdp" (ddp/fsdp under torchrun)
+    tensor_parallel: int = 1         # K > 1: shard each block over K ranks (needs parallel=fsdp; FSDP over world/K)
+    async_checkpoint: bool = False   # write sharded checkpoints in the background while training continues
     activation_checkpointing: bool = False
+    logger: str = "csv"              # "csv" (log.jsonl + log.csv only) | "tensorboard" | "wandb" (also write there)
     on_nonfinite: str = "stop"       # NaN/inf loss or gradients: "stop" (error, non-zero exit) | "skip" the step
 
     def __post_init__(self) -> None:
         _check_number_types(self, "train")
-        for name in ("batch_size", "max_steps", "eval_batches", "log_every", "save_every", "keep_last"):
+        if self.logger not in LOGGERS:
+            raise ConfigError(f"train.logger={self.logger!r} must be one of {', '.join(LOGGERS)}")
+        for name in ("batch_size", "max_steps", "eval_batches", "log_every", "save_every", "keep_last",
+                     "tensor_parallel"):
             v = getattr(self, name)
             if not isinstance(v, int) or v < 1:
                 raise ConfigError(f"train.{name}={v!r} must be a positive integer")
@@ -178,10 +183,6 @@ def _check_number_types(cfg: Any, prefix: str) -> None:
 
 
 
-def to_dict(cfg: Any) -> dict:
-    return dataclasses.asdict(cfg)
-
-
 def from_dict(cls: type, d: dict, where: str = "config") -> Any:
     """Build dataclass `cls` from a dict, rejecting unknown keys with the list of valid ones."""
     if not isinstance(d, dict):
@@ -191,10 +192,6 @@ def from_dict(cls: type, d: dict, where: str = "config") -> Any:
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(names))}")
     return cls(**d)
-
-
-def save_json(obj: dict, path: str | Path) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _parse_value(text: str, typ: Any, key: str) -> Any:
@@ -252,5 +249,5 @@ def check_overrides_known(overrides: list[str], *cfgs: tuple[str, Any]) -> None:
             raise ConfigError(f"--set {key}: unknown setting; valid: {', '.join(valid)}")
 
 
-__all__ = ["ModelConfig", "TrainConfig", "ATTENTION_PATTERNS", "to_dict", "from_dict", "save_json",
+__all__ = ["ModelConfig", "TrainConfig", "ATTENTION_PATTERNS", "from_dict",
            "apply_overrides", "check_overrides_known", "field"]

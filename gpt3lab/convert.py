@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from gpt3lab.checkpoint import read_json, write_dir_atomically
 from gpt3lab.config import ModelConfig
 from gpt3lab.errors import CheckpointError, ConfigError
+from gpt3lab.model.build import build_model
 
 CONV1D_SUFFIXES = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # GELU variants equal to ours (the tanh approximation)
@@ -152,28 +153,33 @@ def _merge_lines(path: Path) -> list[str]:
     return [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and not ln.startswith("#version")]
 
 
+def is_hf_dir(path: str | Path) -> bool:
+    """A Hugging Face model directory: its config.json names a model_type."""
+    p = Path(path) / "config.json"
+    try:
+        return p.is_file() and "model_type" in json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
 def from_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
     """Build a gpt3lab GPT from an HF GPT-2 directory. Returns (model in eval mode, fp32; ModelConfig)."""
-    from gpt3lab.model import GPT
-
     cfg = read_hf_config(hf_dir)
     state = hf_to_gpt3lab_state(read_hf_state(hf_dir), cfg.n_layer)
-    with torch.device("meta"):
-        model = GPT(cfg)
-    model = model.to_empty(device=device)
-    expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{hf_dir}: weights do not match config.json: missing {missing[:4]}, "
-                              f"unexpected {unexpected[:4]}")
-    for k, shape in expected.items():
-        if tuple(state[k].shape) != tuple(shape):
-            raise CheckpointError(f"{hf_dir}: tensor {k} has shape {tuple(state[k].shape)}, config.json "
-                                  f"implies {tuple(shape)}")
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=False)
-    model.lm_head.weight = model.transformer.wte.weight       # re-tie after to_empty
-    return model.eval(), cfg
+    return build_model(cfg, state, str(hf_dir), device), cfg
+
+
+def load_hf(hf_dir: str | Path, device: str | torch.device = "cpu"):
+    """(model, tokenizer) of an HF GPT-2 dir; GPT-2's tokenizer when the dir has none and the vocab fits."""
+    model, cfg = from_hf(hf_dir, device=device)
+    tok = hf_tokenizer(hf_dir)
+    if tok is None:
+        if cfg.vocab_size != 50257:
+            raise CheckpointError(f"{hf_dir}: no vocab.json and vocab_size {cfg.vocab_size} is not GPT-2's; "
+                                  f"add GPT-2's vocab.json/merges.txt or convert with a tokenizer")
+        from gpt3lab.tokenizer import Tokenizer
+        tok = Tokenizer.gpt2()
+    return model, tok
 
 
 # ---- writing an HF directory -------------------------------------------------------------------
@@ -319,4 +325,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["from_hf", "to_hf", "read_hf_config", "read_hf_state", "hf_config", "check_exportable"]
+__all__ = ["from_hf", "load_hf", "is_hf_dir", "to_hf", "read_hf_config", "read_hf_state", "hf_config", "check_exportable"]

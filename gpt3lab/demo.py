@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from gpt3lab.argtypes import nonneg_int, positive_float, positive_int
 from gpt3lab.errors import UserError
 
 TOKENIZER = "bpe:4096"
@@ -24,14 +25,16 @@ DATA_DIR = Path("data") / "shakespeare-bpe4096"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(DATA_DIR), help="data dir (prepared here once, then reused)")
     p.add_argument("--out", default="runs/demo", help="run dir (replaced if it holds an earlier demo run)")
-    p.add_argument("--time-budget", type=float, default=540.0, metavar="SECONDS",
+    p.add_argument("--time-budget", type=positive_float, default=540.0, metavar="SECONDS",
                    help="wall-clock cap on training (the preset's max_steps caps it too); the steps are "
                         "fitted to it by timing a few steps first")
-    p.add_argument("--max-steps", type=int, help="override the preset's max_steps")
+    p.add_argument("--max-steps", type=positive_int, help="override the preset's max_steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for gpt3lab train")
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt of the printed sample")
-    p.add_argument("--sample-tokens", type=int, default=200)
+    p.add_argument("--sample-tokens", type=nonneg_int, default=200)
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--priming", action="store_true", help="instead: train the in-context-learning model of "
+                   "gpt3lab.priming_demo (into runs/priming) and plot its accuracy at k = 0, 1, 2, 4, 8")
 
 
 def prepare_data(data_dir: Path, progress: bool = True) -> Path:
@@ -50,31 +53,34 @@ def prepare_data(data_dir: Path, progress: bool = True) -> Path:
     return data_dir
 
 
-def fit_steps(data: Path, overrides: list[str], budget_s: float, probe_steps: int = 6) -> int:
+def fit_steps(data: Path, overrides: list[str], budget_s: float, **probe_kw) -> int:
     """Steps of the demo preset that fit in `budget_s` on this machine, measured now (at most the
-    preset's max_steps). The cosine schedule then ends at the budget instead of being cut off mid-way."""
+    preset's max_steps): steps, evals, a save and the warm-up are timed by train.budget.probe. The
+    cosine schedule then ends at the budget instead of being cut off mid-way."""
+    import tempfile
+
     from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides
     from gpt3lab.data import WindowLoader, load_data_tokenizer
     from gpt3lab.model import GPT
     from gpt3lab.presets import get_preset
+    from gpt3lab.train import budget
     from gpt3lab.train.distributed import local_device
-    from gpt3lab.train.loop import Trainer
+    from gpt3lab.train.loop import RunInfo, Trainer
 
-    p = get_preset("demo")
-    mcfg = apply_overrides(ModelConfig(**{**p.model, "vocab_size": load_data_tokenizer(data).vocab_size}),
-                           overrides, "model")
+    p, tok = get_preset("demo"), load_data_tokenizer(data)
+    mcfg = apply_overrides(ModelConfig(**{**p.model, "vocab_size": tok.vocab_size}), overrides, "model")
     cfg = apply_overrides(TrainConfig(**p.train), overrides, "train")
-    # time on the device (and so the precision) train() will use, not the Trainer's CPU default
-    tr = Trainer(GPT(mcfg), mcfg, cfg, WindowLoader(data, "train", mcfg.context, cfg.batch_size),
-                 device=local_device(cfg.device))
-    tr.train_step()                                            # warm-up (allocations, kernel choice)
-    t0 = time.perf_counter()
-    for _ in range(probe_steps):
-        tr.train_step()
-    step_s = (time.perf_counter() - t0) / probe_steps
-    steps = steps_within(budget_s, step_s, cfg.eval_every, cfg.eval_batches)
-    print(f"demo: {step_s:.2f} s/step here -> {min(steps, cfg.max_steps)} steps fit in {budget_s:.0f} s")
-    return min(steps, cfg.max_steps)
+    loader = lambda split: WindowLoader(data, split, mcfg.context, cfg.batch_size, seed=cfg.seed)
+    with tempfile.TemporaryDirectory(prefix="gpt3lab-demo-probe-") as scratch:
+        # time on the device (and so the precision) train() will use, not the Trainer's CPU default
+        tr = Trainer(GPT(mcfg), mcfg, cfg, loader("train"), loader("val"), device=local_device(cfg.device),
+                     info=RunInfo(out_dir=Path(scratch), tokenizer=tok, progress=False))
+        costs = budget.probe(tr, **probe_kw)
+    steps = min(budget.steps_within(budget_s, costs, cfg.eval_every, cfg.save_every), cfg.max_steps)
+    need = budget.run_seconds(steps, costs, cfg.eval_every, cfg.save_every)
+    print(f"demo: {costs.step_s:.3f} s/step, {costs.eval_s:.1f} s/eval, {costs.save_s:.2f} s/save here -> "
+          f"{steps} steps fit in {budget_s:.0f} s (~{need:.0f} s)")
+    return steps
 
 
 DEMO_MARKER = "DEMO_RUN"   # written into the run dir: only such a dir may be replaced by the next demo
@@ -93,14 +99,6 @@ def clear_previous_demo(out: Path) -> None:
                                    "this directory\n")
 
 
-def steps_within(budget_s: float, step_s: float, eval_every: int, eval_batches: int) -> int:
-    """Training steps that fit in 90% of `budget_s` (the machine may be shared), counting the evals:
-    one every `eval_every` steps plus the final one, each `eval_batches` forward passes (~1/3 step)."""
-    eval_s = eval_batches * step_s / 3
-    per_step = step_s + (eval_s / eval_every if eval_every > 0 else 0.0)
-    return max(1, int((0.9 * budget_s - eval_s) / per_step))
-
-
 @torch.no_grad()
 def split_bpb(model, loader, batch_size: int = 16) -> float:
     """Bits per UTF-8 byte over all non-overlapping windows of a split (mean token loss scaled by
@@ -115,11 +113,14 @@ def split_bpb(model, loader, batch_size: int = 16) -> float:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt3lab.checkpoint import load
+    from gpt3lab import load
     from gpt3lab.data import WindowLoader
     from gpt3lab.train.cli import train
     from gpt3lab.train.plot import plot_run
 
+    if args.priming:
+        from gpt3lab.priming_demo import run as run_priming
+        return run_priming(args)
     t0 = time.perf_counter()
     data = prepare_data(Path(args.data), progress=not args.no_progress)
     out = Path(args.out)
@@ -141,20 +142,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sample(model, tok, prompt: str, n: int) -> str:
+    from gpt3lab.generate import generate
+
     n = max(1, min(n, model.config.context - len(tok.encode(prompt))))   # stay within the context
-    try:
-        from gpt3lab.generate import generate
-    except ImportError:  # the generation engine is optional for the demo
-        return _minimal_sample(model, tok, prompt, n)
     return generate(model, tok, prompt, max_tokens=n, temperature=0.8, top_k=50, seed=0).text
-
-
-@torch.no_grad()
-def _minimal_sample(model, tok, prompt: str, n: int) -> str:
-    g = torch.Generator().manual_seed(0)
-    ids = torch.tensor([tok.encode(prompt)])
-    for _ in range(n):
-        logits, _ = model(ids[:, -model.config.context:])
-        probs = torch.softmax(logits[0, -1] / 0.8, dim=-1)
-        ids = torch.cat([ids, torch.multinomial(probs, 1, generator=g)[None]], dim=1)
-    return tok.decode(ids[0, len(tok.encode(prompt)):].tolist())

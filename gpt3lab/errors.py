@@ -18,3 +18,7 @@ class DataError(UserError):
 
 class CheckpointError(UserError):
     """A checkpoint directory is missing, truncated, corrupt or incompatible."""
+
+
+class ContextOverflowError(UserError, ValueError):
+    """More tokens than the model's context window (a prompt + max_tokens, or a sequence given to the model)."""

@@ -15,19 +15,19 @@ import threading
 
 import torch
 
-from gpt3lab.errors import UserError
+from gpt3lab.generate.api import InvalidRequestError, check_token_ids
 from gpt3lab.model import matvec
 from gpt3lab.model.quant import prepare_for_inference
 
 MAX_TOKENS = 256          # keeps the attention payload small (layers x heads x T^2 / 2 numbers)
 
 
-class InspectError(UserError, ValueError):
+class InspectError(InvalidRequestError):
     """A prompt or layer selection that cannot be inspected; `param` names the offending field."""
 
     def __init__(self, message: str, param: str, code: str | None = None):
-        super().__init__(message)
-        self.param, self.code = param, code
+        super().__init__(message, param)
+        self.code = code
 
 
 def prompt_ids(tokenizer, text_or_ids, limit: int) -> list[int]:
@@ -38,10 +38,7 @@ def prompt_ids(tokenizer, text_or_ids, limit: int) -> list[int]:
         ids = [int(t) for t in text_or_ids]
     if not ids:
         raise InspectError("the prompt is empty: give at least one token to inspect", "prompt")
-    V = tokenizer.vocab_size
-    bad = [t for t in ids if not 0 <= t < V]
-    if bad:
-        raise InspectError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})", "prompt")
+    check_token_ids(ids, tokenizer.vocab_size)
     if len(ids) > limit:
         raise InspectError(f"the prompt has {len(ids)} tokens; inspection takes at most {limit} "
                            f"(attention is returned for every pair of tokens): shorten the prompt", "prompt",
@@ -154,3 +151,165 @@ def inspect(model, tokenizer, text_or_ids, *, top_k: int = 5, layers=None, max_t
     return {"tokens": [{"id": t, "text": tokenizer.decode([t])} for t in ids], "positions": positions,
             "attention": {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "layers": layers, "windows": windows,
                           "weights": weights}}
+
+
+# ---- tracks: the logit lens ----------------------------------------------------------------------
+
+def residuals(model, ids: list[int]) -> torch.Tensor:
+    """The residual stream at every depth: (n_layer + 1, T, d_model) fp32; row 0 is the embedding
+    (wte + wpe), row l + 1 the output of block l. Captured by forward hooks on one read-only pass."""
+    T = len(ids)
+    n = max(T, min(matvec.MAX_ROWS + 1, model.config.context))   # padded as in _forward (read-only matvec)
+    dev = model.transformer.wte.weight.device
+    idx = torch.tensor([ids + [ids[-1]] * (n - T)], device=dev)                      # (1, n)
+    me, out = threading.get_ident(), {}
+
+    def hook_for(row):
+        def hook(module, args, output):
+            if threading.get_ident() == me:
+                out[row] = output[0, :T].float()                                     # (T, d)
+        return hook
+
+    mods = [model.transformer.drop, *model.transformer.h]
+    handles = [m.register_forward_hook(hook_for(r)) for r, m in enumerate(mods)]
+    try:
+        model.hidden(idx)                         # no lm_head call: nothing is re-laid out (matvec)
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.stack([out[r] for r in range(len(mods))])                          # (L+1, T, d)
+
+
+def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
+    """What each depth would predict: lm_head(ln_f(residual)) -> (L+1, T, V) fp32 (the logit lens,
+    nostalgebraist 2020); the last row is exactly the model's logits."""
+    L1, T, d = resid.shape
+    x = model.transformer.ln_f(resid.reshape(L1 * T, d).to(model.transformer.ln_f.weight.dtype))
+    # lm_head itself (no side effects since #12), so an int8 model's lens uses its int8 unembedding
+    return model.lm_head(x).float().reshape(L1, T, -1)
+
+
+def lens(model, tokenizer, text_or_ids, *, top_k: int = 3, max_tokens: int = MAX_TOKENS,
+         decimals: int | None = None) -> dict:
+    """Tracks through the layers for one prompt: at every depth and position, the lens's top tokens.
+
+    -> {"tokens": [{"id", "text"}], "rows": ["embedding", "block 0", ..., "block L-1"],
+    "norms": [row][pos] (L2 norm of the residual stream), "cells": [row][pos] = {"top": [{"id", "text",
+    "prob"}] (k likeliest next tokens under that depth's lens), "next_prob" (of the actual next token;
+    None at the last position)}}. Size: (n_layer + 1) x T x top_k candidates.
+    """
+    ids = prompt_ids(tokenizer, text_or_ids, min(max_tokens, model.config.context))
+    if not 1 <= top_k <= 20:
+        raise InspectError(f"lens top_k={top_k} must be between 1 and 20", "lens_top_k")
+    with _eval_mode(model), torch.inference_mode():
+        resid = residuals(model, ids)                                               # (L+1, T, d)
+        logp = torch.log_softmax(lens_logits(model, resid), dim=-1)                 # (L+1, T, V)
+        top_lp, top_id = logp.topk(min(top_k, logp.shape[-1]), dim=-1)              # (L+1, T, k)
+        nxt = torch.tensor(ids[1:] + [0], device=logp.device)
+        next_p = _plain(logp.gather(-1, nxt.expand(logp.shape[0], -1)[..., None])[..., 0].exp(), decimals)
+        top_p, norms = _plain(top_lp.exp(), decimals), _plain(resid.norm(dim=-1), decimals)
+    text = {t: tokenizer.decode([t]) for t in set(top_id.flatten().tolist())}
+    cells = [[{"top": [{"id": t, "text": text[t], "prob": p} for t, p in zip(tids, top_p[r][i])],
+               "next_prob": next_p[r][i] if i + 1 < len(ids) else None}
+              for i, tids in enumerate(row)] for r, row in enumerate(top_id.tolist())]
+    rows = ["embedding"] + [f"block {l}" for l in range(model.config.n_layer)]
+    return {"tokens": [{"id": t, "text": tokenizer.decode([t])} for t in ids], "rows": rows, "norms": norms,
+            "cells": cells}
+
+
+class _eval_mode:
+    """Dropout off for the duration (the serving engine's model is in eval mode already)."""
+
+    def __init__(self, model):
+        self.model, self.was = model, model.training
+
+    def __enter__(self):
+        if self.was:
+            self.model.eval()
+
+    def __exit__(self, *exc):
+        if self.was:
+            self.model.train()
+
+
+# ---- the generation loop, one step -----------------------------------------------------------------
+
+def next_step(model, tokenizer, text_or_ids, *, temperature: float = 1.0, top_k: int | None = None,
+              top_p: float | None = None, seed: int | None = None, show: int = 10,
+              max_tokens: int = MAX_TOKENS) -> dict:
+    """One step of the generation loop: the next-token distribution after temperature / top-k / top-p
+    (the sampler's own filters), and one token drawn from it by the sampler (gpt3lab.generate.sampling).
+
+    -> {"top": [{"id", "text", "prob" (after the filters), "model_prob" (raw softmax)}] (the `show` most
+    likely), "kept" (tokens left after the filters), "token": {"id", "text", "prob", "model_prob"}}.
+    """
+    from gpt3lab.generate import sampling
+    from gpt3lab.generate.api import SamplingParams
+
+    # the one request check (raises InvalidRequestError naming the field), as for every generation
+    SamplingParams(max_tokens=0, temperature=temperature, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0,
+                   seed=seed).validate(tokenizer.vocab_size, model.config.context)
+    ids = prompt_ids(tokenizer, text_or_ids, min(max_tokens, model.config.context))
+    with _eval_mode(model), torch.inference_mode():
+        resid = residuals(model, ids)[-1:, -1:]                                     # (1, 1, d)
+        logits = lens_logits(model, resid)[0]                                       # (1, V)
+        x = logits / temperature if temperature > 0 else logits
+        x = sampling.top_p_filter(sampling.top_k_filter(x, top_k), top_p)
+        if temperature == 0:                                                        # greedy: all mass on argmax
+            x = torch.full_like(logits, float("-inf")).scatter(1, logits.argmax(-1, keepdim=True), 0.0)
+        tok, _ = sampling.sample(logits, temperature, top_k, top_p, sampling.sample_generator(seed))
+        probs, model_p = x.softmax(-1)[0], logits.softmax(-1)[0]                    # (V,)
+        order = probs.topk(min(show, probs.shape[0])).indices.tolist()
+        kept = int(torch.isfinite(x).sum())
+
+    def entry(t):
+        return {"id": t, "text": tokenizer.decode([t]), "prob": float(probs[t]), "model_prob": float(model_p[t])}
+    return {"top": [entry(t) for t in order], "kept": kept, "token": entry(int(tok[0]))}
+
+
+# ---- priming: zero / one / few-shot ------------------------------------------------------------------
+
+PRIMING_TASK = "mapping"      # the priming demo's held-out key->value mappings (gpt3lab.priming_demo)
+
+
+def priming_tasks() -> list[str]:
+    """Task names priming() accepts: the harness's built-in tasks and the priming demo's mappings."""
+    from gpt3lab.eval.tasks import builtin_names
+    return [PRIMING_TASK, *builtin_names()]
+
+
+def _priming_task(name: str, n: int, seed: int):
+    from gpt3lab.eval.tasks import builtin_task
+    from gpt3lab.priming_demo import heldout_task
+
+    if name not in priming_tasks():
+        raise InspectError(f"task {name!r} is not a built-in task; choose one of {', '.join(priming_tasks())}",
+                           "task")
+    return heldout_task(seed) if name == PRIMING_TASK else builtin_task(name, n=n, seed=seed)
+
+
+def priming(model, tokenizer, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, seed: int = 0) -> dict:
+    """In-context learning curve of one task: the eval harness's prompts (description + k examples +
+    query, gpt3lab.eval.prompts) and metric at each k, plus the mean log-probability of the gold answer.
+
+    -> {"task", "kind", "metric", "shots": [{"k", "value" (the harness's primary metric), "answer_logprob"
+    (mean over items, natural log), "mean_shots" (examples that fit), "prompt" (the first item's),
+    "gold", "prediction"}]}
+    """
+    from gpt3lab.eval.harness import PRIMARY, _prompts, evaluate_task
+    from gpt3lab.eval.scoring import score_requests
+
+    t = _priming_task(task, n, seed)
+    out = []
+    with _eval_mode(model), torch.inference_mode():
+        for k in shots:
+            r = evaluate_task(model, tokenizer, t, k, seed=seed, limit=n, keep_examples=1)
+            ps = _prompts(t, tokenizer, model, k, seed, n, False)      # the same prompts the harness scored
+            reqs = [(tokenizer.encode(p.text), tokenizer.encode(t.fmt.delimiter + it.gold))
+                    for p, it in zip(ps, t.items[:n])]
+            lps = [s.logprob for s in score_requests(model, reqs, tokenizer.eot_id)]
+            ex = r.examples[0]
+            out.append({"k": k, "value": r.metrics[PRIMARY[t.kind]], "answer_logprob": sum(lps) / len(lps),
+                        "mean_shots": r.mean_shots, "prompt": ex["prompt"], "gold": ex["gold"],
+                        "prediction": ex["prediction"]})
+    return {"task": task, "kind": t.kind, "metric": PRIMARY[t.kind], "shots": out}

@@ -15,6 +15,12 @@ Pure arithmetic on a ModelConfig: no torch, no model is built. Conventions (also
   8 B Adam m and v = 16 bytes/param. DDP replicates all 16 B on every GPU; FSDP (full shard, ZeRO-3) splits
   them over the world size (the transient all-gathered layer is not counted). Activations: see
   `layer_activation_bytes`.
+- Tensor parallelism over K GPUs (train.tensor_parallel, with FSDP over world / K): the block matrices
+  (c_attn, c_fc column-wise, both c_proj row-wise) and column-parallel biases are split K ways and FSDP
+  splits them further over world / K; embeddings, LayerNorms and row-parallel biases are whole on each TP
+  rank and FSDP-split over world / K only. Activations inside attention and the MLP (q, k, v, the attention
+  output, the d_ff hidden) are split K ways; the residual stream, LayerNorm inputs and the logits are not
+  (no sequence parallelism).
 """
 from __future__ import annotations
 
@@ -120,7 +126,7 @@ def inference_flops_per_token(cfg: ModelConfig) -> float:
 # memory
 
 
-def layer_activation_bytes(cfg: ModelConfig, banded: bool) -> int:
+def layer_activation_bytes(cfg: ModelConfig, banded: bool, tp: int = 1) -> float:
     """Bytes one block saves for backward, per token, under bf16 autocast with fused (SDPA) attention.
 
     The residual stream and LayerNorm run in fp32 (4 B); matmul inputs/outputs are bf16 (2 B):
@@ -130,14 +136,12 @@ def layer_activation_bytes(cfg: ModelConfig, banded: bool) -> int:
     keeps its blocked keys/values ([prev | own] block: 2 copies of k and v, +8a). No T x T scores are
     kept (fused kernels recompute them); dropout > 0 adds 1-byte residual dropout masks.
     Checked against the tensors autograd saves in tests/test_sizing.py.
+    tp: tensor-parallel ranks; the head- and d_ff-sized tensors are split over them, the rest is not.
     """
     h, a, f = cfg.d_model, cfg.d_attn, cfg.d_ff
-    total = 12 * h + 16 + 8 * a + 4 * cfg.n_head + 4 * f
-    if banded:
-        total += 8 * a
-    if cfg.dropout > 0:
-        total += 2 * h      # residual dropout masks after attention and MLP
-    return total
+    whole = 12 * h + 16 + (2 * h if cfg.dropout > 0 else 0)    # + residual dropout masks (attention, MLP)
+    split = 8 * a + 4 * cfg.n_head + 4 * f + (8 * a if banded else 0)
+    return whole + (split if tp == 1 else split / tp)
 
 
 def head_activation_bytes(cfg: ModelConfig) -> int:
@@ -146,7 +150,7 @@ def head_activation_bytes(cfg: ModelConfig) -> int:
     return 4 * cfg.d_model + 8 + 2 * cfg.d_model + 4 * cfg.vocab_size + 8
 
 
-def activation_bytes(cfg: ModelConfig, micro_batch: int = 1, checkpointing: bool = False) -> int:
+def activation_bytes(cfg: ModelConfig, micro_batch: int = 1, checkpointing: bool = False, tp: int = 1) -> float:
     """Peak activation memory for one micro-batch of `micro_batch` full-context sequences.
 
     Without checkpointing every block's saved tensors are alive at the start of backward. With per-block
@@ -154,7 +158,7 @@ def activation_bytes(cfg: ModelConfig, micro_batch: int = 1, checkpointing: bool
     that block is recomputed during backward.
     """
     tokens = micro_batch * cfg.context
-    per_layer = [layer_activation_bytes(cfg, cfg.is_banded(i)) for i in range(cfg.n_layer)]
+    per_layer = [layer_activation_bytes(cfg, cfg.is_banded(i), tp) for i in range(cfg.n_layer)]
     if checkpointing:
         blocks = cfg.n_layer * 4 * cfg.d_model + max(per_layer)
     else:
@@ -174,12 +178,38 @@ def state_bytes(cfg: ModelConfig, world_size: int = 1, parallel: str = "ddp") ->
     return out
 
 
+def tp_split_params(cfg: ModelConfig) -> int:
+    """Parameters tensor parallelism splits: the block matrices and the column-parallel biases."""
+    d, da, f, b = cfg.d_model, cfg.d_attn, cfg.d_ff, 1 if cfg.bias else 0
+    return cfg.n_layer * (d * 3 * da + b * 3 * da + da * d + d * f + b * f + f * d)
+
+
+def tp_state_bytes(cfg: ModelConfig, world_size: int, tp: int) -> dict[str, float]:
+    """Per-GPU states under FSDP over world_size / tp x tensor parallelism over tp."""
+    if tp < 1 or world_size % tp:
+        raise ConfigError(f"tensor parallel size {tp} must divide the world size {world_size}")
+    split = tp_split_params(cfg)
+    per_gpu = split / world_size + (n_params(cfg) - split) / (world_size // tp)
+    out = {"weights": per_gpu * BYTES_WEIGHTS, "grads": per_gpu * BYTES_GRADS, "adam": per_gpu * BYTES_ADAM}
+    out["total"] = out["weights"] + out["grads"] + out["adam"]
+    return out
+
+
+def tp_layouts(cfg: ModelConfig, world_size: int) -> list[int]:
+    """Tensor-parallel sizes worth reporting: 2, 4, 8 where they divide world size, heads and d_ff."""
+    return [k for k in (2, 4, 8) if world_size % k == 0 and cfg.n_head % k == 0 and cfg.d_ff % k == 0]
+
+
 def memory_per_gpu(cfg: ModelConfig, world_size: int = 1, parallel: str = "ddp",
-                   micro_batch: int = 1) -> dict[str, float]:
-    """Per-GPU bytes: states (weights, grads, adam) + activations, with and without checkpointing."""
-    states = state_bytes(cfg, world_size, parallel)
-    act = activation_bytes(cfg, micro_batch, checkpointing=False)
-    act_ckpt = activation_bytes(cfg, micro_batch, checkpointing=True)
+                   micro_batch: int = 1, tp: int = 1) -> dict[str, float]:
+    """Per-GPU bytes: states (weights, grads, adam) + activations, with and without checkpointing.
+
+    tp > 1: FSDP over world_size / tp x tensor parallelism over tp (parallel must be fsdp)."""
+    if tp > 1 and parallel != "fsdp":
+        raise ConfigError(f"tensor parallelism (tp={tp}) runs with parallel=fsdp, not {parallel!r}")
+    states = tp_state_bytes(cfg, world_size, tp) if tp > 1 else state_bytes(cfg, world_size, parallel)
+    act = activation_bytes(cfg, micro_batch, checkpointing=False, tp=tp)
+    act_ckpt = activation_bytes(cfg, micro_batch, checkpointing=True, tp=tp)
     return {**{k: v for k, v in states.items() if k != "total"}, "states": states["total"],
             "activations": act, "activations_ckpt": act_ckpt,
             "total": states["total"] + act, "total_ckpt": states["total"] + act_ckpt}
@@ -273,6 +303,8 @@ def size_report(cfg: ModelConfig, *, name: str = "custom", tokens: float = 300e9
         "world_size": world_size,
         "micro_batch": micro_batch,
         "memory": {p: memory_per_gpu(cfg, world_size, p, micro_batch) for p in ("ddp", "fsdp")},
+        "memory_tp": {f"fsdp{world_size // k}xtp{k}": memory_per_gpu(cfg, world_size, "fsdp", micro_batch, k)
+                      for k in tp_layouts(cfg, world_size)},
         "time": gpu_time(flops["total"], g, mfu, price_per_hour, world_size),
         "assumptions": ASSUMPTIONS,
     }
@@ -283,7 +315,8 @@ ASSUMPTIONS = [
     "train FLOPs = 6*N*D (N = all params, as the paper) + attention 12*d_attn*mean_keys per layer per token; "
     "banded layers attend to at most local_window keys",
     "states: bf16 autocast, fp32 master weights 4 B + fp32 grads 4 B + fp32 Adam m,v 8 B = 16 B/param; "
-    "DDP replicates them, FSDP (full shard) divides them by world_size",
+    "DDP replicates them, FSDP (full shard) divides them by world_size; fsdpDxtpK: FSDP over D x tensor "
+    "parallel over K, block matrices split D*K ways, embeddings/norms D ways, attention/MLP activations K ways",
     "activations: one micro-batch of full-context sequences, fp32 residual/LayerNorm inputs, bf16 matmul "
     "inputs, fused attention (no TxT scores); checkpointing keeps each block's input + one block",
     "GPU time = FLOPs / (peak * mfu); GPU-years of 365 days; cost = GPU-hours * price",

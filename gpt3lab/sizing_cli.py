@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 from gpt3lab import sizing
+from gpt3lab.argtypes import float_range, positive_float, positive_int
 from gpt3lab.config import ModelConfig, from_dict
 from gpt3lab.errors import ConfigError, UserError
 from gpt3lab.presets import GPT3_PRESETS, PRESETS, get_preset
@@ -21,15 +22,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", help="preset name (e.g. gpt3-175b), checkpoint or run directory, or path "
                    "to a config.json (a bare model config or a checkpoint's {\"model\": {...}} file)")
     p.add_argument("--all", action="store_true", help="table for the eight GPT-3 presets (Table 2.1)")
-    p.add_argument("--tokens", type=float, default=300e9, help="training tokens (default 300e9, as GPT-3)")
+    p.add_argument("--tokens", type=positive_float, default=300e9, help="training tokens (default 300e9, as GPT-3)")
     p.add_argument("--gpu", default="h100", help=f"one of {', '.join(sizing.GPUS)} (default h100)")
-    p.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation in (0, 1] (default 0.4)")
-    p.add_argument("--price-per-hour", type=float, default=None,
+    p.add_argument("--mfu", type=float_range(0.0, 1.0, lo_open=True), default=0.4, help="model FLOPs utilisation in (0, 1] (default 0.4)")
+    p.add_argument("--price-per-hour", type=positive_float, default=None,
                    help="USD per GPU-hour (default: the GPU table's illustrative price)")
-    p.add_argument("--world-size", type=int, default=8, help="GPUs, for per-GPU memory and wall-clock")
-    p.add_argument("--batch-tokens", type=float, default=None,
+    p.add_argument("--world-size", type=positive_int, default=8, help="GPUs, for per-GPU memory and wall-clock")
+    p.add_argument("--batch-tokens", type=positive_float, default=None,
                    help="tokens per optimizer step, for the step count (default: preset/checkpoint value)")
-    p.add_argument("--micro-batch", type=int, default=1, help="sequences per GPU per micro-batch "
+    p.add_argument("--micro-batch", type=positive_int, default=1, help="sequences per GPU per micro-batch "
                    "(activation memory; default 1)")
     p.add_argument("--json", action="store_true", help="print the report(s) as JSON")
 
@@ -178,14 +179,13 @@ def _memory_lines(r: dict) -> list[str]:
     div, unit = _mem_unit(r["memory"]["ddp"]["total"])
     lines = [f"memory per GPU, world size {r['world_size']}, micro-batch {r['micro_batch']} x "
              f"{r['config']['context']} tokens (16 B/param states)",
-             f"  {'':<6}{'weights':>10}{'grads':>10}{'adam':>10}{'activ.':>10}{'ckpt':>10}"
+             f"  {'':<12}{'weights':>10}{'grads':>10}{'adam':>10}{'activ.':>10}{'ckpt':>10}"
              f"{'total':>10}{'w/ ckpt':>10}"]
-    for mode in ("ddp", "fsdp"):
-        m = r["memory"][mode]
+    for mode, m in [*r["memory"].items(), *r.get("memory_tp", {}).items()]:
         cells = [m[k] / div for k in ("weights", "grads", "adam", "activations", "activations_ckpt",
                                       "total", "total_ckpt")]
         fits = "fits" if m["total_ckpt"] <= cap else f"> {r['gpu']['memory_gb']:.0f} GB"
-        lines.append(f"  {mode:<6}" + "".join(f"{x:>10.1f}" for x in cells) + f"  {unit} ({fits} w/ ckpt)")
+        lines.append(f"  {mode:<12}" + "".join(f"{x:>10.1f}" for x in cells) + f"  {unit} ({fits} w/ ckpt)")
     return lines
 
 

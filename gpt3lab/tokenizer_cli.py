@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gpt3lab.argtypes import int_range
 from gpt3lab.errors import DataError
 
 
@@ -21,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                        help="gpt2 | saved tokenizer dir/file | data dir | checkpoint or run dir | HF dir (default gpt2)")
     t = sub.add_parser("train", help="train a byte-level BPE on SOURCEs")
     t.add_argument("sources", nargs="+", metavar="SOURCE", help="files, dirs, globs, JSONL, `shakespeare`")
-    t.add_argument("--vocab-size", type=int, required=True, help="total ids incl. <|endoftext|> (>= 257)")
+    t.add_argument("--vocab-size", type=int_range(257, 2**32), required=True, help="total ids incl. <|endoftext|> (>= 257)")
     t.add_argument("--out", required=True, metavar="DIR")
     t.add_argument("--encoding-errors", choices=("strict", "replace"), default="strict")
 

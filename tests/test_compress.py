@@ -159,7 +159,8 @@ def test_trained_model_beats_gzip(tok):
 # ---- errors ---------------------------------------------------------------------------------------
 
 def test_wrong_checkpoint_is_refused(tok, model):
-    blob, _ = compress_bytes(model, tok, b"hello world")
+    blob, _ = compress_bytes(model, tok, TEXT.encode())
+    assert not read_header(blob)["raw"]                 # model-coded: raw files need no model at all
     other = make_model(tok, seed=5)[0]
     with pytest.raises(CheckpointError, match="different model"):
         decompress_bytes(other, tok, blob, name="x.g3lz")
@@ -195,11 +196,11 @@ def test_cli_round_trip_and_errors(tok, model, tmp_path, capsys):
     other_m, other_cfg = make_model(tok, seed=3)
     other = save_checkpoint(tmp_path / "other", other_m, other_cfg, tok)
     src, packed, back = tmp_path / "in.txt", tmp_path / "in.g3lz", tmp_path / "back.txt"
-    src.write_bytes(TEXTS["unicode"].encode() + b"\n\xff")
+    src.write_bytes((TEXT * 2 + TEXTS["unicode"]).encode() + b"\n\xff")
     assert main(["compress", str(ck), str(src), str(packed), "--no-progress"]) == 0
     assert "bits/byte" in capsys.readouterr().out
     assert main(["compress", "-d", str(ck), str(packed), str(back), "--no-progress"]) == 0
-    assert back.read_bytes() == src.read_bytes()
+    assert back.read_bytes() == src.read_bytes() and not read_header(packed.read_bytes())["raw"]
     assert main(["compress", "--decompress", str(other), str(packed), str(back), "--no-progress"]) == 2
     assert "different model" in capsys.readouterr().err
     packed.write_bytes(packed.read_bytes()[:-1])
@@ -209,6 +210,71 @@ def test_cli_round_trip_and_errors(tok, model, tmp_path, capsys):
     assert "cannot read" in capsys.readouterr().err
 
 
+# ---- issue 11 / 14: empty and incompressible input, crafted headers --------------------------------
+
+def _forge(blob: bytes, **fields) -> bytes:
+    """`blob` with header fields replaced (by _HEAD field name) and the CRC32 recomputed."""
+    from gpt3lab.compress import _HEAD
+    names = ["magic", "version", "flags", "total_bits", "threads", "fp", "n_tokens", "n_bytes", "sha", "n_payload"]
+    values = dict(zip(names, _HEAD.unpack_from(blob)))
+    values.update(fields)
+    body = _HEAD.pack(*(values[n] for n in names)) + blob[_HEAD.size:-4]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def test_empty_input_reports_no_rate_and_round_trips(tok, model, tmp_path, capsys):
+    blob, s = compress_bytes(model, tok, b"")
+    assert s.raw and s.n_bytes == 0 and s.file_bytes == len(blob) < 120
+    assert s.bits_per_byte != s.bits_per_byte                  # NaN: there is no rate for 0 bytes
+    assert decompress_bytes(model, tok, blob) == b""
+    _, cfg = make_model(tok)
+    ck = save_checkpoint(tmp_path / "ck", model, cfg, tok)
+    (tmp_path / "empty").write_bytes(b"")
+    assert main(["compress", str(ck), str(tmp_path / "empty"), str(tmp_path / "e.g3lz"), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "empty input" in out and "bits/byte" not in out
+
+
+def test_incompressible_input_is_stored_raw_and_needs_no_model(tok, model):
+    data = random.Random(0).randbytes(3000)
+    blob, s = compress_bytes(model, tok, data)
+    h = read_header(blob)
+    assert s.raw and h["raw"] and h["n_tokens"] == 0 and h["payload"] == data
+    assert len(blob) <= len(data) + 120                        # the header only, never 2.2x
+    assert decompress_bytes(None, None, blob) == data          # raw: no model needed
+
+
+def test_header_meta_is_extensible(tok, model):
+    blob, _ = compress_bytes(model, tok, TEXT.encode(), meta={"quant": "int8"})
+    assert read_header(blob)["meta"] == {"quant": "int8"}
+    assert decompress_bytes(model, tok, blob) == TEXT.encode()
+
+
+def test_forged_token_count_fails_fast(tok, model):
+    blob, _ = compress_bytes(model, tok, TEXT.encode())
+    with pytest.raises(DataError, match="corrupt header: 1,000,000,000 tokens"):
+        decompress_bytes(model, tok, _forge(blob, n_tokens=10 ** 9))
+    forged = _forge(blob, n_tokens=10 ** 9, n_bytes=10 ** 9)   # both counts forged: the payload runs out
+    with pytest.raises(DataError, match="payload ends after .* of the 1,000,000,000 tokens"):
+        decompress_bytes(model, tok, forged)
+    with pytest.raises(DataError, match="raw payload"):
+        decompress_bytes(model, tok, _forge(blob, flags=1))
+
+
+def test_truncated_and_overlong_fields_are_reported_as_such(tok, model):
+    blob, _ = compress_bytes(model, tok, TEXT.encode())
+    with pytest.raises(DataError, match="truncated: 60 bytes"):
+        read_header(blob[:60])
+    from gpt3lab.compress import _HEAD
+    body = bytearray(blob[:-4])
+    body[_HEAD.size] = 255                                     # the torch-version string runs past the end
+    body = bytes(body[:_HEAD.size + 20])
+    with pytest.raises(DataError, match="truncated or corrupt: a header field of 255 bytes"):
+        read_header(body + struct.pack("<I", zlib.crc32(body)))
+    with pytest.raises(DataError, match="not a gpt3lab compressed file"):
+        read_header(b"")
+
+
 def test_int8_round_trip_and_wrong_mode_is_refused(tok, model, tmp_path, capsys):
     import copy
 
@@ -216,7 +282,7 @@ def test_int8_round_trip_and_wrong_mode_is_refused(tok, model, tmp_path, capsys)
 
     q = prepare_for_inference(copy.deepcopy(model), "int8")
     blob, _ = compress_bytes(q, tok, TEXT.encode())
-    assert read_header(blob)["quantize"] == "int8"
+    assert read_header(blob)["meta"]["quantize"] == "int8"
     assert decompress_bytes(q, tok, blob) == TEXT.encode()
     with pytest.raises(CheckpointError, match="compressed with --quantize int8, not --quantize none; "
                                               "decompress with --quantize int8"):

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import gpt3lab.model.attention as attention_mod
+from gpt3lab.generate.api import InvalidRequestError
 from gpt3lab.config import ModelConfig
 from gpt3lab.inspect import MAX_TOKENS, InspectError, attention_weights, inspect
 from gpt3lab.model import GPT
@@ -129,7 +130,7 @@ def test_layers_subset_and_errors(model, tok):
         inspect(model, tok, list(range(65)))
     with pytest.raises(InspectError, match="empty"):
         inspect(model, tok, "")
-    with pytest.raises(InspectError, match="outside the vocabulary"):
+    with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
         inspect(model, tok, [1, tok.vocab_size])
     with pytest.raises(InspectError) as e:
         inspect(model, tok, "hi", top_k=0)
@@ -182,3 +183,80 @@ def test_safe_while_another_thread_decodes(tok):
         assert not errors
     finally:
         engine.shutdown(True)
+
+
+# ---- tracks (logit lens) and one generation step ------------------------------------------------
+
+def hooked_residuals(model, ids):
+    """The residual streams, captured independently of gpt3lab.inspect: embedding + every block output."""
+    got = []
+    hs = [m.register_forward_hook(lambda mod, a, out: got.append(out[0].float()))
+          for m in [model.transformer.drop, *model.transformer.h]]
+    try:
+        with torch.inference_mode():
+            logits = model(torch.tensor([ids]))[0][0].float()
+    finally:
+        for h in hs:
+            h.remove()
+    return got, logits
+
+
+def test_lens_equals_a_direct_computation_from_hooked_residuals(model, tok):
+    from gpt3lab.inspect import lens
+    ids = tok.encode(TEXT)
+    info = lens(model, tok, ids, top_k=3)
+    resid, _ = hooked_residuals(model, ids)
+    assert info["rows"] == ["embedding", "block 0", "block 1"] and len(info["cells"]) == 3
+    for r, x in enumerate(resid):
+        with torch.inference_mode():
+            logp = torch.log_softmax(model.lm_head(model.transformer.ln_f(x)).float(), dim=-1)    # (T, V)
+        torch.testing.assert_close(torch.tensor(info["norms"][r]), x.norm(dim=-1), rtol=1e-5, atol=1e-6)
+        for i, cell in enumerate(info["cells"][r]):
+            top_lp, top_id = logp[i].topk(3)
+            assert [c["id"] for c in cell["top"]] == top_id.tolist()
+            torch.testing.assert_close(torch.tensor([c["prob"] for c in cell["top"]]), top_lp.exp(),
+                                       rtol=1e-4, atol=1e-7)
+            want = None if i + 1 == len(ids) else pytest.approx(logp[i, ids[i + 1]].exp().item(), rel=1e-4)
+            assert cell["next_prob"] == want
+    assert len({tuple(c["top"][0]["id"] for c in row) for row in info["cells"]}) > 1   # depths differ
+
+
+def test_last_layer_lens_equals_the_models_logits(model, tok):
+    from gpt3lab.inspect import lens
+    ids = tok.encode(TEXT)
+    last = lens(model, tok, TEXT, top_k=5)["cells"][-1]
+    full = inspect(model, tok, TEXT, top_k=5)["positions"]
+    _, logits = hooked_residuals(model, ids)
+    logp = torch.log_softmax(logits, dim=-1)
+    for i, (cell, pos) in enumerate(zip(last, full)):
+        assert [c["id"] for c in cell["top"]] == [c["id"] for c in pos["top"]] == logp[i].topk(5).indices.tolist()
+        torch.testing.assert_close(torch.tensor([c["prob"] for c in cell["top"]]),
+                                   torch.tensor([c["prob"] for c in pos["top"]]), rtol=1e-4, atol=1e-7)
+
+
+def test_lens_rejects_a_bad_top_k_and_leaves_training_mode(tok):
+    from gpt3lab.inspect import lens
+    m = make_model(tok).train()
+    with pytest.raises(InspectError, match="top_k=0") as e:
+        lens(m, tok, TEXT, top_k=0)
+    assert e.value.param == "lens_top_k"
+    lens(m, tok, TEXT)
+    assert m.training
+
+
+def test_next_step_is_the_samplers_filtered_distribution_and_draw(model, tok):
+    from gpt3lab.generate import sampling
+    from gpt3lab.inspect import next_step
+    ids = tok.encode(TEXT)
+    s = next_step(model, tok, ids, temperature=0.7, top_k=4, seed=3, show=6)
+    with torch.inference_mode():
+        logits = model(torch.tensor([ids]))[0][0, -1:].float()                       # (1, V)
+    x = sampling.top_k_filter(logits / 0.7, 4)
+    probs = x.softmax(-1)[0]
+    assert s["kept"] == 4 and [c["id"] for c in s["top"][:4]] == probs.topk(4).indices.tolist()
+    assert all(c["prob"] == 0 for c in s["top"][4:])
+    assert sum(c["prob"] for c in s["top"]) == pytest.approx(1.0, abs=1e-5)
+    tok_id, _ = sampling.sample(logits, 0.7, 4, None, sampling.sample_generator(3))
+    assert s["token"]["id"] == int(tok_id[0]) and s["token"]["id"] in [c["id"] for c in s["top"][:4]]
+    greedy = next_step(model, tok, ids, temperature=0)
+    assert greedy["token"]["id"] == int(logits.argmax()) and greedy["top"][0]["prob"] == 1.0 and greedy["kept"] == 1

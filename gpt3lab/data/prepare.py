@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gpt3lab.argtypes import int_range
+from gpt3lab.argtypes import float_range, int_range, positive_int, seed_int
 from gpt3lab.data.shards import SPLITS, ShardWriter, dtype_for_vocab, read_header, remove_split_files
 from gpt3lab.data.sources import (COMPRESSED, ENCODING_ERRORS, DocStream, expand_sources, format_of,
                                   iter_documents, last_cut)
@@ -171,6 +171,8 @@ def write_splits(tok: Tokenizer, labelled, out: Path, sources: list[str], shard_
         if now - shown > 0.5:
             bar.set_postfix_str(f"{tokens / max(now - t0, 1e-9) / 1e3:,.0f}k tok/s", refresh=False)
             shown = now
+    if not stats["train"]["documents"] + stats["val"]["documents"]:
+        raise DataError(f"the corpus is empty (no text) from {' '.join(sources)}; pass files that contain text")
     # train's header last: a directory with train.json is finished
     return {s: writers[s].close(tokenizer=tok.name, num_bytes=stats[s]["bytes"],
                                 num_documents=stats[s]["documents"], sources=sources,
@@ -222,8 +224,6 @@ def prepare(sources: list[str], out_dir: str | Path, tokenizer: str | Tokenizer 
         headers = write_splits(tok, labelled(), out, names, shard_tokens, workers, bar)
     seconds = time.perf_counter() - t0
     total = headers["train"]["num_bytes"] + headers["val"]["num_bytes"]
-    if not total:
-        raise DataError(f"the corpus is empty (no text) from {' '.join(names)}; pass files that contain text")
     summary = {"out": str(out), "tokenizer": tok.name, "vocab_size": tok.vocab_size,
                "dtype": headers["train"]["dtype"], "documents": sum(h["num_documents"] for h in headers.values()),
                "bytes": total, "workers": workers, "seconds": round(seconds, 3),
@@ -275,13 +275,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="text file, directory, glob, JSONL file (text field), or `shakespeare`")
     p.add_argument("--out", required=True, metavar="DATA_DIR", help="output data directory")
     p.add_argument("--tokenizer", default="gpt2", help="gpt2 | PATH to a saved tokenizer | bpe:VOCAB_SIZE")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="share of bytes held out (whole documents)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the document split")
+    p.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), default=0.1, help="share of bytes held out (whole documents)")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of the document split")
     p.add_argument("--encoding-errors", choices=ENCODING_ERRORS, default="strict",
                    help="non-UTF-8 bytes: strict = error naming file and offset; replace = U+FFFD")
     p.add_argument("--text-field", default="text", help="JSONL field holding the text")
-    p.add_argument("--shard-tokens", type=int, default=2**30, help="max tokens per shard file")
+    p.add_argument("--shard-tokens", type=positive_int, default=2**30, help="max tokens per shard file")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.epilog = ("SOURCE formats: text files (one document each), JSONL (one document per line, --text-field), "
+                "either compressed as .gz or .zst; Parquet files (one document per row of --text-field); a "
+                "Hugging Face dataset saved with save_to_disk (a directory); directories and globs of these. "
+                ".zst, Parquet and saved datasets need: pip install 'gpt3lab[formats]'")
     p.add_argument("--workers", type=int_range(1, 1024), default=1,
                    help="tokenizer processes (the tokens are the same for any number)")
     p.add_argument("--overwrite", action="store_true",

@@ -32,6 +32,8 @@ class ShardWriter:
     def __init__(self, out_dir: Path, split: str, vocab_size: int, shard_tokens: int = 2**30):
         self.out_dir, self.split, self.vocab_size = Path(out_dir), split, vocab_size
         self.dtype = dtype_for_vocab(vocab_size)
+        if isinstance(shard_tokens, bool) or not isinstance(shard_tokens, int) or shard_tokens < 1:
+            raise DataError(f"shard_tokens={shard_tokens!r} must be a positive whole number")  # else: endless loop
         self.shard_tokens = shard_tokens
         self.shards: list[dict] = []
         self._file = None

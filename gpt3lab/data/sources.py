@@ -140,8 +140,9 @@ def read_documents(specs: list[str], errors: str = "strict", text_field: str = "
 
 # ---- pieces ------------------------------------------------------------------------------------------
 
-def chunk_text(text: str, size: int = PIECE_CHARS) -> list[str]:
+def chunk_text(text: str, size: int | None = None) -> list[str]:
     """Cut `text` into ~`size` pieces at safe cut points (their tokens concatenate to the text's)."""
+    size = size or PIECE_CHARS
     pieces, start = [], 0
     while len(text) - start > size:
         m = _CUT.search(text, start + size)
@@ -164,9 +165,9 @@ def last_cut(text: str, limit: int) -> int:
     return cuts[-1] if cuts else 0
 
 
-def _pieces_of_blocks(blocks: Iterator[str], size: int = PIECE_CHARS) -> Iterator[str]:
-    """Re-cut a stream of text blocks into ~`size` pieces at safe cut points."""
-    buf = ""
+def _pieces_of_blocks(blocks: Iterator[str]) -> Iterator[str]:
+    """Re-cut a stream of text blocks into ~PIECE_CHARS pieces at safe cut points."""
+    buf, size = "", PIECE_CHARS
     for block in blocks:
         buf += block
         while len(buf) > size:

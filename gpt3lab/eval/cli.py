@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpt3lab.argtypes import add_quantize_argument
+from gpt3lab.argtypes import add_quantize_argument, positive_int, seed_int
+from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.errors import ConfigError, DataError
 
 
@@ -15,9 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", action="append", default=[],
                    help="built-in task name or task file (.jsonl / .json spec); repeat or comma-separate")
     p.add_argument("--shots", default="0,1,8", help="comma-separated numbers of in-context examples (default 0,1,8)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N items of each task")
-    p.add_argument("--seed", type=int, default=0, help="seed of example sampling and built-in task generation")
-    p.add_argument("--n", type=int, default=200, help="items generated for built-in tasks (default 200)")
+    p.add_argument("--limit", type=positive_int, default=None, help="evaluate only the first N items of each task")
+    p.add_argument("--seed", type=seed_int, default=0, help="seed of example sampling and built-in task generation")
+    p.add_argument("--n", type=positive_int, default=200, help="items generated for built-in tasks (default 200)")
     p.add_argument("--text", help="text file the `lambada` task cuts passages from "
                                   "(default: held-out plays of the bundled Shakespeare)")
     p.add_argument("--strict-shots", action="store_true",
@@ -26,9 +27,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", help="write results as JSON to this file")
     p.add_argument("--plot", help="write a PNG of accuracy vs number of examples")
     p.add_argument("--perplexity", metavar="TEXT_FILE", help="report perplexity and bits/byte of a text file")
-    p.add_argument("--stride", type=int, default=None,
+    p.add_argument("--stride", type=positive_int, default=None,
                    help="rolling-window advance for --perplexity in tokens (default context/2)")
-    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_quantize_argument(p)
     p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = [get_task(s, n=args.n, seed=args.seed, text=text) for s in specs]   # bad tasks fail before loading
 
     from gpt3lab import load
-    model, tok = load(args.checkpoint, device=args.device, quantize=args.quantize)
+    model, tok = load(args.checkpoint, device=resolve_device(args.device), quantize=args.quantize)
     if args.perplexity:
         _perplexity(model, tok, args)
     if not tasks:

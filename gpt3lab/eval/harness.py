@@ -5,7 +5,8 @@ Per task kind (primary metric first; it is the one plotted):
                    acc_norm  argmax of that log-likelihood divided by the choice's length in characters
                              (len(choice), delimiter excluded; lm-eval-harness's acc_norm)
   generation       exact_match  greedy decode until a stop string, stripped, == target stripped
-  last_word        acc       every token of " " + last word is the greedy (argmax) token
+  last_word        acc       every token of " " + last word is the greedy (argmax) token; the item's
+                             prediction is the argmax tokens at the target's positions, decoded
                    ppl       exp(-mean over items of log p(target | prompt))   (lm-eval's lambada ppl)
 """
 from __future__ import annotations
@@ -77,7 +78,9 @@ def _last_word(task, items, prompts, model, tokenizer, batch_size):
     scores = score_requests(model, reqs, tokenizer.eot_id, batch_size)
     acc = sum(s.is_greedy for s in scores) / len(scores)
     ppl = math.exp(-sum(s.logprob for s in scores) / len(scores))
-    return {"acc": acc, "ppl": ppl}, ["(greedy)" if s.is_greedy else f"logprob {s.logprob:.2f}" for s in scores]
+    # the prediction: the argmax token at each target position (teacher-forced), decoded; it equals the
+    # target exactly when the item counts as a hit
+    return {"acc": acc, "ppl": ppl}, [tokenizer.decode(s.argmax) for s in scores]
 
 
 def evaluate_task(model, tokenizer, task: Task, k: int, seed: int = 0, limit: int | None = None,
@@ -125,11 +128,13 @@ def format_table(results: dict) -> str:
             for k in ks:
                 s = r["shots"].get(str(k))
                 v = s["metrics"][m] if s else None
-                cells.append("-" if v is None else (f"{v:.2f}" if m == "ppl" else f"{100 * v:.1f}%"))
+                mark = "*" if s and s["trimmed"] else ""      # some prompts held fewer than k examples
+                cells.append("-" if v is None else (f"{v:.2f}" if m == "ppl" else f"{100 * v:.1f}%") + mark)
             rows.append([name, m, str(r["n"])] + cells)
     widths = [max(len(x) for x in col) for col in zip(header, *rows)]
     line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths))  # noqa: E731
-    trimmed = [f"{n} k={k}: {s['trimmed']} prompts trimmed (mean {s['mean_shots']:.1f} shots)"
+    trimmed = [f"* {n} k={k}: {s['trimmed']} prompts trimmed below k shots to fit the context "
+               f"(mean {s['mean_shots']:.1f} shots)"
                for n, r in results.items() for k, s in r["shots"].items() if s["trimmed"]]
     return "\n".join([line(header), line(["-" * w for w in widths])] + [line(r) for r in rows] + trimmed)
 
@@ -145,7 +150,11 @@ def plot(results: dict, path: str | Path, title: str = "") -> Path:
     for name, r in results.items():
         ks = sorted(int(k) for k in r["shots"])
         ys = [100 * r["shots"][str(k)]["metrics"][r["primary"]] for k in ks]
-        ax.plot(ks, ys, marker="o", label=f"{name} ({r['primary']})")
+        line, = ax.plot(ks, ys, marker="o", label=f"{name} ({r['primary']})")
+        cut = [(k, y) for k, y in zip(ks, ys) if r["shots"][str(k)]["trimmed"]]
+        if cut:   # hollow rings: some prompts held fewer than k examples (trimmed to fit the context)
+            ax.scatter(*zip(*cut), s=140, facecolors="none", edgecolors=line.get_color(), linewidths=1.5,
+                       label=f"{name}: trimmed below k shots", zorder=3)
         top, all_ks = max(top, *ys), all_ks | set(ks)
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xticks(sorted(all_ks), [str(k) for k in sorted(all_ks)])

@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 
 from gpt3lab.errors import ConfigError
-from gpt3lab.model.kv_cache import ContextOverflowError
+from gpt3lab.errors import ContextOverflowError
 
 
 @dataclass

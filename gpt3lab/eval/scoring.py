@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from gpt3lab.model.kv_cache import ContextOverflowError, KVCache
+from gpt3lab.errors import ContextOverflowError
+from gpt3lab.model.kv_cache import KVCache
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Score:
     logprob: float     # sum of the continuation's token log-probabilities (natural log)
     is_greedy: bool    # every continuation token was the argmax
     n_tokens: int
+    argmax: list[int] | None = None   # score_requests: the argmax token at each continuation position
 
 
 def _device(model) -> torch.device:
@@ -78,7 +80,7 @@ def score_requests(model, requests: list[tuple[list[int], list[int]]], eot: int 
         for i, (r, n) in enumerate(zip(rows, ns)):
             L = len(r) - 1
             lp, greedy = _gather(logits[i, L - n:L], torch.tensor(r[-n:], device=dev))
-            out.append(Score(float(lp.sum()), bool(greedy.all()), n))
+            out.append(Score(float(lp.sum()), bool(greedy.all()), n, logits[i, L - n:L].argmax(-1).tolist()))
     return out
 
 

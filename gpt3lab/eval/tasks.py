@@ -29,12 +29,38 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
 from gpt3lab.errors import ConfigError, DataError
 from gpt3lab.eval.prompts import Item, PromptFormat
 
 KINDS = ("multiple_choice", "generation", "last_word")
-SPEC_KEYS = {"name", "kind", "context_field", "choices_field", "answer_field", "target_field", "description",
-             "delimiter", "separator", "stop", "max_tokens", "data", "fewshot_data"}
+
+
+class TaskSpec(BaseModel):
+    """The spec keys of a task file (see the module docstring), with their types; unknown keys rejected."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: StrictStr | None = None
+    kind: Literal[KINDS] | None = None
+    context_field: StrictStr | None = None
+    choices_field: StrictStr | None = None
+    answer_field: StrictStr | None = None
+    target_field: StrictStr | None = None
+    description: StrictStr | None = None
+    delimiter: StrictStr | None = None
+    separator: StrictStr | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1)] | None = None
+    data: StrictStr | None = None
+    fewshot_data: StrictStr | None = None
+
+
+SPEC_KEYS = set(TaskSpec.model_fields)
+SPEC_WANT = {"kind": f"one of {', '.join(KINDS)}", "stop": "a string or a list of strings",
+             "max_tokens": "a positive integer (e.g. 32)"}
 
 
 @dataclass
@@ -113,19 +139,18 @@ def _read_text(path: Path) -> str:
                         f"save the file as UTF-8") from None
 
 
-def _max_tokens(spec: dict, where: str) -> int:
-    n = spec.get("max_tokens", 32)
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise DataError(f"{where}: max_tokens={n!r} must be a positive integer (e.g. 32)")
-    return n
-
-
-def _check_spec(spec: dict, where: str) -> None:
+def _check_spec(spec: dict, where: str) -> dict:
+    """The spec with its keys type-checked (TaskSpec); keys not given stay absent. One-line DataError
+    naming the first bad key otherwise."""
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise DataError(f"{where}: unknown spec key(s) {', '.join(unknown)}; valid: {', '.join(sorted(SPEC_KEYS))}")
-    if "kind" in spec and spec["kind"] not in KINDS:
-        raise DataError(f"{where}: kind={spec['kind']!r} is not one of {', '.join(KINDS)}")
+    try:
+        return TaskSpec.model_validate(spec).model_dump(exclude_none=True)
+    except ValidationError as e:
+        key = str(e.errors()[0]["loc"][0])
+        raise DataError(f"{where}: {key}={spec[key]!r} must be {SPEC_WANT.get(key, 'a string')} "
+                        f"in the task spec") from None
 
 
 def load_task_file(path: str | Path) -> Task:
@@ -138,13 +163,14 @@ def load_task_file(path: str | Path) -> Task:
             raise DataError(f"task spec {path}: cannot read it as JSON ({e})") from None
         if not isinstance(spec, dict) or "data" not in spec:
             raise DataError(f"task spec {path}: must be a JSON object with a \"data\" key naming the JSONL items")
+        spec = _check_spec(spec, str(path))
         data = path.parent / spec["data"]
         _, rows = _read_jsonl(data)
     else:
         data = path
         spec, rows = _read_jsonl(path)
         spec = spec or {}
-    _check_spec(spec, str(path))
+    spec = _check_spec(spec, str(path))
     kind = spec.get("kind") or ("multiple_choice" if isinstance(rows[0][1], dict)
                                 and spec.get("choices_field", "choices") in rows[0][1] else "generation")
     items = [_parse_item(o, spec, kind, f"{data}:{n}") for n, o in rows]
@@ -157,8 +183,7 @@ def load_task_file(path: str | Path) -> Task:
     stop = spec.get("stop", ["\n"])
     if isinstance(stop, str):
         stop = [stop]
-    return Task(spec.get("name", path.stem), kind, items, fmt, fewshot, stop,
-                _max_tokens(spec, str(path)), str(path))
+    return Task(spec.get("name", path.stem), kind, items, fmt, fewshot, stop, spec.get("max_tokens", 32), str(path))
 
 
 # ---- built-in: arithmetic ---------------------------------------------------------------------------
@@ -280,10 +305,9 @@ def last_word_items(text: str, n: int, seed: int, min_words: int = 30, max_words
 
 def heldout_text() -> str:
     """Held-out plays of the bundled corpus (the val split of `gpt3lab prepare shakespeare`, defaults)."""
-    from gpt3lab.data.prepare import split_documents
-    from gpt3lab.data.sources import read_documents
-    _, val = split_documents(read_documents(["shakespeare"]), 0.1, 0)
-    return "\n".join(d.text for d in val)
+    from gpt3lab.data.prepare import labelled_documents
+    return "\n".join("".join(d.pieces) for split, d in labelled_documents(["shakespeare"], "strict", "text", 0.1, 0)
+                     if split == "val")
 
 
 # ---- registry -----------------------------------------------------------------------------------------

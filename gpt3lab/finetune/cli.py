@@ -13,14 +13,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.argtypes import float_range, positive_float, positive_int
+from gpt3lab.adapters import save_adapter
+from gpt3lab.convert import is_hf_dir
+from gpt3lab.loader import load, load_base
 from gpt3lab.config import ModelConfig, TrainConfig
-from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
+from gpt3lab.errors import CheckpointError, ConfigError, DataError
 from gpt3lab.model import lora
 
 FINETUNE_DEFAULTS = {
@@ -35,25 +39,26 @@ FINETUNE_DEFAULTS = {
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="base", metavar="CHECKPOINT", help="base: checkpoint or run dir, or a "
                    "Hugging Face GPT-2 dir (not needed with --resume)")
-    p.add_argument("--data", metavar="FILE", help="prompt/completion .jsonl, or a plain-text file")
+    p.add_argument("--data", metavar="FILE", help="JSONL of prompt/completion, chat messages or Alpaca "
+                   "instruction/input/output records, or a plain-text file")
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--val-data", metavar="FILE", help="validation file (default: split --val-fraction off)")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="seeded validation split (default 0.1)")
+    p.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), default=0.1, help="seeded validation split (default 0.1)")
     p.add_argument("--method", choices=("full", "lora"), default="full")
-    p.add_argument("--lora-rank", type=int, default=8)
-    p.add_argument("--lora-alpha", type=float, default=16.0)
-    p.add_argument("--lora-dropout", type=float, default=0.0)
+    p.add_argument("--lora-rank", type=positive_int, default=8)
+    p.add_argument("--lora-alpha", type=positive_float, default=16.0)
+    p.add_argument("--lora-dropout", type=float_range(0.0, 1.0, hi_open=True), default=0.0)
     p.add_argument("--lora-targets", default="c_attn,c_proj", help=f"comma list of {', '.join(lora.ALL_TARGETS)}")
     p.add_argument("--pad", action="store_true", help="one example per row (default: pack whole examples)")
     p.add_argument("--include-prompt", action="store_true", help="take the loss on prompt tokens too")
     p.add_argument("--strict", action="store_true", help="error on examples longer than the context "
                    "(default: skip them and report the count)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
-    p.add_argument("--max-steps", type=int)
-    p.add_argument("--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}}')
+    p.add_argument("--max-steps", type=positive_int)
+    p.add_argument("--config", metavar="FILE", help='JSON or YAML file: {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=3e-4")
     p.add_argument("--merge", action="store_true", help="LoRA: also write RUN_DIR/merged (adapters folded in)")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -80,9 +85,9 @@ def _base_model(base, overrides: list[str], config_file, max_steps, method: str)
     if base is None:
         raise ConfigError("--from CHECKPOINT is required (the model to fine-tune)")
     base_path = Path(base)
-    if not lora._is_hf(base_path):
+    if not is_hf_dir(base_path):
         base_path = ckpt_io.resolve(base_path)
-    model, tok = lora.load_base(base_path)
+    model, tok = load_base(base_path)
     model_d, train_d, _ = layer_configs(asdict(model.config), dict(FINETUNE_DEFAULTS[method]), config_file,
                                         overrides, max_steps)
     changed = sorted(k for k, v in model_d.items() if getattr(model.config, k) != v and k != "dropout")
@@ -99,20 +104,17 @@ def _base_model(base, overrides: list[str], config_file, max_steps, method: str)
 
 def _resumed_model(out: Path, overrides, config_file, max_steps):
     """(model, tokenizer, ModelConfig, TrainConfig, checkpoint, saved finetune settings) to resume."""
-    from gpt3lab.train.cli import _check_resume_compatible, layer_configs
+    from gpt3lab.train.cli import check_resume_compatible, layer_configs
 
-    ckpts = ckpt_io.list_checkpoints(out)
-    if not ckpts:
-        raise CheckpointError(f"--resume: {out} holds no checkpoint (checkpoints/step_*); drop --resume")
-    ckpt = ckpts[-1]
+    ckpt = ckpt_io.resume_checkpoint(out)
     saved = ckpt_io.read_config(ckpt)
     if "finetune" not in saved:
         raise CheckpointError(f"--resume: {ckpt} is not a fine-tuning checkpoint; use `gpt3lab train --resume`")
     model_d, train_d, _ = layer_configs(saved["model"], saved.get("train", {}), config_file, overrides, max_steps)
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
-    model = (lora.load_lora_checkpoint(ckpt) if lora.is_lora_checkpoint(ckpt) else ckpt_io.load_model(ckpt))
-    return model.train(), ckpt_io.load_tokenizer(ckpt), mcfg, tcfg, ckpt, saved
+    check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+    model, tok = load(ckpt)
+    return model.train(), tok, mcfg, tcfg, ckpt, saved
 
 
 def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRAConfig | None = None,
@@ -129,36 +131,39 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
     if resume:
         model, tok, mcfg, tcfg, ckpt, saved = _resumed_model(out, overrides, config_file, max_steps)
         ft = saved["finetune"]
-        lora_cfg = lora.LoRAConfig(**{**saved["lora"], "targets": tuple(saved["lora"]["targets"])}) \
-            if "lora" in saved else None
+        lora_cfg = lora.LoRAConfig.from_dict(saved["lora"], f"{ckpt}/config.json lora") if "lora" in saved else None
         data = data or ft["data"]
+        template = saved.get("chat_template")
     else:
         if method not in FINETUNE_DEFAULTS:
             raise ConfigError(f"--method {method!r} must be full or lora")
-        if out.exists() and ((out / "checkpoints").exists() or (out / "log.jsonl").exists()):
-            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or pick a new --out")
+        ckpt_io.new_run_dir(out)
         if merge and method != "lora":
             raise ConfigError("--merge applies to --method lora (a full fine-tune's checkpoint is already merged)")
         if data is None:
             raise DataError("--data FILE is required (prompt/completion .jsonl or a plain-text file)")
         lora_cfg = (lora_cfg or lora.LoRAConfig()) if method == "lora" else None
         model, tok, mcfg, tcfg, base_path = _base_model(base, overrides, config_file, max_steps, method)
+        template = _base_chat_template(base_path)
         ft = {"method": method, "base": str(base_path), "base_fingerprint": lora.fingerprint(model),
               "data": _resolved(data), "val_data": None if val_data is None else _resolved(val_data),
               "val_fraction": val_fraction, "pack": pack, "include_prompt": include_prompt, "strict": strict}
         torch.manual_seed(tcfg.seed)   # adapter init and dropout: the same on every rank and every rerun
         if lora_cfg is not None:
             lora.inject_lora(model, lora_cfg)
+    if tcfg.tensor_parallel > 1:       # LoRA wraps the layers TP would shard; full fine-tunes: use FSDP
+        raise ConfigError(f"train.tensor_parallel={tcfg.tensor_parallel} is for `gpt3lab train`; fine-tune with "
+                          f"train.parallel=ddp or fsdp (tensor_parallel=1)")
     device = local_device(tcfg.device)
     dist = from_env(tcfg.parallel, device)
     train, val, stats = load_datasets(
         data, tok, mcfg.context, tcfg.batch_size, val_data=ft["val_data"], val_fraction=ft["val_fraction"],
         seed=tcfg.seed, pack=ft["pack"], include_prompt=ft["include_prompt"], strict=ft["strict"],
-        rank=dist.rank, world_size=dist.world_size)
+        rank=dist.rank, world_size=dist.world_size, chat_template=template)
     trainable, total = lora.param_counts(model)
     _report(log, stats, trainable, total, ft["method"])
-    extra = {"finetune": ft, **({"lora": {**asdict(lora_cfg), "targets": list(lora_cfg.targets)}}
-                                 if lora_cfg is not None else {})}
+    extra = {"finetune": ft, **({"lora": lora_cfg.to_dict()} if lora_cfg is not None else {}),
+             **({"chat_template": template} if template else {})}
     info = RunInfo(out_dir=out, tokenizer=tok, extra_config=extra, progress=progress, max_seconds=max_seconds)
     trainer = Trainer(model, mcfg, tcfg, train, val, info=info, dist=dist, device=device)
     if resume:
@@ -175,6 +180,15 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
             "checkpoint": str(ckpt_io.step_dir(out, trainer.step)), "step": trainer.step,
             "loss": record.get("loss"), "val_loss": record.get("val_loss"), "trainable_params": trainable,
             "total_params": total, "data": asdict(stats), "model": asdict(mcfg), "train": asdict(tcfg)}
+
+
+def _base_chat_template(base_path: Path) -> str | None:
+    """The base's chat template (gpt3lab checkpoint config or HF tokenizer_config.json); None: the default.
+    Chat data is rendered with it, and the fine-tuned checkpoints store it, so serving renders the same."""
+    if is_hf_dir(base_path):
+        from gpt3lab.convert import hf_chat_template
+        return hf_chat_template(base_path).get("chat_template")
+    return ckpt_io.chat_template_of(base_path)
 
 
 def _resolved(path) -> str:
@@ -196,13 +210,15 @@ def _export(trainer, out: Path, ft: dict, lora_cfg, tok, merge: bool, log) -> Pa
     if lora_cfg is None:
         return None
     model = trainer.model
-    dest = lora.save_adapter(out / "adapter", model, lora_cfg, ft["base"], ft["base_fingerprint"], tok,
+    dest = save_adapter(out / "adapter", model, lora_cfg, ft["base"], ft["base_fingerprint"], tok,
                              extra={"step": trainer.step})
     log(f"adapter: {dest} ({sum(v.numel() for v in lora.lora_state(model).values()):,} parameters)")
     if merge:
         merged = lora.merge_lora(_clone(model)).eval()
+        template = ckpt_io.read_config(ckpt_io.step_dir(out, trainer.step)).get("chat_template")
         dest = ckpt_io.save_checkpoint(out / "merged", merged, trainer.model_cfg, tok,
-                                       extra={"finetune": {**ft, "merged_from_step": trainer.step}})
+                                       extra={"finetune": {**ft, "merged_from_step": trainer.step},
+                                              **({"chat_template": template} if template else {})})
         log(f"merged checkpoint: {dest}")
     return dest
 

@@ -1,8 +1,16 @@
-"""Fine-tuning data: prompt/completion JSONL or plain text -> fixed-length rows -> a batch source.
+"""Fine-tuning data: prompt/completion, chat or Alpaca JSONL, or plain text -> fixed-length rows -> a batch source.
 
-JSONL (the GPT-3 fine-tuning format), one example per line, blank lines ignored:
+JSONL, one example per line (blank lines ignored), in any of three shapes:
 
-    {"prompt": "12+34=", "completion": "46"}
+    {"prompt": "12+34=", "completion": "46"}                                   the GPT-3 fine-tuning format
+    {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}   chat
+    {"instruction": "Add the numbers.", "input": "12, 34", "output": "46"}      Alpaca ("input" optional)
+
+Alpaca records become prompt/completion with Alpaca's own prompt (ALPACA_PROMPT / ALPACA_PROMPT_NO_INPUT).
+A chat record is rendered by the chat template (gpt3lab.chat: the base checkpoint's, else the plain
+default), exactly as `serve` renders it; the targets are the assistant turns only (each turn's text as
+the template writes it after the generation prompt), plus the final `<|endoftext|>` when the conversation
+ends with the assistant.
 
 An example is `encode(prompt) + encode(completion) + [<|endoftext|>]` (an empty prompt becomes
 `<|endoftext|>`, as at generation time). Prompt and completion are encoded separately, exactly as the
@@ -30,7 +38,13 @@ from gpt3lab.errors import ConfigError, DataError
 
 IGNORE = -100
 KEYS = {"prompt", "completion"}
+ALPACA_KEYS = {"instruction", "input", "output"}
 MAX_LISTED_ERRORS = 5
+ALPACA_PROMPT = ("Below is an instruction that describes a task, paired with an input that provides further "
+                 "context. Write a response that appropriately completes the request.\n\n"
+                 "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n")
+ALPACA_PROMPT_NO_INPUT = ("Below is an instruction that describes a task. Write a response that appropriately "
+                          "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n")
 
 
 @dataclass
@@ -38,6 +52,14 @@ class Example:
     ids: list[int]          # prompt + completion + eot
     n_prompt: int           # leading tokens that are prompt (not targets unless include_prompt)
     line: int               # 1-based source line (plain text: 0)
+    targets: list[bool] | None = None   # chat: which tokens are targets (overrides n_prompt)
+
+    def target_mask(self, include_prompt: bool) -> list[bool]:
+        if include_prompt:
+            return [True] * len(self.ids)
+        if self.targets is not None:
+            return self.targets
+        return [i >= self.n_prompt for i in range(len(self.ids))]
 
 
 @dataclass
@@ -57,25 +79,63 @@ class DataStats:
 
 # ---- reading and validation ---------------------------------------------------------------------------
 
-def _check_record(obj, line: int) -> tuple[str, str] | str:
-    """(prompt, completion), or an error message for this line."""
+def _check_record(obj, line: int) -> dict | str:
+    """The record normalised to {"prompt", "completion"} or {"messages"}, or an error message for this line."""
     if not isinstance(obj, dict):
         return f"line {line}: expected a JSON object {{\"prompt\": ..., \"completion\": ...}}, got {type(obj).__name__}"
+    if "messages" in obj:
+        return _check_chat(obj, line)
+    if "instruction" in obj:
+        return _check_alpaca(obj, line)
     missing, unknown = sorted(KEYS - set(obj)), sorted(set(obj) - KEYS)
     if missing:
         return f"line {line}: missing key(s) {', '.join(missing)}"
     if unknown:
-        return f"line {line}: unknown key(s) {', '.join(unknown)} (expected only prompt and completion)"
+        return (f"line {line}: unknown key(s) {', '.join(unknown)} (expected prompt and completion, messages, "
+                f"or instruction/input/output)")
     bad = [k for k in ("prompt", "completion") if not isinstance(obj[k], str)]
     if bad:
         return f"line {line}: {bad[0]} must be a string, got {type(obj[bad[0]]).__name__}"
     if obj["completion"] == "":
         return f"line {line}: empty completion (there is nothing to learn from this example)"
-    return obj["prompt"], obj["completion"]
+    return {"prompt": obj["prompt"], "completion": obj["completion"]}
 
 
-def read_jsonl(path: str | Path) -> list[tuple[int, str, str]]:
-    """(line, prompt, completion) records; DataError listing the bad lines (number and what is wrong)."""
+def _check_alpaca(obj: dict, line: int) -> dict | str:
+    unknown = sorted(set(obj) - ALPACA_KEYS)
+    if unknown or "output" not in obj:
+        return f"line {line}: an Alpaca record has instruction, output and optionally input" + (
+            f" (unknown: {', '.join(unknown)})" if unknown else " (no output)")
+    bad = [k for k in ALPACA_KEYS if k in obj and not isinstance(obj[k], str)]
+    if bad:
+        return f"line {line}: {bad[0]} must be a string, got {type(obj[bad[0]]).__name__}"
+    if obj["output"] == "":
+        return f"line {line}: empty output (there is nothing to learn from this example)"
+    tpl = ALPACA_PROMPT if obj.get("input") else ALPACA_PROMPT_NO_INPUT
+    return {"prompt": tpl.format(instruction=obj["instruction"], input=obj.get("input", "")),
+            "completion": obj["output"]}
+
+
+def _check_chat(obj: dict, line: int) -> dict | str:
+    from gpt3lab.chat import ROLES
+
+    msgs = obj["messages"]
+    if set(obj) != {"messages"}:
+        return f"line {line}: a chat record holds only \"messages\" (unknown: {', '.join(sorted(set(obj) - {'messages'}))})"
+    if not isinstance(msgs, list) or not msgs:
+        return f"line {line}: messages must be a non-empty list of {{\"role\", \"content\"}} objects"
+    for i, m in enumerate(msgs):
+        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+            return (f"line {line}: messages[{i}] must be {{\"role\": one of {', '.join(ROLES)}, "
+                    f"\"content\": a string}}, got {json.dumps(m)[:60]}")
+    if not any(m["role"] == "assistant" and m["content"] for m in msgs):
+        return f"line {line}: no non-empty assistant message (there is nothing to learn from this example)"
+    return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
+
+
+def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
+    """(line, record) pairs, each record {"prompt", "completion"} (Alpaca converted) or {"messages"};
+    DataError listing the bad lines (number and what is wrong)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -93,7 +153,7 @@ def read_jsonl(path: str | Path) -> list[tuple[int, str, str]]:
             errors.append(f"line {i}: invalid JSON ({e.msg} at column {e.colno})")
             continue
         r = _check_record(obj, i)
-        (errors.append(r) if isinstance(r, str) else records.append((i, *r)))
+        (errors.append(r) if isinstance(r, str) else records.append((i, r)))
     if errors:
         more = f" (and {len(errors) - MAX_LISTED_ERRORS} more)" if len(errors) > MAX_LISTED_ERRORS else ""
         raise DataError(f"{path}: {len(errors)} bad line(s): " + "; ".join(errors[:MAX_LISTED_ERRORS]) + more)
@@ -112,14 +172,35 @@ def encode_example(tok, prompt: str, completion: str, line: int = 0) -> Example:
     return Example(p + tok.encode(completion) + [tok.eot_id], len(p), line)
 
 
-def load_examples(path: str | Path, tok, context: int, strict: bool = False) -> tuple[list[Example], DataStats]:
+def encode_chat(tok, messages: list[dict], line: int = 0, template: str | None = None) -> Example:
+    """A conversation rendered by `template`, targets = the assistant turns' tokens (+ the final eot when
+    the conversation ends with the assistant). Segments are encoded separately at turn boundaries, as the
+    served prompt ends at the generation prompt and the model's turn starts after it."""
+    from gpt3lab.chat import assistant_spans
+
+    text, spans = assistant_spans(messages, template)
+    ids, targets, pos = [], [], 0
+    for start, end in spans + [(len(text), len(text))]:
+        for seg, is_target in ((text[pos:start], False), (text[start:end], True)):
+            seg_ids = tok.encode(seg) if seg else []
+            ids += seg_ids
+            targets += [is_target] * len(seg_ids)
+        pos = end
+    ids.append(tok.eot_id)
+    targets.append(messages[-1]["role"] == "assistant")
+    return Example(ids, 0, line, targets)
+
+
+def load_examples(path: str | Path, tok, context: int, strict: bool = False,
+                  chat_template: str | None = None) -> tuple[list[Example], DataStats]:
     """Examples of a JSONL or plain-text file that fit a row of context + 1 tokens, and the stats."""
     stats = DataStats(str(path))
     if not is_jsonl(path):
         return _text_examples(path, tok, context, stats)
     out = []
-    for line, prompt, completion in read_jsonl(path):
-        ex = encode_example(tok, prompt, completion, line)
+    for line, rec in read_jsonl(path):
+        ex = (encode_chat(tok, rec["messages"], line, chat_template) if "messages" in rec
+              else encode_example(tok, rec["prompt"], rec["completion"], line))
         if len(ex.ids) > context + 1:
             if strict:
                 raise DataError(f"{path}: line {line}: example is {len(ex.ids)} tokens, longer than the "
@@ -158,7 +239,7 @@ def _row(examples: list[Example], context: int, pad_id: int, include_prompt: boo
     toks, target = [], []
     for ex in examples:
         toks += ex.ids
-        target += [include_prompt or i >= ex.n_prompt for i in range(len(ex.ids))]
+        target += ex.target_mask(include_prompt)
     n = len(toks)
     toks += [pad_id] * (context + 1 - n)
     target += [False] * (context + 1 - n)
@@ -258,11 +339,13 @@ class RowBatches:
 
 def load_datasets(path, tok, context: int, batch_size: int, *, val_data=None, val_fraction: float = 0.1,
                   seed: int = 0, pack: bool = True, include_prompt: bool = False, strict: bool = False,
-                  rank: int = 0, world_size: int = 1) -> tuple[RowBatches, RowBatches | None, DataStats]:
+                  rank: int = 0, world_size: int = 1,
+                  chat_template: str | None = None) -> tuple[RowBatches, RowBatches | None, DataStats]:
     """(train source, val source or None, stats) for `Trainer` from a data file (+ optional val file)."""
-    examples, stats = load_examples(path, tok, context, strict)
+    examples, stats = load_examples(path, tok, context, strict, chat_template)
     if val_data is not None:
-        (train_ex, _), (val_ex, vstats) = split(examples, 0.0, seed), load_examples(val_data, tok, context, strict)
+        (train_ex, _), (val_ex, vstats) = (split(examples, 0.0, seed),
+                                           load_examples(val_data, tok, context, strict, chat_template))
         stats.skipped_too_long += vstats.skipped_too_long
     else:
         train_ex, val_ex = split(examples, val_fraction, seed)    # both shuffled: packing mixes examples
@@ -279,5 +362,5 @@ def load_datasets(path, tok, context: int, batch_size: int, *, val_data=None, va
     return train, val, stats
 
 
-__all__ = ["Example", "DataStats", "read_jsonl", "encode_example", "load_examples", "build_rows", "split",
+__all__ = ["Example", "DataStats", "read_jsonl", "encode_example", "encode_chat", "load_examples", "build_rows", "split",
            "RowBatches", "load_datasets", "IGNORE"]

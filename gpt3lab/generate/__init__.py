@@ -8,6 +8,11 @@
 A sample ends at <|endoftext|> or a stop string (finish_reason 'stop') or after max_tokens ('length').
 `tokens`/`logprobs` are exactly what was sampled (the final <|endoftext|> included when it ended the
 sample); `text` excludes <|endoftext|>, the stop string and everything after it.
+
+sliding_window=True lets max_tokens run past the context window: once prompt + generated tokens fill
+the context, each next token is predicted from the last `context` tokens, recomputed at positions
+0..context-1 (the learned position embeddings shift, so no cached key/value can be reused: a full
+forward per token from then on). Without it, prompt + max_tokens > context is an error.
 """
 from __future__ import annotations
 
@@ -16,10 +21,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gpt3lab.errors import ConfigError
-from gpt3lab.generate.sampling import check_sampling, sample, sample_generator
+from gpt3lab.generate.api import SamplingParams, check_token_ids
+from gpt3lab.generate.sampling import sample, sample_generator
 from gpt3lab.generate.text import TextStream
-from gpt3lab.model.kv_cache import ContextOverflowError, KVCache
+from gpt3lab.model.kv_cache import KVCache
 from gpt3lab.model.quant import prepare_for_inference
 
 
@@ -46,53 +51,50 @@ class Generation:
 def prompt_ids(tokenizer, prompt: str | list[int]) -> list[int]:
     """Token ids of the prompt; an empty prompt starts from <|endoftext|> (a document boundary)."""
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
-    bad = [t for t in ids if not 0 <= t < tokenizer.vocab_size]
-    if bad:
-        raise ConfigError(f"prompt token id {bad[0]} is outside the vocabulary (size {tokenizer.vocab_size})")
+    check_token_ids(ids, tokenizer.vocab_size)
     return ids or [tokenizer.eot_id]
 
 
-def _check(n_prompt: int, max_tokens: int, n: int, context: int, stop) -> None:
-    for name, v in (("max_tokens", max_tokens), ("n", n)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ConfigError(f"{name}={v!r} must be a positive integer")
-    if any(not isinstance(s, str) or not s for s in stop):
-        raise ConfigError(f"stop={stop!r}: stop strings must be non-empty strings")
-    if n_prompt + max_tokens > context:
-        raise ContextOverflowError(
-            f"prompt of {n_prompt} tokens + max_tokens={max_tokens} = {n_prompt + max_tokens} exceeds the "
-            f"model's context of {context} tokens; shorten the prompt or lower max_tokens")
-
-
 def _decode(model, ids: list[int], n: int, max_tokens: int, gen: list[torch.Generator], **params):
-    """Yield (tokens (n,), logprobs (n,)) per step; the model runs only when the next step is asked for."""
+    """Yield (tokens (n,), logprobs (n,)) per step; the model runs only when the next step is asked for.
+
+    Past the context (sliding_window), each step recomputes the last `context` tokens without a cache."""
     device = model.transformer.wte.weight.device
     dtype = model.transformer.wte.weight.dtype
-    cache = KVCache(model.config, 1, max_len=len(ids) + max_tokens, device=device, dtype=dtype)
+    C = model.config.context
+    cache = KVCache(model.config, 1, max_len=min(len(ids) + max_tokens, C), device=device, dtype=dtype)
     logits, _ = model(torch.tensor([ids], device=device), cache=cache, last_only=True)   # (1, 1, V)
     if n > 1:   # one prefill, n sample rows
         cache.reorder(torch.zeros(n, dtype=torch.long, device=device))
         logits = logits.expand(n, -1, -1)
+    hist = torch.tensor([ids], device=device).expand(n, -1)                               # (n, L)
     for step in range(max_tokens):
         tok, lp = sample(logits[:, -1], generator=gen, **params)                          # (n,), (n,)
         yield tok.tolist(), lp.tolist()
-        if step + 1 < max_tokens:
+        if step + 1 == max_tokens:
+            break
+        hist = torch.cat([hist, tok[:, None]], dim=1)
+        if hist.shape[1] <= C:
             logits, _ = model(tok[:, None], cache=cache, last_only=True)                   # (n, 1, V)
+        else:       # sliding window: positions shift, nothing cached is valid any more
+            logits, _ = model(hist[:, -C:], last_only=True)                               # (n, 1, V)
 
 
 def stream(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop: str | list[str] | None = None, n: int = 1) -> Iterator[StreamEvent]:
+           stop: str | list[str] | None = None, n: int = 1, sliding_window: bool = False) -> Iterator[StreamEvent]:
     """Yield a StreamEvent per sampled token (samples interleaved by `index` when n > 1).
 
     Text deltas are whole UTF-8 characters; a sample's deltas concatenate to its final text.
     Same seed (and settings) -> same tokens; seed None draws a fresh random seed.
-    Bad settings raise here (ConfigError / ContextOverflowError), before any decoding.
+    Bad settings raise here, before any decoding, exactly as the engine and the server refuse them
+    (SamplingParams.validate: InvalidRequestError / ContextLengthError).
     """
     stops = [stop] if isinstance(stop, str) else list(stop or [])
-    check_sampling(temperature, top_k, top_p)
     ids = prompt_ids(tokenizer, prompt)
-    _check(len(ids), max_tokens, n, model.config.context, stops)
+    SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=0 if top_k is None else top_k,
+                   top_p=1.0 if top_p is None else top_p, n=n, seed=seed, stop=stops, sliding_window=sliding_window,
+                   ).validate(tokenizer.vocab_size, model.config.context, len(ids))
     prepare_for_inference(model)     # keeps the mode a quantized model has; the fp32 decode layout otherwise
     gen = [sample_generator(seed, j, model.transformer.wte.weight.device) for j in range(n)]
     params = dict(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -132,10 +134,11 @@ def _event(i: int, tok: int, lp: float, text: TextStream, eot: int, last: bool) 
 
 def generate(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop: str | list[str] | None = None, n: int = 1) -> Generation | list[Generation]:
+             stop: str | list[str] | None = None, n: int = 1,
+             sliding_window: bool = False) -> Generation | list[Generation]:
     """Complete `prompt` (text or token ids). n == 1 -> a Generation; n > 1 -> a list of n of them."""
     events = stream(model, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                    top_p=top_p, seed=seed, stop=stop, n=n)
+                    top_p=top_p, seed=seed, stop=stop, n=n, sliding_window=sliding_window)
     ids = prompt_ids(tokenizer, prompt)
     gens = [Generation(prompt_tokens=list(ids)) for _ in range(n)]
     parts: list[list[str]] = [[] for _ in gens]
@@ -147,6 +150,7 @@ def generate(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64,
         g.finish_reason = ev.finish_reason
     for g, p in zip(gens, parts):
         g.text = "".join(p)
+        g.finish_reason = g.finish_reason or "length"      # max_tokens=0: nothing to sample
     return gens[0] if n == 1 else gens
 
 

@@ -14,7 +14,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import AsyncIterator, Iterator, Protocol
 
-from gpt3lab.errors import UserError
+from gpt3lab.errors import ConfigError, ContextOverflowError, UserError
 
 
 class EngineError(UserError):
@@ -28,11 +28,11 @@ class EngineError(UserError):
         self.param = param
 
 
-class InvalidRequestError(EngineError, ValueError):
+class InvalidRequestError(EngineError, ConfigError):
     """A sampling parameter or prompt is invalid; `param` names it."""
 
 
-class ContextLengthError(InvalidRequestError):
+class ContextLengthError(InvalidRequestError, ContextOverflowError):
     """prompt tokens + max_tokens exceed the model's context window."""
 
     code = "context_length_exceeded"
@@ -73,6 +73,79 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)  # <|endoftext|> is always a stop token
     logprobs: int | None = None       # None = off; 0..5 = chosen token's logprob + top-N alternatives
     echo: bool = False                # prepend the prompt (and its token logprobs, first one None)
+    sliding_window: bool = False      # max_tokens may run past the context: each token past it is predicted
+                                      # from the last `context` tokens, recomputed (gpt3lab.generate docstring)
+
+    def validate(self, vocab_size: int, context: int, prompt_tokens: int = 0) -> int:
+        """The one check of a request, for the Python API, the CLI, the engine and the server alike.
+
+        Raise InvalidRequestError naming the bad parameter (or ContextLengthError when prompt_tokens +
+        max_tokens exceed `context`, unless sliding_window; then only the prompt must fit); return best_of.
+        """
+        _int_in(self.max_tokens, "max_tokens", 0, None)
+        _num_in(self.temperature, "temperature", 0.0, 2.0)
+        _num_in(self.top_p, "top_p", 0.0, 1.0, low_open=True)
+        _int_in(self.top_k, "top_k", 0, None)
+        _num_in(self.presence_penalty, "presence_penalty", -2.0, 2.0)
+        _num_in(self.frequency_penalty, "frequency_penalty", -2.0, 2.0)
+        _int_in(self.n, "n", 1, MAX_N)
+        best_of = self.n if self.best_of is None else _int_in(self.best_of, "best_of", 1, MAX_N)
+        if best_of < self.n:
+            raise InvalidRequestError(f"best_of={best_of} must be >= n={self.n}", "best_of")
+        if self.logprobs is not None:
+            _int_in(self.logprobs, "logprobs", 0, MAX_LOGPROBS)
+        if self.seed is not None:
+            _int_in(self.seed, "seed", None, None)
+        for t, b in self.logit_bias.items():
+            _int_in(t, "logit_bias", 0, vocab_size - 1)
+            _num_in(b, "logit_bias", -100.0, 100.0)
+        check_token_ids(self.stop_token_ids, vocab_size, "stop_token_ids")
+        if len(self.stop) > MAX_STOP or any(not isinstance(s, str) or not s for s in self.stop):
+            raise InvalidRequestError(f"stop={self.stop!r}: up to {MAX_STOP} non-empty strings", "stop")
+        total = prompt_tokens + self.max_tokens
+        if self.sliding_window and prompt_tokens > context:
+            raise ContextLengthError(f"prompt of {prompt_tokens} tokens exceeds the model's context of {context} "
+                                     f"tokens (sliding_window continues past the context, but the prompt must fit); "
+                                     f"shorten the prompt", "prompt")
+        if total > context and not self.sliding_window:
+            raise ContextLengthError(
+                f"prompt of {prompt_tokens} tokens + max_tokens={self.max_tokens} = {total} tokens exceeds the "
+                f"model's context of {context} tokens; shorten the prompt, lower max_tokens, or set sliding_window "
+                f"(generate --sliding-window) to continue past the context", "prompt")
+        return best_of
+
+
+MAX_N = 128                           # most choices (n, best_of) of one request
+MAX_LOGPROBS = 5                      # most alternatives reported per token
+MAX_STOP = 4                          # most stop strings
+
+
+def check_token_ids(ids, vocab_size: int, param: str = "prompt") -> None:
+    """InvalidRequestError naming `param` unless every id is an integer in 0..vocab_size-1."""
+    for t in ids:
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab_size:
+            raise InvalidRequestError(f"{param} token id {t!r} is outside the vocabulary (0..{vocab_size - 1})",
+                                      param)
+
+
+def _num_in(v, name: str, lo: float | None, hi: float | None, low_open: bool = False) -> float:
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
+    if ok and lo is not None:
+        ok = v > lo if low_open else v >= lo
+    if ok and hi is not None:
+        ok = v <= hi
+    if not ok:
+        lo_s = "-inf" if lo is None else lo
+        raise InvalidRequestError(f"{name}={v!r} must be a number in {'(' if low_open else '['}{lo_s}, "
+                                  f"{'inf' if hi is None else hi}]", name)
+    return v
+
+
+def _int_in(v, name: str, lo: int | None, hi: int | None) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise InvalidRequestError(f"{name}={v!r} must be an integer in [{'-inf' if lo is None else lo}, "
+                                  f"{'inf' if hi is None else hi}]", name)
+    return v
 
 
 @dataclass

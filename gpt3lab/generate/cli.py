@@ -16,7 +16,9 @@ from pathlib import Path
 
 import torch
 
-from gpt3lab.argtypes import add_quantize_argument
+from gpt3lab.argtypes import add_quantize_argument, seed_int
+from gpt3lab.devices import DEVICE_HELP, resolve_device
+from gpt3lab.generate.api import InvalidRequestError, SamplingParams
 from gpt3lab.errors import ConfigError, DataError
 
 
@@ -25,18 +27,35 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="prompt text (default: read stdin)")
     p.add_argument("--prompt-file",
                    help="file with one prompt per line (\\n in a line = newline), or JSONL with a 'prompt' key")
-    p.add_argument("--max-tokens", type=int, default=64, help="tokens to generate per sample (default 64)")
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument("--top-k", type=int, default=None, help="sample among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus: smallest set with mass >= p")
-    p.add_argument("--seed", type=int, default=None, help="same seed -> same text")
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
-    p.add_argument("--n", type=int, default=1, help="samples per prompt (default 1)")
+    p.add_argument("--max-tokens", type=sampling_arg("max_tokens", int), default=64, help="tokens to generate per sample (default 64)")
+    p.add_argument("--temperature", type=sampling_arg("temperature", float), default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=sampling_arg("top_k", int), default=None, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=sampling_arg("top_p", float), default=None, help="nucleus: smallest set with mass >= p")
+    p.add_argument("--seed", type=seed_int, default=None, help="same seed -> same text")
+    p.add_argument("--stop", action="append", default=[], type=sampling_arg("stop", lambda t: [t]), help="stop string (repeatable); not printed")
+    p.add_argument("--n", type=sampling_arg("n", int), default=1, help="samples per prompt (default 1)")
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_quantize_argument(p)
+    p.add_argument("--sliding-window", action="store_true",
+                   help="let --max-tokens run past the context: each token past it is predicted from the last "
+                        "`context` tokens, recomputed (a full forward per token)")
     add_tokenizer_override(p)
+
+
+def sampling_arg(name: str, parse):
+    """An argparse type for a SamplingParams field: parsed, then checked by SamplingParams.validate itself
+    (the one rule, reported as a usage error naming the flag)."""
+    def check(text: str):
+        value = parse(text)                 # ValueError -> argparse's "invalid <name> value"
+        try:
+            SamplingParams(**{name: value}).validate(1 << 62, 1 << 62)
+        except InvalidRequestError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+        return value[0] if isinstance(value, list) else value
+    check.__name__ = name
+    return check
 
 
 def add_tokenizer_override(p: argparse.ArgumentParser) -> None:
@@ -75,27 +94,17 @@ def prompts_from_file(path: Path) -> list[str]:
     return prompts
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-
-
 def run(args) -> int:
     """All prompts go to the batching engine at once; one prompt with n=1 streams, the rest print when done."""
     from gpt3lab import load
-    from gpt3lab.generate.api import SamplingParams
     from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
-    model, tokenizer = load(args.checkpoint, device=pick_device(args.device), tokenizer=args.tokenizer,
+    model, tokenizer = load(args.checkpoint, device=resolve_device(args.device), tokenizer=args.tokenizer,
                             quantize=args.quantize)                                 # LoRA too
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
                             top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
-                            stop=list(args.stop))
+                            stop=list(args.stop), sliding_window=args.sliding_window)
     engine = Engine(model, tokenizer)
     try:
         handles = [engine.submit(tokenizer.encode(p) or [tokenizer.eot_id], params) for p in prompts]

@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from gpt3lab.generate import events
-from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, EngineInternalError, EventStream,
-                                  InvalidRequestError, QueueFullError, SamplingParams, TokenEvent)
+from gpt3lab.generate.api import (EngineClosedError, EngineInternalError, EventStream, InvalidRequestError,
+                                  QueueFullError, SamplingParams, TokenEvent, check_token_ids)
 from gpt3lab.generate.batch_sampler import BatchSampler
 from gpt3lab.generate.kv_manager import KVManager
 from gpt3lab.generate.paged_cache import BlockPool, PagedStep
@@ -152,37 +152,11 @@ class Engine:
 
     # ---- validation -----------------------------------------------------------------------------
     def _validate(self, prompt: list[int], p: SamplingParams) -> int:
-        """Raise a typed error naming the bad parameter; return best_of."""
-        V = self.tokenizer.vocab_size
-        bad = [t for t in prompt if not 0 <= t < V]
-        if bad:
-            raise InvalidRequestError(f"prompt token id {bad[0]} is outside the vocabulary (0..{V - 1})", "prompt")
-        _int_in(p.max_tokens, "max_tokens", 0, None)
-        _num_in(p.temperature, "temperature", 0.0, 2.0)
-        _num_in(p.top_p, "top_p", 0.0, 1.0, low_open=True)
-        _int_in(p.top_k, "top_k", 0, None)
-        _num_in(p.presence_penalty, "presence_penalty", -2.0, 2.0)
-        _num_in(p.frequency_penalty, "frequency_penalty", -2.0, 2.0)
-        _int_in(p.n, "n", 1, 128)
-        best_of = p.n if p.best_of is None else _int_in(p.best_of, "best_of", 1, 128)
-        if best_of < p.n:
-            raise InvalidRequestError(f"n={p.n} must be <= best_of={best_of}", "n")
-        if p.logprobs is not None:
-            _int_in(p.logprobs, "logprobs", 0, 5)
-        if p.seed is not None:
-            _int_in(p.seed, "seed", None, None)
-        for t, b in p.logit_bias.items():
-            _int_in(t, "logit_bias", 0, V - 1)
-            _num_in(b, "logit_bias", -100.0, 100.0)
-        for t in p.stop_token_ids:
-            _int_in(t, "stop_token_ids", 0, V - 1)
-        if len(p.stop) > 4 or any(not isinstance(s, str) or not s for s in p.stop):
-            raise InvalidRequestError(f"stop={p.stop!r}: up to 4 non-empty strings", "stop")
+        """SamplingParams.validate, plus the engine's own limit (the KV cache must hold the request); -> best_of."""
+        check_token_ids(prompt, self.tokenizer.vocab_size)
+        best_of = p.validate(self.tokenizer.vocab_size, self.context, len(prompt))
         total = len(prompt) + p.max_tokens
-        if total > self.context:
-            raise ContextLengthError(
-                f"prompt of {len(prompt)} tokens + max_tokens={p.max_tokens} = {total} tokens exceeds the "
-                f"model's context of {self.context} tokens; shorten the prompt or lower max_tokens", "prompt")
+        total = min(total, self.context)          # a sliding window never holds more than the context
         need = best_of * self.kv.blocks_per_seq(total)
         if need > self.pool.num_blocks:
             raise InvalidRequestError(
@@ -336,8 +310,17 @@ class Engine:
                                     self.tokenizer.eot_id, self.tokenizer.decode)
             if ev.finish_reason is None:
                 events.deliver(s, ev)
+                self._slide(s)
             else:
                 self._finish(s, ev)
+
+    def _slide(self, s: Seq) -> None:
+        """sliding_window: once the next token would sit past the context, drop the cache and recompute the
+        last `context` tokens at positions 0..context-1 (prefilled like a prompt) to predict it."""
+        if len(s.tokens) > self.context and s.req.params.sliding_window:
+            self.kv.release_seq(s)
+            s.tokens, s.computed, s.hashes = s.tokens[-self.context:], 0, []
+            self.counters["window_slides"] += 1
 
     def _finish(self, s: Seq, ev: TokenEvent) -> None:
         events.deliver(s, ev)
@@ -353,26 +336,6 @@ class Engine:
         self._release(req)
         self.counters["finished"] += 1
         req.handle.close()
-
-
-def _num_in(v, name: str, lo: float | None, hi: float | None, low_open: bool = False) -> float:
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and v == v
-    if ok and lo is not None:
-        ok = v > lo if low_open else v >= lo
-    if ok and hi is not None:
-        ok = v <= hi
-    if not ok:
-        lo_s = "-inf" if lo is None else lo
-        raise InvalidRequestError(f"{name}={v!r} must be a number in {'(' if low_open else '['}{lo_s}, "
-                                  f"{'inf' if hi is None else hi}]", name)
-    return v
-
-
-def _int_in(v, name: str, lo: int | None, hi: int | None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
-        raise InvalidRequestError(f"{name}={v!r} must be an integer in [{'-inf' if lo is None else lo}, "
-                                  f"{'inf' if hi is None else hi}]", name)
-    return v
 
 
 __all__ = ["Engine", "EngineConfig", "EngineHandle"]

@@ -32,7 +32,8 @@ class KVManager:
 
     def blocks_needed(self, req) -> int:
         """Worst-case blocks of a request: every choice at its full length."""
-        return req.best_of * self.blocks_per_seq(len(req.prompt) + req.params.max_tokens)
+        # a sliding window (params.sliding_window) never holds more than the context
+        return req.best_of * self.blocks_per_seq(min(len(req.prompt) + req.params.max_tokens, self.mcfg.context))
 
     def reserve(self, req):
         """Reserve `req`'s worst case, reusing its cached prefix; -> (P, tables, hashes) or None if it does not fit.

@@ -10,26 +10,12 @@ temperature/top-k/top-p-filtered one, as in the OpenAI Completions API.
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
-from gpt3lab.errors import ConfigError
 
 Param = float | int | torch.Tensor | None
-
-
-def check_sampling(temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> None:
-    """Raise ConfigError naming the bad value unless temperature >= 0, top_k >= 0, 0 < top_p <= 1."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or \
-            not math.isfinite(temperature) or temperature < 0:
-        raise ConfigError(f"temperature={temperature!r} must be a finite number >= 0 (0 = greedy)")
-    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
-        raise ConfigError(f"top_k={top_k!r} must be a positive integer (or 0/None for no top-k)")
-    if top_p is not None and (isinstance(top_p, bool) or not isinstance(top_p, (int, float))
-                              or not 0.0 < top_p <= 1.0):
-        raise ConfigError(f"top_p={top_p!r} must be in (0, 1] (1 = no nucleus filtering)")
 
 
 def _rows(x: Param, B: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -148,12 +134,6 @@ def sample(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = None, 
     return tok, logits.gather(1, tok[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
 
 
-def top_logprobs(logprobs: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The n most likely alternatives of each row of logprobs (B, V) -> (values (B, n), ids (B, n))."""
-    values, ids = logprobs.topk(n, dim=-1)
-    return values, ids
-
-
 def apply_logit_bias(logits: torch.Tensor, biases: Sequence[dict[int, float] | None]) -> torch.Tensor:
     """Add each row's {token id: bias} to logits (B, V); OpenAI's logit_bias (-100 bans, +100 forces)."""
     rows = [(i, t, b) for i, bias in enumerate(biases) for t, b in (bias or {}).items()]
@@ -178,5 +158,5 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, presence: Param,
     return logits - pres * (counts > 0).to(logits.dtype) - freq * counts
 
 
-__all__ = ["check_sampling", "choose", "sample", "draw", "uniforms", "top_k_filter", "top_p_filter", "top_logprobs", "apply_logit_bias",
+__all__ = ["choose", "sample", "draw", "uniforms", "top_k_filter", "top_p_filter", "apply_logit_bias",
            "apply_penalties"]

@@ -43,7 +43,8 @@ class Seq:
     @property
     def wants_echo(self) -> bool:
         """Choice 0 of an echo request needs every prompt position's logits until the prompt is done."""
-        return self.req.params.echo and self.index == 0 and self.computed < len(self.req.prompt)
+        return (self.req.params.echo and self.index == 0 and not self.req.forked
+                and self.computed < len(self.req.prompt))    # (a sliding window re-prefills after the fork)
 
 
 @dataclass

@@ -171,8 +171,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         B, T, _ = x.shape
-        q, k, v = linear(self.c_attn, x).split(self.d_attn, dim=2)                  # 3 x (B, T, d_attn)
-        q, k, v = (t.view(B, T, self.n_head, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # -1 heads: c_attn may hold a subset of the heads (a tensor-parallel shard); d_attn = nh * hs
+        q, k, v = linear(self.c_attn, x).chunk(3, dim=2)                            # 3 x (B, T, d_attn)
+        q, k, v = (t.view(B, T, -1, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
         if cache is not None:
             y = cache.attend(self.layer_idx, q, k, v, self.window)
@@ -180,5 +181,5 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
         else:
             y = banded_attention(q, k, v, self.window, dropout_p=p)
-        y = y.transpose(1, 2).reshape(B, T, self.d_attn)                     # (B, T, d_attn)
+        y = y.transpose(1, 2).reshape(B, T, -1)                              # (B, T, d_attn)
         return self.resid_dropout(linear(self.c_proj, y))

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from gpt3lab.config import ModelConfig
 from gpt3lab.model.attention import CausalSelfAttention
-from gpt3lab.model.kv_cache import ContextOverflowError
+from gpt3lab.errors import ContextOverflowError
 from gpt3lab.model.matvec import FastLinear, linear
 
 

@@ -15,11 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt3lab.config import ModelConfig
-from gpt3lab.errors import UserError
-
-
-class ContextOverflowError(UserError, ValueError):
-    """More tokens than the model's context window."""
+from gpt3lab.errors import ContextOverflowError
 
 
 class KVCache:
@@ -101,4 +97,4 @@ def cache_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, bytes_per_el: i
                for i in range(cfg.n_layer))
 
 
-__all__ = ["KVCache", "ContextOverflowError", "cache_bytes"]
+__all__ = ["KVCache", "cache_bytes"]

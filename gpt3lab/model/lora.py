@@ -3,15 +3,9 @@
     y = x W^T + b + (alpha / r) * dropout(x) A^T B^T        A: (r, in), B: (out, r), B = 0 at init
 
 `LoRALinear` subclasses nn.Linear, so the frozen base weight keeps its name (`...c_attn.weight`) and a
-LoRA model's state dict is the base state dict plus `...lora_A` / `...lora_B`. An adapter directory holds
-only those:
-
-    ADAPTER/adapter.safetensors   the lora_A / lora_B tensors
-    ADAPTER/adapter_config.json   {"format": "gpt3lab-lora-adapter", "rank", "alpha", "dropout", "targets",
-                                   "base": "<base checkpoint path>", "base_fingerprint": "<sha256>", ...}
-
-The fingerprint hashes the base model's config and weights, so an adapter is never silently applied to a
-different base model.
+LoRA model's state dict is the base state dict plus `...lora_A` / `...lora_B`. `fingerprint` hashes the
+base model's config and weights, so an adapter is never silently applied to a different base model.
+No I/O here: adapter directories and LoRA checkpoints are read and written by gpt3lab.adapters.
 """
 from __future__ import annotations
 
@@ -19,19 +13,13 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
-from gpt3lab.errors import CheckpointError, ConfigError
+from gpt3lab.errors import ConfigError
 
-ADAPTER_FORMAT = "gpt3lab-lora-adapter"
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter.safetensors"
 LORA_KEYS = ("lora_A", "lora_B")
 ALL_TARGETS = ("c_attn", "c_proj", "c_fc", "attn.c_proj", "mlp.c_proj")
 
@@ -61,6 +49,19 @@ class LoRAConfig:
     @property
     def scale(self) -> float:
         return self.alpha / self.rank
+
+    def to_dict(self) -> dict:
+        """JSON-ready: {"rank", "alpha", "dropout", "targets": [...]}."""
+        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "targets": list(self.targets)}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "lora config") -> "LoRAConfig":
+        """The inverse of to_dict; other keys of `d` are ignored (an adapter config holds more)."""
+        try:
+            return cls(int(d["rank"]), float(d["alpha"]), float(d["dropout"]), tuple(d["targets"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"{where}: not a LoRA config ({type(e).__name__}: {e}); expected rank, alpha, "
+                              f"dropout and targets") from None
 
 
 class LoRALinear(nn.Linear):
@@ -175,162 +176,5 @@ def fingerprint(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-# ---- adapter directories ------------------------------------------------------------------------------
-
-def is_adapter_dir(path: str | Path) -> bool:
-    p = Path(path)
-    return (p / ADAPTER_CONFIG).is_file() and (p / ADAPTER_WEIGHTS).is_file()
-
-
-def save_adapter(dest: str | Path, model: nn.Module, cfg: LoRAConfig, base: str, base_fingerprint: str,
-                 tokenizer=None, extra: dict | None = None) -> Path:
-    """Write ADAPTER/{adapter.safetensors, adapter_config.json[, tokenizer]} atomically."""
-    from gpt3lab.checkpoint import write_dir_atomically
-
-    state = lora_state(model)
-    if not state:
-        raise ConfigError("save_adapter: the model has no LoRA layers (inject_lora first)")
-
-    def fill(tmp: Path) -> None:
-        save_file(state, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        meta = {"format": ADAPTER_FORMAT, "version": 1, **asdict(cfg), "targets": list(cfg.targets),
-                "base": str(base), "base_fingerprint": base_fingerprint,
-                "base_model": asdict(model.config), **(extra or {})}
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        if tokenizer is not None:
-            tokenizer.save(tmp)
-
-    return write_dir_atomically(dest, fill)
-
-
-def read_adapter_config(adapter_dir: str | Path) -> tuple[LoRAConfig, dict]:
-    """(LoRAConfig, the whole adapter_config.json) of an adapter dir; CheckpointError when unreadable."""
-    from gpt3lab.checkpoint import read_json
-
-    path = Path(adapter_dir) / ADAPTER_CONFIG
-    meta = read_json(path, f"{adapter_dir} is not a LoRA adapter directory", "re-save the adapter")
-    if meta.get("format") != ADAPTER_FORMAT:
-        raise CheckpointError(f"{path}: not a gpt3lab LoRA adapter config (format={meta.get('format')!r})")
-    cfg = LoRAConfig(int(meta["rank"]), float(meta["alpha"]), float(meta["dropout"]), tuple(meta["targets"]))
-    return cfg, meta
-
-
-def load_lora_tensors(model: nn.Module, state: dict[str, torch.Tensor], where: str) -> None:
-    """Copy adapter tensors into an injected model; CheckpointError on missing/extra keys or shapes."""
-    expected = lora_state(model)
-    missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
-    if missing or unexpected:
-        raise CheckpointError(f"{where}: adapter tensors do not match the model: missing {missing[:3]}, "
-                              f"unexpected {unexpected[:3]}")
-    for k, v in state.items():
-        if v.shape != expected[k].shape:
-            raise CheckpointError(f"{where}: {k} has shape {tuple(v.shape)}, the model expects "
-                                  f"{tuple(expected[k].shape)}")
-    model.load_state_dict(state, strict=False)
-
-
-def load_adapter(model: nn.Module, adapter_dir: str | Path, check: bool = True) -> nn.Module:
-    """Inject the adapter of `adapter_dir` into base `model` (in place) and load its weights.
-
-    check: refuse (CheckpointError) when the model's fingerprint differs from the adapter's base.
-    """
-    cfg, meta = read_adapter_config(adapter_dir)
-    if check:
-        fp = fingerprint(model)
-        if fp != meta.get("base_fingerprint"):
-            raise CheckpointError(
-                f"{adapter_dir}: adapter was trained on a different base model (fingerprint "
-                f"{str(meta.get('base_fingerprint'))[:12]}…, this model {fp[:12]}…; base named in the adapter: "
-                f"{meta.get('base')}); load it on that base checkpoint")
-    try:
-        state = load_file(str(Path(adapter_dir) / ADAPTER_WEIGHTS))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise CheckpointError(f"{adapter_dir}/{ADAPTER_WEIGHTS}: truncated or corrupt ({e})") from None
-    inject_lora(model, cfg)
-    load_lora_tensors(model, state, str(adapter_dir))
-    return model.eval()
-
-
-def load_base(path: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer) of a gpt3lab checkpoint/run dir or a Hugging Face GPT-2 dir."""
-    from gpt3lab import checkpoint as ckpt_io
-
-    p = Path(path)
-    if _is_hf(p):
-        from gpt3lab.convert import from_hf, hf_tokenizer
-        model, cfg = from_hf(p, device=device)
-        tok = hf_tokenizer(p)
-        if tok is None:
-            if cfg.vocab_size != 50257:
-                raise CheckpointError(f"{p}: no vocab.json and vocab_size {cfg.vocab_size} is not GPT-2's; "
-                                      f"add GPT-2's vocab.json/merges.txt or convert with a tokenizer")
-            from gpt3lab.tokenizer import Tokenizer
-            tok = Tokenizer.gpt2()
-        return model, tok
-    return ckpt_io.load_model(p, device=device), ckpt_io.load_tokenizer(p)
-
-
-def _is_hf(p: Path) -> bool:
-    try:
-        return (p / "config.json").is_file() and "model_type" in json.loads((p / "config.json").read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
-def is_lora_checkpoint(path: str | Path) -> bool:
-    """A training checkpoint of a LoRA fine-tune (config.json carries "lora"; weights hold base + adapters)."""
-    p = Path(path)
-    try:
-        return (p / "model.safetensors").is_file() and "lora" in json.loads((p / "config.json").read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
-def load_lora_checkpoint(ckpt: str | Path, device: str | torch.device = "cpu") -> nn.Module:
-    """The model of a LoRA training checkpoint: GPT(config) + adapters, every tensor from the checkpoint."""
-    from gpt3lab import checkpoint as ckpt_io
-    from gpt3lab.config import ModelConfig, from_dict
-    from gpt3lab.model import GPT
-
-    meta = ckpt_io.read_config(ckpt)
-    with torch.device("meta"):          # every tensor comes from the checkpoint: skip the random init
-        model = GPT(from_dict(ModelConfig, meta["model"], where=f"{ckpt}/config.json model"))
-        cfg = meta["lora"]
-        inject_lora(model, LoRAConfig(int(cfg["rank"]), float(cfg["alpha"]), float(cfg["dropout"]),
-                                      tuple(cfg["targets"])))
-    model = model.to_empty(device=device)
-    state = ckpt_io.load_state(ckpt)
-    expected = set(base_state(model)) | set(lora_state(model))
-    if set(state) != expected:
-        raise CheckpointError(f"{ckpt}/model.safetensors does not match its LoRA config: missing "
-                              f"{sorted(expected - set(state))[:3]}, unexpected {sorted(set(state) - expected)[:3]}")
-    model.load_state_dict(state, strict=False)
-    model.lm_head.weight = model.transformer.wte.weight
-    return model.eval()
-
-
-def load_with_adapter(path: str | Path, device: str | torch.device = "cpu"):
-    """(model, tokenizer) from an adapter dir (base named in it + adapter), a LoRA training checkpoint,
-    or a run dir of a LoRA fine-tune (its adapter/ when present, else its newest checkpoint)."""
-    from gpt3lab import checkpoint as ckpt_io
-
-    p = Path(path)
-    if not is_adapter_dir(p) and is_adapter_dir(p / "adapter"):
-        p = p / "adapter"
-    if is_adapter_dir(p):
-        _, meta = read_adapter_config(p)
-        base = Path(meta["base"])
-        if not base.exists():
-            raise CheckpointError(f"{p}: its base checkpoint {base} does not exist; copy the base there or "
-                                  f"edit \"base\" in {p / ADAPTER_CONFIG}")
-        model, tok = load_base(base, device=device)
-        return load_adapter(model, p), tok
-    ckpt = ckpt_io.resolve(p)
-    if not is_lora_checkpoint(ckpt):
-        return ckpt_io.load(ckpt, device=device)
-    return load_lora_checkpoint(ckpt, device=device), ckpt_io.load_tokenizer(ckpt)
-
-
-__all__ = ["LoRAConfig", "LoRALinear", "inject_lora", "merge_lora", "lora_state", "base_state", "param_counts",
-           "fingerprint", "save_adapter", "load_adapter", "read_adapter_config", "load_with_adapter",
-           "is_adapter_dir", "is_lora_checkpoint", "load_lora_checkpoint", "load_base", "ALL_TARGETS"]
+__all__ = ["ALL_TARGETS", "LoRAConfig", "LoRALinear", "base_state", "fingerprint", "inject_lora", "lora_modules",
+           "lora_state", "merge_lora", "param_counts"]

@@ -49,7 +49,8 @@ def linear(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
     if type(mod) is not nn.Linear and not isinstance(mod, FastLinear):
         return mod(x)
     if not use_transposed(mod.weight, x):
-        return F.linear(x, mod.weight, mod.bias)
+        # a plain nn.Linear through its __call__: hooks (tensor parallelism's input/output layouts) run
+        return F.linear(x, mod.weight, mod.bias) if isinstance(mod, FastLinear) else mod(x)
     wt = mod.weight.t()                                                      # (in, out) contiguous
     x2 = x.reshape(-1, x.shape[-1])                                          # (R, in)
     y = x2 @ wt if mod.bias is None else torch.addmm(mod.bias, x2, wt)       # (R, out)

@@ -5,6 +5,7 @@ validation body becomes a 400 naming the offending field; 404/405 keep their sta
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -12,23 +13,32 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt3lab.generate.api import EngineError
 from gpt3lab.serve.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                                     CompletionResponse, DetokenizeRequest, DetokenizeResponse,
                                     ErrorResponse, InspectRequest, InspectResponse, ModelCard, ModelList,
+                                    PrimingRequest, PrimingResponse,
                                     TokenizeRequest, TokenizeResponse)
 from gpt3lab.serve.service import ClientDisconnected, CompletionService, CompletionStream, ServeError
 
 log = logging.getLogger("gpt3lab.serve")
 STATIC = Path(__file__).parent / "static"
-ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize",
-          "/tokenizer_info", "/v1/inspect"}
+ROUTES = {"/", "/health", "/metrics", "/v1/models", "/v1/completions", "/v1/chat/completions", "/tokenize",
+          "/detokenize", "/tokenizer_info", "/v1/inspect", "/v1/inspect/priming", "/favicon.ico"}
 OPEN_PATHS = {"/", "/health", "/openapi.json", "/docs", "/favicon.ico"}   # no API key needed
 ERRORS = {400: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
           413: {"model": ErrorResponse}, 429: {"model": ErrorResponse}}
+
+
+def route_label(path: str) -> str:
+    """The metrics label of a request path: its route template, never the raw path (a client-chosen
+    path would forge label text and create a new series per request)."""
+    if path in ROUTES:
+        return path
+    return "/v1/models/{model_id}" if path.startswith("/v1/models/") else "other"
 
 
 def _error(status: int, message: str, type: str = "invalid_request_error", param=None, code=None) -> JSONResponse:
@@ -42,9 +52,9 @@ class Guard:
     to the server, so the app still sees `http.disconnect`.
     """
 
-    def __init__(self, app, api_keys: list[str], max_body_bytes: int, metrics=None):
+    def __init__(self, app, api_keys: list[str], max_body_bytes: int, metrics=None, body_timeout: float = 10.0):
         self.app, self.api_keys, self.max_body_bytes = app, [k.encode() for k in api_keys], max_body_bytes
-        self.metrics = metrics
+        self.metrics, self.body_timeout = metrics, body_timeout
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -63,17 +73,15 @@ class Guard:
             declared = 0
         if declared > self.max_body_bytes:
             return await self._too_large(scope, receive, send)
-        chunks, size, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                break
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return await self._too_large(scope, receive, send)
-            more = msg.get("more_body", False)
-        body, replayed = b"".join(chunks), False
+        try:
+            body = await asyncio.wait_for(self._read_body(receive), self.body_timeout)
+        except asyncio.TimeoutError:
+            return await _error(408, f"request body not received within {self.body_timeout:g} s; send it at once "
+                                     f"(or raise `gpt3lab serve --body-timeout`)",
+                                code="request_timeout")(scope, receive, send)
+        if body is None:
+            return await self._too_large(scope, receive, send)
+        replayed = False
 
         async def replay():
             nonlocal replayed
@@ -84,8 +92,22 @@ class Guard:
 
         return await self.app(scope, replay, send)
 
+    async def _read_body(self, receive) -> bytes | None:
+        """The whole request body, or None when it exceeds max_body_bytes (the caller bounds the time)."""
+        chunks, size, more = [], 0, True
+        while more:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                break
+            chunks.append(msg.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return None
+            more = msg.get("more_body", False)
+        return b"".join(chunks)
+
     def _counting(self, scope, send):
-        route = scope["path"] if scope["path"] in ROUTES or scope["path"].startswith("/v1/models") else "other"
+        route = route_label(scope["path"])
 
         async def counted(msg):
             if msg["type"] == "http.response.start":
@@ -171,8 +193,9 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(service: CompletionService, api_keys: list[str] | None = None,
-               max_body_bytes: int = 4 * 1024 * 1024, on_shutdown=None) -> FastAPI:
-    """The ASGI app over `service`. on_shutdown() runs after the server stops taking requests."""
+               max_body_bytes: int = 4 * 1024 * 1024, on_shutdown=None, body_timeout: float = 10.0) -> FastAPI:
+    """The ASGI app over `service`. on_shutdown() runs after the server stops taking requests;
+    a request body not received within body_timeout seconds gets a 408."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -186,7 +209,7 @@ def create_app(service: CompletionService, api_keys: list[str] | None = None,
     install_error_handlers(app)
     add_routes(app, service)
     app.add_middleware(Guard, api_keys=list(api_keys or []), max_body_bytes=max_body_bytes,
-                       metrics=service.metrics)
+                       metrics=service.metrics, body_timeout=body_timeout)
     return app
 
 
@@ -237,6 +260,15 @@ def add_routes(app: FastAPI, service: CompletionService) -> None:
     async def inspect(body: InspectRequest):
         """Look inside: per-token probabilities and attention weights for one prompt (gpt3lab extension)."""
         return JSONResponse(await service.inspect(body))
+
+    @app.post("/v1/inspect/priming", response_model=PrimingResponse, responses=ERRORS)
+    async def priming(body: PrimingRequest):
+        """Priming: the eval harness's metric at k = 0..K examples in context, for one task (gpt3lab extension)."""
+        return JSONResponse(await service.priming(body))
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():
+        return Response((STATIC / "favicon.svg").read_bytes(), media_type="image/svg+xml")
 
     @app.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
     async def tokenize(body: TokenizeRequest):

@@ -1,8 +1,9 @@
 """`gpt3lab serve CHECKPOINT_DIR`: the OpenAI-compatible Completions server over the inference engine.
 
-Binds 127.0.0.1 unless --host says otherwise; API keys come from --api-key (repeatable) or the
-GPT3LAB_API_KEY environment variable (comma-separated). SIGTERM/SIGINT stop accepting connections,
-let in-flight requests finish for up to --shutdown-timeout seconds, cancel the rest, then stop the engine.
+Binds 127.0.0.1 unless --host says otherwise; API keys come from --api-key (repeatable), --api-key-file
+(one per line; not visible in `ps`) or the GPT3LAB_API_KEY environment variable (comma-separated); an empty
+key is refused. SIGTERM/SIGINT stop accepting connections, let in-flight requests finish for up to
+--shutdown-timeout seconds, cancel the rest, then stop the engine.
 """
 from __future__ import annotations
 
@@ -13,30 +14,35 @@ import sys
 import threading
 from pathlib import Path
 
-from gpt3lab.argtypes import add_quantize_argument
+from gpt3lab.argtypes import add_quantize_argument, int_range, nonneg_float, positive_float, positive_int
+from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.errors import ConfigError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", metavar="CHECKPOINT_DIR", help="checkpoint or run directory")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 = any free port; the URL is printed)")
+    p.add_argument("--port", type=int_range(0, 65535), default=8000, help="port (0 = any free port; the URL is printed)")
     p.add_argument("--api-key", action="append", default=None,
-                   help="require `Authorization: Bearer KEY` (repeatable; default: $GPT3LAB_API_KEY, else none)")
+                   help="require `Authorization: Bearer KEY` (repeatable; visible in `ps`: prefer --api-key-file "
+                        "or $GPT3LAB_API_KEY, comma-separated; default: none)")
+    p.add_argument("--api-key-file", metavar="FILE", help="read the API key(s) from FILE, one per line")
     p.add_argument("--model-name", default=None, help="model id clients send (default: the checkpoint dir name)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_quantize_argument(p)
-    p.add_argument("--max-concurrent", type=int, default=64, help="requests generating at once")
-    p.add_argument("--max-queue", type=int, default=256, help="requests waiting for a slot before 429s")
+    p.add_argument("--max-concurrent", type=positive_int, default=64, help="requests generating at once")
+    p.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting for a slot before 429s")
     p.add_argument("--kv-memory", default="1GiB",
                    help="KV cache budget of the engine, e.g. 512MiB, 2GiB or bytes (default 1GiB)")
-    p.add_argument("--max-running", type=int, default=64, help="sequences the engine decodes at once")
-    p.add_argument("--max-batch-tokens", type=int, default=512,
+    p.add_argument("--max-running", type=positive_int, default=64, help="sequences the engine decodes at once")
+    p.add_argument("--max-batch-tokens", type=positive_int, default=512,
                    help="tokens per engine forward pass (decode rows + prompt chunks)")
-    p.add_argument("--block-size", type=int, default=16, help="tokens per KV cache block")
+    p.add_argument("--block-size", type=positive_int, default=16, help="tokens per KV cache block")
     p.add_argument("--no-prefix-caching", action="store_true", help="do not reuse cached prompt prefixes")
-    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body limit (413 above)")
-    p.add_argument("--shutdown-timeout", type=float, default=30.0,
+    p.add_argument("--max-body-bytes", type=positive_int, default=4 * 1024 * 1024, help="request body limit (413 above)")
+    p.add_argument("--body-timeout", type=positive_float, default=10.0,
+                   help="seconds a client gets to send the whole request body (408 after that)")
+    p.add_argument("--shutdown-timeout", type=nonneg_float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM before they are cancelled")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
     p.add_argument("--chat-template", metavar="FILE", default=None,
@@ -46,10 +52,26 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_tokenizer_override(p)
 
 
-def api_keys(flag: list[str] | None) -> list[str]:
-    """--api-key values, else $GPT3LAB_API_KEY split on commas; empty strings dropped."""
-    keys = flag if flag else os.environ.get("GPT3LAB_API_KEY", "").split(",")
-    return [k.strip() for k in keys if k and k.strip()]
+def api_keys(flag: list[str] | None, key_file: str | None = None) -> list[str]:
+    """--api-key values and the lines of --api-key-file, else $GPT3LAB_API_KEY split on commas.
+
+    An empty --api-key or an empty key file is an error: it would silently turn authentication off.
+    """
+    if flag and any(not k.strip() for k in flag):
+        raise ConfigError("--api-key '' is empty and would disable authentication; pass a non-empty key, or "
+                          "drop --api-key to serve without one")
+    keys = [k.strip() for k in flag or []]
+    if key_file is not None:
+        try:
+            lines = [k.strip() for k in Path(key_file).read_text().splitlines() if k.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--api-key-file {key_file}: cannot read it ({e.__class__.__name__})") from None
+        if not lines:
+            raise ConfigError(f"--api-key-file {key_file} holds no key; write one key per line")
+        keys += lines
+    if keys:
+        return keys
+    return [k.strip() for k in os.environ.get("GPT3LAB_API_KEY", "").split(",") if k.strip()]
 
 
 def check_args(args) -> None:
@@ -59,6 +81,7 @@ def check_args(args) -> None:
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(args, name)} must be >= 1")
     parse_bytes(args.kv_memory)
+    api_keys(args.api_key, args.api_key_file)
 
 
 _UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9, "kib": 2 ** 10, "mib": 2 ** 20, "gib": 2 ** 30}
@@ -90,9 +113,8 @@ def build_engine(checkpoint: str, device: str, config=None, tokenizer=None, quan
     """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine
     (tokenizer: an override spec, e.g. "gpt2"; quantize: see gpt3lab.model.quant)."""
     from gpt3lab import load
-    from gpt3lab.generate.cli import pick_device
     from gpt3lab.generate.engine import Engine
-    model, tok = load(checkpoint, device=pick_device(device), tokenizer=tokenizer, quantize=quantize)
+    model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer, quantize=quantize)
     return Engine(model, tok, config), Path(checkpoint).resolve()
 
 
@@ -108,8 +130,10 @@ def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_ti
                 h, p = self.servers[0].sockets[0].getsockname()[:2]
                 announce(f"gpt3lab serve: listening on http://{'[' + h + ']' if ':' in h else h}:{p}")
 
+    # idle keep-alive connections are closed after 5 s; slow bodies are cut by the app's body timeout
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on")
+                            timeout_graceful_shutdown=shutdown_timeout, lifespan="on", timeout_keep_alive=5,
+                            h11_max_incomplete_event_size=64 * 1024)
     if threading.current_thread() is threading.main_thread():
         # uvicorn re-raises the signal it caught once it has shut down; a no-op handler turns that
         # into a normal return, so a graceful SIGTERM exits 0
@@ -140,9 +164,10 @@ def run(args) -> int:
     name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
                                 chat_template=chat_template(args))
-    app = create_app(service, api_keys(args.api_key), args.max_body_bytes,
-                     on_shutdown=lambda: engine.shutdown(cancel_running=True))
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not api_keys(args.api_key):
+    keys = api_keys(args.api_key, args.api_key_file)
+    app = create_app(service, keys, args.max_body_bytes, on_shutdown=lambda: engine.shutdown(cancel_running=True),
+                     body_timeout=args.body_timeout)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
         print(f"gpt3lab serve: warning: listening on {args.host} without an API key", file=sys.stderr)
     serve_app(app, args.host, args.port, args.log_level, args.shutdown_timeout,
               announce=lambda line: print(f"{line}  (model {name!r})", flush=True))

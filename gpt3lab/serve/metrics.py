@@ -13,6 +13,12 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0
 PREFIX = "gpt3lab"
 
 
+def escape_label(value: str) -> str:
+    """A label value in the text format: backslash, double quote and newline escaped (as prometheus-client
+    does), so no value can end the label or start a new line."""
+    return str(value).replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 class Histogram:
     def __init__(self, buckets=LATENCY_BUCKETS):
         self.buckets = tuple(buckets)
@@ -70,7 +76,7 @@ class Metrics:
         with self._lock:
             lines = [f"# HELP {p}_requests_total HTTP requests by route and status.",
                      f"# TYPE {p}_requests_total counter"]
-            lines += [f'{p}_requests_total{{route="{r}",status="{s}"}} {n}'
+            lines += [f'{p}_requests_total{{route="{escape_label(r)}",status="{s}"}} {n}'
                       for (r, s), n in sorted(self.requests.items())]
             for name, value, help_ in (
                     ("prompt_tokens_total", self.prompt_tokens, "Prompt tokens processed."),

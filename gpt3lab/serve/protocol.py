@@ -1,8 +1,9 @@
 """Request and response schemas of OpenAI's legacy Completions and Chat Completions APIs (plus
 tokenize/detokenize).
 
-Ranges are checked here so a malformed request is a 400 before it reaches the engine; checks that
-need the model (vocabulary size, context window) live in service.py.
+Only the JSON shapes and types are checked here (a malformed body is a 400 before anything runs). The
+values of the sampling fields are checked by the one request validator, SamplingParams.validate, the
+same rules the Python API, the CLI and the engine apply; service.py adds the HTTP-only rules.
 """
 from __future__ import annotations
 
@@ -21,46 +22,52 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class CompletionRequest(BaseModel):
-    """POST /v1/completions body. Unknown fields are rejected, as OpenAI does."""
+class SamplingFields(BaseModel):
+    """The fields both request bodies share (their values are checked by SamplingParams.validate)."""
 
     model_config = ConfigDict(extra="forbid")
 
     model: StrictStr
-    prompt: Prompt = "<|endoftext|>"
-    suffix: StrictStr | None = None
-    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = 16
-    temperature: Annotated[Float, Field(ge=0, le=2)] | None = 1.0
-    top_p: Annotated[Float, Field(gt=0, le=1)] | None = 1.0
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = 0          # extension; 0 = off
-    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = 1
-    best_of: Annotated[StrictInt, Field(ge=1, le=128)] | None = None
+    temperature: Float | None = 1.0
+    top_p: Float | None = 1.0
+    top_k: StrictInt | None = 0          # extension; 0 = off
+    n: StrictInt | None = 1
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
-    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
-    echo: StrictBool | None = False
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
-    presence_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
-    frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
-    logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
+    stop: StrictStr | list[StrictStr] | None = None
+    presence_penalty: Float | None = 0.0
+    frequency_penalty: Float | None = 0.0
+    logit_bias: dict[StrictStr, Float] | None = None
     seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
     user: StrictStr | None = None
-
-    @field_validator("stop")
-    @classmethod
-    def _stops_non_empty(cls, v):
-        stops = [v] if isinstance(v, str) else (v or [])
-        if any(s == "" for s in stops):
-            raise ValueError("stop strings must be non-empty")
-        return v
+    sliding_window: StrictBool | None = False    # extension: max_tokens may run past the context window
 
     @field_validator("logit_bias")
     @classmethod
     def _bias_keys_are_ids(cls, v):
         for k in v or {}:
-            if not k.isdigit() or len(k) > 9:
-                raise ValueError(f"logit_bias key {k!r} must be a token id written as a string, e.g. \"50256\"")
+            token_id_key(k)
         return v
+
+
+class CompletionRequest(SamplingFields):
+    """POST /v1/completions body. Unknown fields are rejected, as OpenAI does."""
+
+    prompt: Prompt = "<|endoftext|>"
+    suffix: StrictStr | None = None
+    max_tokens: StrictInt | None = 16
+    best_of: StrictInt | None = None
+    logprobs: StrictInt | None = None
+    echo: StrictBool | None = False
+
+
+def token_id_key(key: str) -> int:
+    """A logit_bias key -> its token id. Only ASCII digits (at most 9) are accepted: str.isdigit() also
+    accepts "²" or "٣", which int() then rejects (that was a 500); ValueError otherwise (a 400)."""
+    if not (0 < len(key) <= 9 and key.isascii() and key.isdigit()):
+        raise ValueError(f"logit_bias key {key[:20]!r} must be a token id written as a string of ASCII digits, "
+                         f"e.g. \"50256\"")
+    return int(key)
 
 
 class TextPart(BaseModel):
@@ -80,32 +87,14 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
-class ChatCompletionRequest(BaseModel):
+class ChatCompletionRequest(SamplingFields):
     """POST /v1/chat/completions body: messages are rendered by the chat template into a prompt."""
 
-    model_config = ConfigDict(extra="forbid")
-
-    model: StrictStr
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
-    max_completion_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
-    temperature: Annotated[Float, Field(ge=0, le=2)] | None = 1.0
-    top_p: Annotated[Float, Field(gt=0, le=1)] | None = 1.0
-    top_k: Annotated[StrictInt, Field(ge=0)] | None = 0          # extension; 0 = off
-    n: Annotated[StrictInt, Field(ge=1, le=128)] | None = 1
-    stream: StrictBool | None = False
-    stream_options: StreamOptions | None = None
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
     logprobs: StrictBool | None = False
-    top_logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None
-    stop: StrictStr | Annotated[list[StrictStr], Field(max_length=4)] | None = None
-    presence_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
-    frequency_penalty: Annotated[Float, Field(ge=-2, le=2)] | None = 0.0
-    logit_bias: dict[StrictStr, Annotated[Float, Field(ge=-100, le=100)]] | None = None
-    seed: Annotated[StrictInt, Field(ge=-(2 ** 63), lt=2 ** 64)] | None = None
-    user: StrictStr | None = None
-
-    _stops_non_empty = field_validator("stop")(CompletionRequest._stops_non_empty.__func__)
-    _bias_keys_are_ids = field_validator("logit_bias")(CompletionRequest._bias_keys_are_ids.__func__)
+    top_logprobs: StrictInt | None = None
 
 
 class ChatTopLogprob(BaseModel):
@@ -216,6 +205,17 @@ class DetokenizeResponse(BaseModel):
     prompt: str
 
 
+class InspectStepRequest(BaseModel):
+    """The sampler's settings for one generation step (as in /v1/completions)."""
+
+    model_config = ConfigDict(extra="forbid")
+    temperature: Annotated[Float, Field(ge=0, le=2)] = 1.0
+    top_k: Annotated[StrictInt, Field(ge=0)] = 0           # 0 = off
+    top_p: Annotated[Float, Field(gt=0, le=1)] = 1.0
+    seed: StrictInt | None = None
+    show: Annotated[StrictInt, Field(ge=1, le=50)] = 10    # candidates returned
+
+
 class InspectRequest(BaseModel):
     """POST /v1/inspect body (a gpt3lab extension): one prompt, what the model does with it."""
 
@@ -224,6 +224,10 @@ class InspectRequest(BaseModel):
     prompt: StrictStr | TokenIds
     top_k: Annotated[StrictInt, Field(ge=1, le=20)] = 5
     layers: Annotated[list[Annotated[StrictInt, Field(ge=0)]], Field(min_length=1)] | None = None   # None = all
+    attention: StrictBool = True        # false: no attention weights (tracks or a step only)
+    lens: StrictBool = False            # true: the logit lens ("tracks"), (n_layer + 1) x T x lens_top_k cells
+    lens_top_k: Annotated[StrictInt, Field(ge=1, le=10)] = 3
+    step: InspectStepRequest | None = None   # one step of the generation loop at the prompt's end
 
 
 class InspectToken(BaseModel):
@@ -249,11 +253,65 @@ class InspectAttention(BaseModel):
     weights: list[list[list[list[float]]]]     # [layer][head][query i][key 0..i]
 
 
+class InspectLensCell(BaseModel):
+    top: list[InspectCandidate]
+    next_prob: float | None
+
+
+class InspectLens(BaseModel):
+    rows: list[str]                          # "embedding", "block 0", ..., "block L-1"
+    norms: list[list[float]]                 # [row][position] L2 norm of the residual stream
+    cells: list[list[InspectLensCell]]       # [row][position]: ln_f + unembedding of that residual
+
+
+class InspectStepCandidate(InspectCandidate):
+    model_prob: float                        # raw softmax; prob is after temperature / top_k / top_p
+
+
+class InspectStep(BaseModel):
+    top: list[InspectStepCandidate]
+    kept: int                                # tokens left after the filters
+    token: InspectStepCandidate              # the sampler's draw
+
+
 class InspectResponse(BaseModel):
+    """tokens/positions always; attention unless attention=false; lens and step only when asked for."""
     model: str
     tokens: list[InspectToken]
     positions: list[InspectPosition]
     attention: InspectAttention
+    lens: InspectLens | None = None
+    step: InspectStep | None = None
+
+
+class PrimingRequest(BaseModel):
+    """POST /v1/inspect/priming: one task's in-context learning curve (gpt3lab extension)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: StrictStr
+    task: StrictStr = "mapping"              # a built-in eval task name, or "mapping" (the priming demo's)
+    shots: Annotated[list[Annotated[StrictInt, Field(ge=0, le=32)]], Field(min_length=1, max_length=9)] = \
+        [0, 1, 2, 4, 8]
+    n: Annotated[StrictInt, Field(ge=1, le=100)] = 20          # test items per k
+    seed: Annotated[StrictInt, Field(ge=0)] = 0
+
+
+class PrimingShot(BaseModel):
+    k: int
+    value: float                             # the harness's primary metric (accuracy / exact match)
+    answer_logprob: float                    # mean log p(gold answer | prompt), natural log
+    mean_shots: float
+    prompt: str
+    gold: str
+    prediction: str
+
+
+class PrimingResponse(BaseModel):
+    model: str
+    task: str
+    kind: str
+    metric: str
+    shots: list[PrimingShot]
 
 
 class ErrorBody(BaseModel):

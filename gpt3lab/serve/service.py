@@ -18,11 +18,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
-from gpt3lab.generate.api import (ContextLengthError, EngineError, InvalidRequestError, QueueFullError,
-                                  SamplingParams, TokenEvent)
+from gpt3lab.errors import UserError
+from gpt3lab.generate.api import (EngineError, QueueFullError, SamplingParams, TokenEvent,
+                                  check_token_ids)
 from gpt3lab.serve.metrics import Metrics
 from gpt3lab.serve.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InspectRequest,
-                                    TokenizeRequest)
+                                    TokenizeRequest, token_id_key)
 
 Disconnected = Callable[[], Awaitable[bool]] | None
 MAX_CHOICES = 128             # prompts x n (or best_of) in one request
@@ -125,7 +126,7 @@ class CompletionService:
 
     def detokenize(self, req: DetokenizeRequest) -> dict:
         self.check_model(req.model)
-        self._check_ids(req.tokens, "tokens")
+        check_token_ids(req.tokens, self.tokenizer.vocab_size, "tokens")
         return {"prompt": self.tokenizer.decode(req.tokens)}
 
     def tokenizer_info(self) -> dict:
@@ -133,12 +134,6 @@ class CompletionService:
         eot = self.tokenizer.decode([self.tokenizer.eot_id])
         return {"eos_token": eot, "bos_token": eot, "pad_token": None, "vocab_size": self.tokenizer.vocab_size,
                 "model_max_length": self.engine.context, "tokenizer_class": "gpt3lab"}
-
-    def _check_ids(self, ids: list[int], param: str) -> None:
-        V = self.tokenizer.vocab_size
-        bad = [t for t in ids if not 0 <= t < V]
-        if bad:
-            raise ServeError(400, f"token id {bad[0]} is outside the vocabulary (0..{V - 1})", param=param)
 
     # ---- look inside ------------------------------------------------------------------------------
     async def inspect(self, req: InspectRequest) -> dict:
@@ -154,11 +149,40 @@ class CompletionService:
             self._inspect_lock = asyncio.Lock()
         async with self._inspect_lock:
             try:
-                info = await asyncio.to_thread(look.inspect, self.engine.model, self.tokenizer, req.prompt,
-                                               top_k=req.top_k, layers=req.layers, decimals=4)
+                info = await asyncio.to_thread(self._inspect_all, look, req)
             except look.InspectError as e:
                 raise ServeError(400, str(e), param=e.param, code=e.code) from None
         return {"model": self.model_name, **info}
+
+    def _inspect_all(self, look, req: InspectRequest) -> dict:
+        m, tok = self.engine.model, self.tokenizer
+        info = look.inspect(m, tok, req.prompt, top_k=req.top_k, layers=req.layers if req.attention else [],
+                            decimals=4)
+        if req.lens:
+            lens = look.lens(m, tok, req.prompt, top_k=req.lens_top_k, decimals=4)
+            info["lens"] = {k: lens[k] for k in ("rows", "norms", "cells")}
+        if req.step is not None:
+            s = req.step
+            info["step"] = look.next_step(m, tok, req.prompt, temperature=s.temperature, top_k=s.top_k or None,
+                                          top_p=s.top_p, seed=s.seed, show=s.show)
+        return info
+
+    async def priming(self, req) -> dict:
+        """POST /v1/inspect/priming: the harness's metric vs k for one built-in task (gpt3lab.inspect)."""
+        from gpt3lab import inspect as look
+
+        self.check_model(req.model)
+        if self._inspect_lock is None:
+            self._inspect_lock = asyncio.Lock()
+        async with self._inspect_lock:
+            try:
+                out = await asyncio.to_thread(look.priming, self.engine.model, self.tokenizer, req.task,
+                                              req.shots, req.n, req.seed)
+            except look.InspectError as e:
+                raise ServeError(400, str(e), param=e.param, code=e.code) from None
+            except UserError as e:          # e.g. more examples asked for than the task's pool holds
+                raise ServeError(400, str(e), param="shots") from None
+        return {"model": self.model_name, **out}
 
     # ---- request -> engine inputs -----------------------------------------------------------
     def prompts(self, prompt) -> list[list[int]]:
@@ -170,43 +194,35 @@ class CompletionService:
         out = []
         for p in prompt:
             ids = (self.tokenizer.encode(p) or [self.tokenizer.eot_id]) if isinstance(p, str) else list(p)
-            self._check_ids(ids, "prompt")
+            check_token_ids(ids, self.tokenizer.vocab_size)
             out.append(ids)
         return out
 
     def prepare(self, req: CompletionRequest) -> tuple[list[list[int]], SamplingParams]:
-        """Validate what the schema cannot (model, vocab, context) and build the engine's params."""
+        """The request's prompts and params, checked by SamplingParams.validate plus the HTTP-only rules
+        (model name, suffix, streaming with best_of, choices per request)."""
         self.check_model(req.model)
         if req.suffix:
             raise ServeError(400, "suffix is not supported: gpt3lab models are left-to-right only (no insertion); "
                                   "drop the `suffix` field", param="suffix", code="unsupported_parameter")
-        n = req.n or 1
-        best_of = req.best_of
-        if best_of is not None and best_of < n:
-            raise ServeError(400, f"best_of={best_of} must be >= n={n}", param="best_of")
-        if req.stream and best_of is not None and best_of > n:
+        prompts = self.prompts(req.prompt)
+        opt = lambda v, default: default if v is None else v      # noqa: E731  JSON null = the default
+        params = SamplingParams(
+            max_tokens=opt(req.max_tokens, 16), temperature=opt(req.temperature, 1.0), top_p=opt(req.top_p, 1.0),
+            top_k=opt(req.top_k, 0), n=opt(req.n, 1), best_of=req.best_of,
+            presence_penalty=opt(req.presence_penalty, 0.0), frequency_penalty=opt(req.frequency_penalty, 0.0),
+            logit_bias={token_id_key(k): v for k, v in (req.logit_bias or {}).items()},
+            seed=None if req.seed is None else req.seed % 2 ** 63,
+            stop=[req.stop] if isinstance(req.stop, str) else list(req.stop or []),
+            logprobs=req.logprobs, echo=bool(req.echo), sliding_window=bool(req.sliding_window))
+        for ids in prompts:
+            best_of = params.validate(self.tokenizer.vocab_size, self.engine.context, len(ids))
+        if req.stream and best_of > params.n:
             raise ServeError(400, "best_of > n cannot be streamed (the best choices are known only at the end); "
                                   "set stream=false or best_of=n", param="best_of")
-        prompts = self.prompts(req.prompt)
-        if len(prompts) * max(n, best_of or 0) > MAX_CHOICES:
-            raise ServeError(400, f"{len(prompts)} prompts x {max(n, best_of or 0)} choices exceeds the limit of "
+        if len(prompts) * best_of > MAX_CHOICES:
+            raise ServeError(400, f"{len(prompts)} prompts x {best_of} choices exceeds the limit of "
                                   f"{MAX_CHOICES} per request; split the request", param="n")
-        max_tokens = 16 if req.max_tokens is None else req.max_tokens
-        for ids in prompts:
-            if len(ids) + max_tokens > self.engine.context:
-                raise ContextLengthError(
-                    f"This model's maximum context length is {self.engine.context} tokens, however you requested "
-                    f"{len(ids) + max_tokens} tokens ({len(ids)} in your prompt; {max_tokens} for the completion). "
-                    f"Please reduce your prompt or max_tokens.", "prompt")
-        bias = {int(k): v for k, v in (req.logit_bias or {}).items()}
-        self._check_ids(list(bias), "logit_bias")
-        stop = [req.stop] if isinstance(req.stop, str) else list(req.stop or [])
-        params = SamplingParams(
-            max_tokens=max_tokens, temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0, n=n, best_of=best_of,
-            presence_penalty=req.presence_penalty or 0.0, frequency_penalty=req.frequency_penalty or 0.0,
-            logit_bias=bias, seed=None if req.seed is None else req.seed % 2 ** 63, stop=stop,
-            logprobs=req.logprobs, echo=bool(req.echo))
         return prompts, params
 
     # ---- admission ------------------------------------------------------------------------------

@@ -14,17 +14,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
 from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.argtypes import positive_float, positive_int
 from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_overrides_known, from_dict
-from gpt3lab.errors import CheckpointError, ConfigError, DataError, UserError
+from gpt3lab.errors import CheckpointError, ConfigError, DataError
 
 RESUME_MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "save_every", "keep_last",
-                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "on_nonfinite"}
+                     "device", "compile", "peak_flops", "parallel", "activation_checkpointing", "on_nonfinite",
+                     "tensor_parallel", "async_checkpoint", "logger"}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,19 +34,31 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "defaults to the run's")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run dir: checkpoints/, log.jsonl, log.csv")
     p.add_argument("--preset", help="model + train defaults from gpt3lab/presets.py (tiny, demo, gpt3-small, ...)")
-    p.add_argument("--max-steps", type=int, help="optimizer steps (overrides train.max_steps)")
+    p.add_argument("--max-steps", type=positive_int, help="optimizer steps (overrides train.max_steps)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
-    p.add_argument("--config", metavar="FILE", help='JSON {"model": {...}, "train": {...}}')
+    p.add_argument("--config", metavar="FILE",
+                   help='JSON or YAML (.yaml/.yml) file: {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override model.* / train.* fields, e.g. --set train.lr=3e-4 --set model.n_layer=6")
-    p.add_argument("--time-budget", type=float, metavar="SECONDS", help="stop (and save) after this wall time")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--time-budget", type=positive_float, metavar="SECONDS", help="stop (and save) after this wall time")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar; print a plain line every train.log_every steps instead")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved {model, train} config (YAML) and exit without training")
+    p.add_argument("--reschedule", action="store_true",
+                   help="on --resume with a new --max-steps, stretch the LR schedule to it (default: keep "
+                        "the run's schedule)")
 
 
 def run(args: argparse.Namespace) -> int:
-    s = train(args.data, args.out, preset=args.preset, config_file=args.config, overrides=args.set,
-              max_steps=args.max_steps, resume=args.resume, max_seconds=args.time_budget,
-              progress=not args.no_progress)
+    kw = dict(preset=args.preset, config_file=args.config, overrides=args.set, max_steps=args.max_steps,
+              resume=args.resume, reschedule=args.reschedule)
+    if args.print_config:
+        import yaml
+        r = resolve_run(args.data, args.out, for_print=True, **kw)
+        print(yaml.safe_dump({"model": asdict(r.mcfg), "train": asdict(r.tcfg)}, sort_keys=False), end="")
+        return 0
+    s = train(args.data, args.out, max_seconds=args.time_budget, progress=not args.no_progress, **kw)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0                                   # torchrun: rank 0 reports
     bpb = f", val bits/byte {s['val_bpb']:.3f}" if s.get("val_bpb") is not None else ""
@@ -57,12 +71,7 @@ def layer_configs(model_d: dict, train_d: dict, config_file: str | None, overrid
     """Apply config FILE, --set and flags on top of base dicts; returns (model, train, vocab_explicit)."""
     vocab_explicit = False
     if config_file:
-        try:
-            d = json.loads(Path(config_file).read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"--config {config_file}: no such file") from None
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"--config {config_file}: invalid JSON ({e})") from None
+        d = read_config_file(config_file)
         if not isinstance(d, dict) or set(d) - {"model", "train"}:
             raise ConfigError(f"--config {config_file}: expected {{\"model\": {{...}}, \"train\": {{...}}}}")
         model_d = {**model_d, **d.get("model", {})}
@@ -76,6 +85,26 @@ def layer_configs(model_d: dict, train_d: dict, config_file: str | None, overrid
     if max_steps is not None:
         tcfg = replace(tcfg, max_steps=max_steps)
     return asdict(mcfg), asdict(tcfg), vocab_explicit
+
+
+def read_config_file(path: str) -> object:
+    """The object in a --config file: YAML for .yaml/.yml, else JSON (YAML is a superset of it)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: cannot read it ({e})") from None
+    if Path(path).suffix.lower() in (".yaml", ".yml"):
+        import yaml
+        try:
+            return yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--config {path}: invalid YAML ({str(e).splitlines()[0]})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"--config {path}: invalid JSON ({e}); YAML files must end in .yaml or .yml") from None
 
 
 def _resume_batch_size(saved: dict, tcfg: TrainConfig, overrides: list[str], world: int) -> TrainConfig:
@@ -94,7 +123,7 @@ def _resume_batch_size(saved: dict, tcfg: TrainConfig, overrides: list[str], wor
     return replace(tcfg, batch_size=glob // world)
 
 
-def _check_resume_compatible(saved_model: dict, saved_train: dict, mcfg: ModelConfig, tcfg: TrainConfig,
+def check_resume_compatible(saved_model: dict, saved_train: dict, mcfg: ModelConfig, tcfg: TrainConfig,
                              ckpt: Path) -> None:
     saved_train = {k: v for k, v in saved_train.items() if k != "batch_size"}   # see _resume_batch_size
     bad = [f"model.{k}: {saved_model.get(k)!r} -> {v!r}" for k, v in asdict(mcfg).items() if saved_model.get(k) != v]
@@ -112,64 +141,106 @@ def _check_data(data_dir) -> Path:
     return p
 
 
-def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | None = None,
-          overrides: list[str] = (), max_steps: int | None = None, resume: bool = False,
-          max_seconds: float | None = None, progress: bool = True) -> dict:
-    """Build (or resume) a run and train it; returns a summary (checkpoint, step, loss, val_bpb, ...)."""
-    from gpt3lab.data import WindowLoader, load_data_tokenizer
+@dataclass
+class Resolved:
+    """Everything `train` decides before building anything: configs, data, and the checkpoint resumed."""
+    mcfg: ModelConfig
+    tcfg: TrainConfig
+    data: Path | None
+    tok: object
+    ckpt: Path | None
+
+
+def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: str | None = None,
+                overrides: list[str] = (), max_steps: int | None = None, resume: bool = False,
+                reschedule: bool = False, for_print: bool = False) -> Resolved:
+    """Layer defaults, preset (or the resumed run's configs), config file, --set and flags; check them.
+    for_print: --print-config, where --data may be absent (vocab_size then stays as configured)."""
+    from gpt3lab.data import load_data_tokenizer
     from gpt3lab.presets import get_preset
-    from gpt3lab.train.distributed import from_env, local_device
-    from gpt3lab.train.loop import RunInfo, Trainer
 
     out = Path(out_dir)
     overrides = list(overrides)
-    ckpt = None
+    ckpt = saved = None
     if resume:
-        ckpts = ckpt_io.list_checkpoints(out)
-        if not ckpts:
-            raise CheckpointError(f"--resume: {out} holds no checkpoint (checkpoints/step_*); "
-                                  f"drop --resume to start a new run there")
-        ckpt = ckpts[-1]
+        ckpt = ckpt_io.resume_checkpoint(out)
         saved = ckpt_io.read_config(ckpt)
         model_d, train_d = saved["model"], saved.get("train", {})
         data_dir = data_dir or saved.get("data")
     else:
-        if out.exists() and ((out / "checkpoints").exists() or (out / "log.jsonl").exists()):
-            raise UserError(f"--out {out} already holds a run; pass --resume to continue it or pick a new --out")
+        if not for_print:
+            ckpt_io.new_run_dir(out)
         p = get_preset(preset) if preset else None
         model_d, train_d = (dict(p.model) if p else {}), (dict(p.train) if p else {})
-    if data_dir is None:
+    if data_dir is None and not for_print:
         raise DataError("--data DATA_DIR is required (the prepared data to train on)")
-    data = _check_data(data_dir)
-    tok = load_data_tokenizer(data)
+    data = _check_data(data_dir) if data_dir is not None else None
+    tok = load_data_tokenizer(data) if data is not None else None
     if preset and resume:
         p = get_preset(preset)
         preset_model = {k: v for k, v in p.model.items() if k != "vocab_size"}   # the data decides vocab
         model_d, train_d = {**model_d, **preset_model}, {**train_d, **p.train}
     model_d, train_d, vocab_explicit = layer_configs(model_d, train_d, config_file, overrides, max_steps)
-    if not vocab_explicit and not resume:
+    if tok is not None and not vocab_explicit and not resume:
         model_d["vocab_size"] = tok.vocab_size
-    if model_d["vocab_size"] != tok.vocab_size:
+    if tok is not None and model_d["vocab_size"] != tok.vocab_size:
         raise ConfigError(f"model.vocab_size={model_d['vocab_size']} does not match the data's tokenizer "
                           f"{tok.name} (vocab_size {tok.vocab_size}) in {data}; drop the setting or "
                           f"prepare the data with a matching tokenizer")
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = data_parallel_size(tcfg)
     if resume:
         tcfg = _resume_batch_size(saved, tcfg, overrides, world)
-        _check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+        check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+        tcfg = _resume_schedule(saved, tcfg, mcfg.context, world, reschedule)
     from gpt3lab.train.schedule import check_world_size
     check_world_size(tcfg, mcfg.context, world)
+    return Resolved(mcfg, tcfg, data, tok, ckpt)
 
+
+def _resume_schedule(saved: dict, tcfg: TrainConfig, context: int, world: int, reschedule: bool) -> TrainConfig:
+    """A new max_steps on --resume would re-stretch the LR schedule (and GPT-3's token schedules) under the
+    run's feet: keep the saved shape unless --reschedule, and say which happened."""
+    import sys
+
+    from gpt3lab.train.schedule import pin_schedule
+
+    old_steps = saved.get("train", {}).get("max_steps", tcfg.max_steps)
+    if old_steps == tcfg.max_steps:
+        return tcfg
+    if reschedule:
+        print(f"gpt3lab: warning: --max-steps {tcfg.max_steps} (the run had {old_steps}): --reschedule stretches "
+              f"the LR schedule over {tcfg.max_steps} steps", file=sys.stderr)
+        return tcfg
+    old = replace(tcfg, max_steps=old_steps)
+    pinned = pin_schedule(old, tcfg, context, world)
+    if pinned != tcfg:
+        print(f"gpt3lab: warning: --max-steps {tcfg.max_steps} differs from the run's {old_steps}; the LR schedule "
+              f"keeps its shape (it decays as planned for {old_steps} steps, then stays at its floor); pass "
+              f"--reschedule to stretch it over {tcfg.max_steps} steps", file=sys.stderr)
+    return pinned
+
+
+def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | None = None,
+          overrides: list[str] = (), max_steps: int | None = None, resume: bool = False,
+          max_seconds: float | None = None, progress: bool = True, reschedule: bool = False) -> dict:
+    """Build (or resume) a run and train it; returns a summary (checkpoint, step, loss, val_bpb, ...)."""
+    from gpt3lab.data import WindowLoader
+    from gpt3lab.train.distributed import from_env, local_device
+    from gpt3lab.train.loop import RunInfo, Trainer
+
+    r = resolve_run(data_dir, out_dir, preset=preset, config_file=config_file, overrides=overrides,
+                    max_steps=max_steps, resume=resume, reschedule=reschedule)
+    out, mcfg, tcfg, data, tok, ckpt = Path(out_dir), r.mcfg, r.tcfg, r.data, r.tok, r.ckpt
     device = local_device(tcfg.device)
-    dist = from_env(tcfg.parallel, device)
+    dist = from_env(tcfg.parallel, device, tcfg.tensor_parallel)
     torch.manual_seed(tcfg.seed)   # the same init on every rank (DDP broadcasts rank 0's anyway)
-    if resume:
+    if resume and not ckpt_io.is_sharded(ckpt):      # sharded: Trainer.resume loads into the sharded model
         model = ckpt_io.load_model(ckpt).train()
     else:
         from gpt3lab.model import GPT
         model = GPT(mcfg)
-    kw = dict(seed=tcfg.seed, rank=dist.rank, world_size=dist.world_size)
+    kw = dict(seed=tcfg.seed, rank=dist.dp_rank, world_size=dist.dp_size)
     train_data = WindowLoader(data, "train", mcfg.context, tcfg.batch_size, **kw)
     eval_data = _val_loader(data, mcfg.context, tcfg.batch_size, kw)
     info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data.resolve())}, progress=progress,
@@ -188,6 +259,15 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
             "tokens": trainer.tokens, "loss": record.get("loss"), "val_loss": record.get("val_loss"),
             "val_bpb": record.get("val_bpb"), "seconds": record.get("seconds"),
             "params": model.num_params(), "model": asdict(mcfg), "train": asdict(tcfg)}
+
+
+def data_parallel_size(tcfg: TrainConfig) -> int:
+    """Data-parallel replicas of this launch: WORLD_SIZE / train.tensor_parallel."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world % tcfg.tensor_parallel:
+        raise ConfigError(f"train.tensor_parallel={tcfg.tensor_parallel} does not divide the {world} launched "
+                          f"process(es); launch a multiple of it (torchrun --nproc_per_node)")
+    return world // tcfg.tensor_parallel
 
 
 def _val_loader(data: Path, context: int, batch_size: int, kw: dict):

@@ -1,10 +1,11 @@
 """The one seam between the training loop and multi-process training.
 
 The loop only calls the methods of `Distributed`; the single-process version below is rank 0 of 1.
-`from_env()` picks the version for this process: `DDP` or `FSDP` under torchrun (train.parallel), else
-single-process. Checkpoints are always written in one portable form, whatever the mode: full (gathered)
-model weights and an optimizer state keyed by parameter name with full tensors. So a run saved by N
-processes resumes on M processes (any mode), as long as M divides the global micro-batch.
+`from_env()` picks the version for this process: `DDP` or `FSDP` (with tensor parallelism when
+train.tensor_parallel > 1) under torchrun (train.parallel), else single-process. Single-process and DDP
+checkpoints are one safetensors file plus an optimizer state keyed by parameter name; FSDP/TP checkpoints
+are sharded (train/sharded_checkpoint.py: each rank writes its own shards). Either kind resumes on any
+number of processes and any mode, as long as the data-parallel size divides the global micro-batch.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import sys
 
 import torch
 
+from gpt3lab.devices import resolve_device
 from gpt3lab.errors import CheckpointError, ConfigError
 
 
@@ -21,6 +23,17 @@ class Distributed:
     """Single process: rank 0 of 1. Subclasses override what changes with several processes."""
 
     rank, world_size = 0, 1
+    sharded_checkpoints = False        # True: save/resume with torch.distributed.checkpoint (every rank writes)
+
+    @property
+    def dp_rank(self) -> int:
+        """This process's data-parallel replica (tensor-parallel ranks of one replica share the data)."""
+        return self.rank
+
+    @property
+    def dp_size(self) -> int:
+        """Data-parallel replicas: the global micro-batch is batch_size x dp_size."""
+        return self.world_size
 
     @property
     def is_main(self) -> bool:
@@ -37,6 +50,10 @@ class Distributed:
 
     def all_reduce_mean(self, value: torch.Tensor) -> torch.Tensor:
         return value
+
+    def clip_grad_norm(self, params, max_norm: float) -> float:
+        """Clip the gradients to `max_norm` (inf: measure only); -> the total norm before clipping."""
+        return float(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
     def any_rank(self, flag: bool) -> bool:
         """True on every rank when `flag` is true on any (collective: all ranks must call it)."""
@@ -74,6 +91,10 @@ class Distributed:
         names = _param_names(model)
         params = [p for g in optimizer.param_groups for p in g["params"]]
         ids = {names[id(p)]: i for i, p in enumerate(params)}
+        if any(".c_attn.q." in n for n in ids):         # a parallelized model: c_attn split into q, k, v
+            from gpt3lab.train.parallelize import split_qkv_state
+            saved = {**saved, "state": split_qkv_state(saved["state"]), "param_groups": [
+                {**g, "params": list(split_qkv_state(dict.fromkeys(g["params"])))} for g in saved["param_groups"]]}
         groups = saved["param_groups"]
         if [n for g in groups for n in g["params"]] != list(ids):
             raise CheckpointError("saved optimizer state lists other parameters than this model trains")
@@ -139,27 +160,41 @@ class DDP(Distributed):
 
 
 class FSDP(DDP):
-    """FSDP2 (`fully_shard`): each block's parameters, grads and optimizer state are sharded over ranks.
+    """FSDP2 (`fully_shard`) over the dp dimension of a (dp, tp) mesh, tensor parallelism over tp.
 
-    Each transformer block is one unit (all-gathered just before its forward/backward, freed after);
-    the root unit holds the embeddings (wte, tied to lm_head), wpe and ln_f. Under precision=bf16 the
-    gathered parameters are bf16 and gradients are reduced in fp32; the sharded master weights and the
-    optimizer stay fp32.
+    Parameters, grads and optimizer state are sharded; each block is one FSDP unit (all-gathered just
+    before its forward/backward, freed after). What is sharded how lives in train/parallelize.py.
+    Checkpoints are sharded (every rank writes its own part; nothing is gathered).
     """
 
-    def wrap_model(self, model, precision="fp32"):
-        from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    sharded_checkpoints = True
 
-        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if precision == "bf16" else MixedPrecisionPolicy())
-        for block in model.transformer.h:
-            fully_shard(block, mp_policy=mp)
-        fully_shard(model, mp_policy=mp)
-        return model
+    def __init__(self, device: torch.device, tensor_parallel: int = 1):
+        super().__init__(device)
+        from gpt3lab.train.parallelize import make_mesh
+
+        self.mesh = make_mesh(device, self.world_size, tensor_parallel)
+
+    @property
+    def dp_rank(self):
+        return self.mesh["dp"].get_local_rank()
+
+    @property
+    def dp_size(self):
+        return self.mesh["dp"].size()
+
+    def wrap_model(self, model, precision="fp32"):
+        from gpt3lab.train.parallelize import parallelize
+
+        return parallelize(model, self.mesh, precision)
 
     def no_sync(self, model, final_micro_step):
         model.set_requires_gradient_sync(final_micro_step)   # reduce-scatter only on the last micro-step
         return contextlib.nullcontext()
+
+    def clip_grad_norm(self, params, max_norm: float) -> float:
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)    # sharded grads: a replicated DTensor
+        return float(_full(norm))
 
 
 def launched_by_torchrun() -> bool:
@@ -168,22 +203,22 @@ def launched_by_torchrun() -> bool:
 
 
 def local_device(requested: str) -> torch.device:
-    """'auto' -> cuda:LOCAL_RANK when CUDA exists, else cpu; anything else as given."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        return torch.device("cpu")
-    return torch.device(requested)
+    """train.device -> this process's device (auto: cuda:LOCAL_RANK when CUDA exists, else cpu)."""
+    return resolve_device(requested, flag="train.device")
 
 
-def from_env(parallel: str, device: torch.device) -> Distributed:
+def from_env(parallel: str, device: torch.device, tensor_parallel: int = 1) -> Distributed:
     """The Distributed for this process.
 
     Under torchrun: DDP or FSDP as train.parallel says (parallel=none with WORLD_SIZE > 1 is an error:
     the ranks would train separate models). Without torchrun: fsdp is an error (sharding needs a
     process group), ddp runs single-process with a warning (DDP over one process is the plain loop).
+    tensor_parallel > 1 needs parallel=fsdp (FSDP shards over the other mesh dimension).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if tensor_parallel > 1 and parallel != "fsdp":
+        raise ConfigError(f"train.tensor_parallel={tensor_parallel} needs train.parallel=fsdp under torchrun "
+                          f"(FSDP shards over the data-parallel dimension); got parallel={parallel!r}")
     if not launched_by_torchrun():
         if parallel == "fsdp":
             raise ConfigError("train.parallel=fsdp needs a torchrun launch, e.g. `torchrun --nproc_per_node N "
@@ -199,4 +234,4 @@ def from_env(parallel: str, device: torch.device) -> Distributed:
         return Distributed()
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    return (FSDP if parallel == "fsdp" else DDP)(device)
+    return FSDP(device, tensor_parallel) if parallel == "fsdp" else DDP(device)

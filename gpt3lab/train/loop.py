@@ -7,8 +7,9 @@ requires_grad (so LoRA adapters just work) and knows nothing about where batches
 
 One optimizer step = `accum` micro-steps of `batch_size` sequences (accum from the batch ramp), AdamW
 with decoupled weight decay on matrices only, global-norm clipping, LR from `schedule.lr_for`.
-Data parallelism (DDP / FSDP) enters only through the `Distributed` seam: it wraps the model, skips the
-gradient all-reduce on non-final micro-steps, averages logged losses and gathers checkpoints.
+Parallelism (DDP / FSDP / FSDP x TP) enters only through the `Distributed` seam: it wraps the model, skips
+the gradient all-reduce on non-final micro-steps, averages logged losses and says whether checkpoints are
+sharded (then every rank writes its shards through sharded_checkpoint.py) or gathered.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from gpt3lab.config import ModelConfig, TrainConfig
 from gpt3lab.errors import UserError
 from gpt3lab.train import perf
 from gpt3lab.train.distributed import Distributed
+from gpt3lab.train.logger import make_logger, plain_line
 from gpt3lab.train.schedule import batch_tokens_at, lr_for, micro_tokens, scaled
 
 # train.on_nonfinite="skip" gives up after this many non-finite steps in a row: the weights themselves
@@ -97,9 +99,13 @@ class Trainer:
         self.model.checkpoint_activations = cfg.activation_checkpointing
         self.fwd = self.dist.wrap_model(self.model, self.precision)   # FSDP shards params in place
         self.optimizer = make_optimizer(self.model, cfg, self.device)  # ...so build AdamW on the shards
-        self.sched = scaled(cfg, model_cfg.context, self.dist.world_size)   # schedule_scale resolved
+        self.sched = scaled(cfg, model_cfg.context, self.dist.dp_size)   # schedule_scale resolved
         if cfg.compile:
             self.fwd = torch.compile(self.fwd)
+        self.checkpointer = None               # sharded (FSDP/TP) or asynchronous saves: every rank writes
+        if self.dist.sharded_checkpoints or cfg.async_checkpoint:
+            from gpt3lab.train.sharded_checkpoint import ShardedCheckpointer
+            self.checkpointer = ShardedCheckpointer(async_save=cfg.async_checkpoint)
         self.step, self.tokens = 0, 0          # optimizer steps done, tokens trained on (all ranks)
         self.skipped_in_a_row = 0              # non-finite steps skipped since the last good one
         self._eval_cache = None
@@ -113,7 +119,7 @@ class Trainer:
 
     def train_step(self) -> dict:
         """Accumulate gradients over the micro-batches of one step, clip, update. Returns step stats."""
-        cfg, T, world = self.sched, self.model_cfg.context, self.dist.world_size
+        cfg, T, world = self.sched, self.model_cfg.context, self.dist.dp_size
         step_tokens = batch_tokens_at(self.tokens, cfg, T, world)
         accum = step_tokens // micro_tokens(cfg.batch_size, T, world)
         lr = lr_for(self.step, self.tokens, step_tokens, cfg, T, world)
@@ -130,10 +136,8 @@ class Trainer:
             total += loss.detach()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # grad_clip=0 means "no clipping" (nanoGPT's convention); max_norm=inf only measures the norm
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip or math.inf)
-        if hasattr(grad_norm, "full_tensor"):       # FSDP: a replicated DTensor
-            grad_norm = grad_norm.full_tensor()
-        loss, grad_norm = self.dist.all_reduce_mean(total / accum).item(), float(grad_norm)  # equal on all ranks
+        grad_norm = self.dist.clip_grad_norm(params, cfg.grad_clip or math.inf)
+        loss = self.dist.all_reduce_mean(total / accum).item()     # equal on all ranks, as grad_norm is
         skipped = self._check_finite(loss, grad_norm, lr)
         if not skipped:
             self.optimizer.step()
@@ -168,7 +172,8 @@ class Trainer:
 
     def _check_finite_weights(self) -> None:
         """NonFiniteError when any weight is NaN/inf: such a checkpoint is never written."""
-        bad = any(not bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        local = (p.to_local() if hasattr(p, "to_local") else p for p in self.model.parameters())   # FSDP shards
+        bad = any(not bool(torch.isfinite(t).all()) for t in local)
         if self.dist.any_rank(bad):
             raise NonFiniteError(f"step {self.step}: the weights hold NaN/inf values; not saving them (earlier "
                                  f"checkpoints are kept); lower train.lr and resume from the last checkpoint")
@@ -206,32 +211,51 @@ class Trainer:
         cfg, main = self.cfg, self.dist.is_main
         peak = cfg.peak_flops or perf.measured_peak_flops(
             self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
+        show_bar = main and self.info.progress
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,
-                   disable=not (main and self.info.progress), dynamic_ncols=True)
+                   disable=not show_bar, dynamic_ncols=True)
+        logger = make_logger(cfg.logger, self.info.out_dir if main else None,
+                             {"model": asdict(self.model_cfg), "train": asdict(cfg)})
         start, record = time.perf_counter(), {}
-        while self.step < cfg.max_steps:
-            t0 = time.perf_counter()
-            record = self.train_step()
-            _sync(self.device)
-            dt = time.perf_counter() - t0
-            record["tokens_per_s"] = record.pop("_step_tokens") / dt
-            record["mfu"] = perf.mfu(record["tokens_per_s"], self.flops_per_token, peak)
-            out_of_time = self._out_of_time(start)
-            last = self.step == cfg.max_steps or out_of_time
-            if self.eval_data is not None and cfg.eval_batches and (
-                    last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
-                record.update(self.evaluate())
-            record["seconds"] = round(time.perf_counter() - start, 3)
-            if main:
-                self.log(record)
-                bar.update(1)
-                if self.step % cfg.log_every == 0 or last:
-                    bar.set_postfix(_postfix(record), refresh=False)
-            if self.step % cfg.save_every == 0 or last:
-                self.save()
-            if out_of_time:
-                break
-        bar.close()
+        try:
+            while self.step < cfg.max_steps:
+                record = self._one_step(peak, start)
+                last = self.step == cfg.max_steps or record.pop("_out_of_time")
+                if main:
+                    self.log(record)
+                    logger.log(record)
+                    bar.update(1)
+                    if self.step % cfg.log_every == 0 or last:
+                        bar.set_postfix(_postfix(record), refresh=False)
+                        if not show_bar:      # no bar: a plain line now and then, so the run is not silent
+                            print(plain_line(record, cfg.max_steps), file=sys.stderr, flush=True)
+                if self.step % cfg.save_every == 0 or last:
+                    self.save()
+                if last:
+                    break
+            if self.checkpointer is not None:
+                self.checkpointer.wait()          # the last asynchronous save is complete before we return
+        finally:
+            bar.close()
+            logger.close()
+        return record
+
+    def _one_step(self, peak: float, start: float) -> dict:
+        """train_step plus throughput, MFU, the due evaluation and the time budget check."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        record = self.train_step()
+        _sync(self.device)
+        dt = time.perf_counter() - t0
+        record["tokens_per_s"] = record.pop("_step_tokens") / dt
+        record["mfu"] = perf.mfu(record["tokens_per_s"], self.flops_per_token, peak)
+        out_of_time = self._out_of_time(start)
+        last = self.step == cfg.max_steps or out_of_time
+        if self.eval_data is not None and cfg.eval_batches and (
+                last or (cfg.eval_every and self.step % cfg.eval_every == 0)):
+            record.update(self.evaluate())
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        record["_out_of_time"] = out_of_time
         return record
 
     def _out_of_time(self, start: float) -> bool:
@@ -259,7 +283,7 @@ class Trainer:
 
     def state(self) -> dict:
         """JSON part of the training state (the optimizer goes to optimizer.pt)."""
-        s = {"step": self.step, "tokens": self.tokens, "world_size": self.dist.world_size,
+        s = {"step": self.step, "tokens": self.tokens, "world_size": self.dist.dp_size,
              "train_data": self.train_data.state_dict()}
         if self.eval_data is not None:
             s["eval_data"] = self.eval_data.state_dict()
@@ -268,30 +292,44 @@ class Trainer:
     def save(self) -> Path | None:
         """Write RUN/checkpoints/step_N atomically, then keep the last K.
 
-        Every rank gathers (FSDP shards are collected into full tensors); only the main process writes.
+        Sharded (FSDP/TP) or asynchronous: every rank writes its own shards (sharded_checkpoint.py).
+        Otherwise every rank gathers (DDP: nothing to gather) and only the main process writes.
         """
         if self.info.out_dir is None:
             return None
         self._check_finite_weights()          # before pruning: the last finite checkpoint is never removed
+        dest = ckpt_io.step_dir(self.info.out_dir, self.step)
+        extra = {"train": asdict(self.cfg), "world_size": self.dist.dp_size, **(self.info.extra_config or {})}
+        keep = lambda: ckpt_io.prune_checkpoints(self.info.out_dir, self.cfg.keep_last)  # noqa: E731
+        if self.checkpointer is not None:
+            state = self.state() if self.dist.is_main else None      # this step's snapshot, even if written later
+
+            def write_meta(tmp):
+                ckpt_io.write_config(tmp, self.model_cfg, self.info.tokenizer, extra)
+                ckpt_io.save_train_state(tmp, None, state)
+            self.checkpointer.save(dest, self.model, self.optimizer, write_meta, after=keep)
+            return dest
         weights = self.dist.model_state(self.model)
         opt_state = self.dist.optimizer_state(self.model, self.optimizer)
-        dest = None
         if self.dist.is_main:
-            extra = {"train": asdict(self.cfg), "world_size": self.dist.world_size, **(self.info.extra_config or {})}
             state = self.state()
-            dest = ckpt_io.save_checkpoint(
-                ckpt_io.step_dir(self.info.out_dir, self.step), self.model, self.model_cfg, self.info.tokenizer,
-                extra=extra, fill_extra=lambda tmp: ckpt_io.save_train_state(tmp, opt_state, state),
-                weights=weights)
-            ckpt_io.prune_checkpoints(self.info.out_dir, self.cfg.keep_last)
+            ckpt_io.save_checkpoint(dest, self.model, self.model_cfg, self.info.tokenizer, extra=extra,
+                                    fill_extra=lambda tmp: ckpt_io.save_train_state(tmp, opt_state, state),
+                                    weights=weights)
+            keep()
         self.dist.barrier()                   # nobody runs ahead (or resumes) before the files exist
         return dest
 
     def resume(self, ckpt: str | Path) -> None:
-        """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first)."""
+        """Restore optimizer, counters, RNG and data positions from `ckpt` (weights: load them first, except
+        from a sharded checkpoint, whose weights are loaded here into the already sharded model)."""
         opt_state, state = ckpt_io.load_train_state(ckpt)
         try:
-            self.dist.load_optimizer_state(self.model, self.optimizer, opt_state)
+            if ckpt_io.is_sharded(ckpt):    # weights and optimizer, resharded to this layout
+                from gpt3lab.train import sharded_checkpoint
+                sharded_checkpoint.load(ckpt, self.model, self.optimizer)
+            else:
+                self.dist.load_optimizer_state(self.model, self.optimizer, opt_state)
         except (ValueError, KeyError, RuntimeError) as e:
             raise ckpt_io.CheckpointError(f"{ckpt}: optimizer state does not fit this model ({e}); "
                                           f"resume with the configuration the run was started with") from None

@@ -1,4 +1,8 @@
-"""`gpt3lab plot RUN_DIR`: RUN/loss.png with the train loss (per step, smoothed) and the val loss."""
+"""`gpt3lab plot RUN_DIR [RUN_DIR ...]`: loss curves (train EMA + val) above the learning rate, per step.
+
+One run: RUN/loss.png. Several runs: one colour per run on shared axes (--out, default ./runs.png), the
+legend naming each run directory, so runs with different settings compare at a glance.
+"""
 from __future__ import annotations
 
 import argparse
@@ -7,39 +11,58 @@ from pathlib import Path
 from gpt3lab.errors import UserError
 
 
-def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
-    """Draw train and val loss against step from RUN/log.jsonl into `out` (default RUN/loss.png)."""
-    import matplotlib
-    matplotlib.use("Agg")                 # files only, no display needed
-    import matplotlib.pyplot as plt
-
+def _records(run: Path) -> list[dict]:
     from gpt3lab.train.loop import read_log
 
-    run = Path(run_dir)
     if not (run / "log.jsonl").is_file():
         raise UserError(f"{run}/log.jsonl not found; point at a run directory written by `gpt3lab train`")
     recs = read_log(run)
     if not recs:
         raise UserError(f"{run}/log.jsonl holds no records yet")
-    steps, loss = [r["step"] for r in recs], [r["loss"] for r in recs]
-    val = [(r["step"], r["val_loss"]) for r in recs if r.get("val_loss") is not None]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    ax.plot(steps, loss, lw=0.6, alpha=0.35, color="tab:blue")
-    ax.plot(steps, _ema(loss), lw=1.5, color="tab:blue", label="train (EMA)")
-    if val:
-        ax.plot(*zip(*val), "o-", ms=3, color="tab:orange", label="val")
-        if recs[-1].get("val_bpb") is not None:
-            ax.set_title(f"{run.name}: val {recs[-1]['val_loss']:.3f} nats/token, "
-                         f"{recs[-1]['val_bpb']:.3f} bits/byte at step {recs[-1]['step']}", fontsize=9)
-    ax.set_xlabel("step")
+    return recs
+
+
+def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
+    """Draw loss (train EMA, raw faint, val markers) and lr against step for each run into `out`."""
+    import matplotlib
+    matplotlib.use("Agg")                 # files only, no display needed
+    import matplotlib.pyplot as plt
+
+    runs = [Path(r) for r in run_dirs]
+    data = [(run, _records(run)) for run in runs]
+    fig, (ax, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), dpi=120, sharex=True, height_ratios=(3, 1))
+    single = len(runs) == 1
+    for i, (run, recs) in enumerate(data):
+        color = f"C{i}"
+        steps, loss = [r["step"] for r in recs], [r["loss"] for r in recs]
+        val = [(r["step"], r["val_loss"]) for r in recs if r.get("val_loss") is not None]
+        ax.plot(steps, loss, lw=0.6, alpha=0.3, color=color)
+        ax.plot(steps, _ema(loss), lw=1.5, color=color, label="train (EMA)" if single else f"{run.name} train")
+        if val:
+            ax.plot(*zip(*val), "o--", ms=3, lw=1, color=color if not single else "tab:orange",
+                    label="val" if single else f"{run.name} val")
+        ax_lr.plot(steps, [r["lr"] for r in recs], lw=1.2, color=color, label=None if single else run.name)
+    last = data[0][1][-1]
+    if single and last.get("val_bpb") is not None:
+        ax.set_title(f"{runs[0].name}: val {last['val_loss']:.3f} nats/token, "
+                     f"{last['val_bpb']:.3f} bits/byte at step {last['step']}", fontsize=9)
     ax.set_ylabel("loss (nats/token)")
-    ax.grid(alpha=0.3)
-    ax.legend()
+    ax_lr.set_ylabel("learning rate")
+    ax_lr.set_xlabel("step")
+    ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(0, 0))
+    for a in (ax, ax_lr):
+        a.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    dest = Path(out) if out else run / "loss.png"
+    dest = Path(out) if out else (runs[0] / "loss.png" if single else Path("runs.png"))
     fig.savefig(dest)
     plt.close(fig)
     return dest
+
+
+def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    """One run's plot (default RUN/loss.png)."""
+    return plot_runs([run_dir], out)
 
 
 def _ema(xs: list[float], beta: float = 0.9) -> list[float]:
@@ -52,10 +75,10 @@ def _ema(xs: list[float], beta: float = 0.9) -> list[float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory holding log.jsonl")
-    p.add_argument("--out", help="PNG path (default RUN_DIR/loss.png)")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories holding log.jsonl (several: compare)")
+    p.add_argument("--out", help="PNG path (default RUN_DIR/loss.png for one run, ./runs.png for several)")
 
 
 def run(args: argparse.Namespace) -> int:
-    print(plot_run(args.run_dir, args.out))
+    print(plot_runs(args.run_dirs, args.out))
     return 0

@@ -112,6 +112,20 @@ def lr_for(step: int, tokens: int, step_tokens: int, cfg: TrainConfig, context: 
     return lr_at_tokens(tokens + step_tokens, cfg, context, world_size)
 
 
+def pin_schedule(old: TrainConfig, new: TrainConfig, context: int, world_size: int = 1) -> TrainConfig:
+    """`new` (a resumed run's config with another max_steps) with the LR/batch schedule of `old` fixed in
+    place: every length that defaulted to the run's length (decay_steps, decay_tokens) or scaled with it
+    (schedule_scale=auto) is written out as `old` resolved it."""
+    from dataclasses import replace
+
+    o = scaled(old, context, world_size)
+    if o.warmup_tokens is None and o.decay_tokens is None:          # step-denominated (lr_at)
+        return replace(new, decay_steps=o.decay_steps if o.decay_steps is not None else o.max_steps)
+    end = o.decay_tokens if o.decay_tokens is not None else o.max_steps * full_step_tokens(o, context, world_size)
+    return replace(new, warmup_tokens=o.warmup_tokens, decay_tokens=end, ramp_tokens=o.ramp_tokens,
+                   schedule_scale="none")
+
+
 def check_world_size(cfg: TrainConfig, context: int, world_size: int) -> None:
     """With several processes the full batch must be whole micro-steps of all ranks (no silent rounding)."""
     per = micro_tokens(cfg.batch_size, context, world_size)

@@ -95,3 +95,36 @@ def test_cli_checks_output_dirs_before_loading(tmp_path, capsys, flag):
     assert main(["eval", str(tmp_path / "no_ckpt"), "--task", "arith-2d+", flag, str(out)]) == 2
     err = capsys.readouterr().err
     assert f"{flag} {out}: directory {out.parent} does not exist" in err and "Traceback" not in err
+
+
+def test_last_word_prediction_is_the_predicted_text(model, tok):
+    import torch
+
+    items = last_word_items("The cat sat on the mat today. " * 60, 5, seed=0, min_words=5, max_words=8)
+    task = Task("lw", "last_word", items[:3], PromptFormat(None, "", "\n\n"), items[3:], [])
+    r = evaluate_task(model, tok, task, k=1)
+    for i, (it, ex) in enumerate(zip(task.items, r.examples)):
+        p = build_prompt(task.fmt, task.pool, it, 1, 0, i, False)
+        ctx, cont = tok.encode(p.text), tok.encode(it.target)
+        with torch.no_grad():
+            logits, _ = model(torch.tensor([ctx + cont[:-1]]))
+        want = logits[0, len(ctx) - 1:].argmax(-1).tolist()       # argmax at each target position
+        assert ex["prediction"] == tok.decode(want) and not ex["prediction"].startswith("logprob")
+
+
+def test_table_and_plot_mark_trimmed_k(model, tok, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from gpt3lab.eval import harness
+    from gpt3lab.eval.tasks import builtin_task
+
+    t = builtin_task("arith-2d+", n=4, pool=40)
+    results = harness.run(model, tok, [t], [0, 30], limit=2)    # 30 examples cannot fit a 64-token context
+    row = next(ln for ln in harness.format_table(results).splitlines() if "exact_match" in ln).split()
+    assert not row[3].endswith("*") and row[4].endswith("*")
+    assert "* arith-2d+ k=30: 2 prompts trimmed below k shots" in harness.format_table(results)
+    figs = []
+    monkeypatch.setattr(plt, "close", figs.append)
+    harness.plot(results, tmp_path / "p.png")
+    rings = figs[0].axes[0].collections
+    assert len(rings) == 1 and [tuple(o) for o in rings[0].get_offsets()] == [(30.0, rings[0].get_offsets()[0][1])]

@@ -4,7 +4,9 @@ import json
 import pytest
 import torch
 
+import gpt3lab
 from gpt3lab import checkpoint as ckpt_io
+from gpt3lab.adapters import ADAPTER_CONFIG
 from gpt3lab.cli import main
 from gpt3lab.errors import CheckpointError, UserError
 from gpt3lab.finetune import finetune
@@ -30,8 +32,8 @@ def test_lora_resume_gives_the_same_losses_as_uninterrupted(base_ckpt, add_data,
     assert [r["step"] for r in lb] == list(range(1, 7))
     assert [r["loss"] for r in la] == [r["loss"] for r in lb]          # exact: dropout RNG restored too
     assert [r.get("val_loss") for r in la] == [r.get("val_loss") for r in lb]
-    a, _ = lora.load_with_adapter(tmp_path / "a" / "adapter")
-    b, _ = lora.load_with_adapter(tmp_path / "b")                        # run dir -> its adapter/
+    a, _ = gpt3lab.load(tmp_path / "a" / "adapter")
+    b, _ = gpt3lab.load(tmp_path / "b")                        # run dir -> its adapter/
     assert all(torch.equal(v, lora.lora_state(b)[k]) for k, v in lora.lora_state(a).items())
 
 
@@ -51,12 +53,12 @@ def test_lora_resume_is_exact_with_the_measured_peak(base_ckpt, add_data, tmp_pa
 def test_lora_exports_merge_and_checkpoint_agree(base_ckpt, add_data, tmp_path):
     s = _lora(base_ckpt, add_data, tmp_path / "r", 3, merge=True)
     assert s["trainable_params"] < s["total_params"] * 0.25
-    cfg = json.loads((tmp_path / "r" / "adapter" / lora.ADAPTER_CONFIG).read_text())
+    cfg = json.loads((tmp_path / "r" / "adapter" / ADAPTER_CONFIG).read_text())
     assert cfg["base"] == str(base_ckpt.resolve()) and cfg["rank"] == 4
     assert cfg["base_fingerprint"] == lora.fingerprint(ckpt_io.load_model(base_ckpt))
     with torch.no_grad():
-        via_adapter = lora.load_with_adapter(tmp_path / "r" / "adapter")[0](X)[0]
-        via_ckpt = lora.load_with_adapter(ckpt_io.step_dir(tmp_path / "r", 3))[0](X)[0]
+        via_adapter = gpt3lab.load(tmp_path / "r" / "adapter")[0](X)[0]
+        via_ckpt = gpt3lab.load(ckpt_io.step_dir(tmp_path / "r", 3))[0](X)[0]
         merged = ckpt_io.load_model(tmp_path / "r" / "merged")(X)[0]         # a plain checkpoint
         base = ckpt_io.load_model(base_ckpt)(X)[0]
     assert torch.equal(via_adapter, via_ckpt)
@@ -66,7 +68,6 @@ def test_lora_exports_merge_and_checkpoint_agree(base_ckpt, add_data, tmp_path):
             ckpt_io.load_model(path)
     assert torch.allclose(merged, via_adapter, atol=1e-5) and not torch.allclose(merged, base, atol=1e-4)
     # the one-call loader (gpt3lab.load) recognises adapter dirs, LoRA run dirs and LoRA checkpoints
-    import gpt3lab
     with torch.no_grad():
         for path in (tmp_path / "r" / "adapter", tmp_path / "r", ckpt_io.step_dir(tmp_path / "r", 3)):
             model, tok = gpt3lab.load(path)

@@ -1,8 +1,11 @@
 """LoRA: identity at init, only adapters train, merge == base + adapter, adapter files, fingerprints."""
+import json
+
 import pytest
 import torch
 
-from gpt3lab import checkpoint as ckpt_io
+import gpt3lab
+from gpt3lab import adapters, checkpoint as ckpt_io
 from gpt3lab.config import TrainConfig
 from gpt3lab.errors import CheckpointError, ConfigError
 from gpt3lab.finetune.data import RowBatches, build_rows, encode_example
@@ -89,16 +92,41 @@ def test_adapter_round_trip_and_fingerprint_mismatch(ft_tok, base_ckpt, tmp_path
     lora.inject_lora(model, cfg)
     assert lora.fingerprint(model) == fp                         # adapters are not part of the base
     _randomize_adapters(model)
-    out = lora.save_adapter(tmp_path / "adapter", model, cfg, str(base_ckpt), fp, ft_tok)
-    size = (out / lora.ADAPTER_WEIGHTS).stat().st_size
+    out = adapters.save_adapter(tmp_path / "adapter", model, cfg, str(base_ckpt), fp, ft_tok)
+    size = (out / adapters.ADAPTER_WEIGHTS).stat().st_size
     assert size < (base_ckpt / "model.safetensors").stat().st_size / 5
-    loaded, tok = lora.load_with_adapter(out)
+    loaded, tok = gpt3lab.load(out)
     with torch.no_grad():
         assert torch.equal(loaded(X)[0], model.eval()(X)[0])
     assert tok.vocab_size == ft_tok.vocab_size
     other = tiny_model(ft_tok, seed=5)                           # same shape, different weights
     with pytest.raises(CheckpointError, match="different base model"):
-        lora.load_adapter(other, out)
-    bad = lora.save_adapter(tmp_path / "a2", model, cfg, str(base_ckpt.parent / "gone"), fp)
+        adapters.load_adapter(other, out)
+    bad = adapters.save_adapter(tmp_path / "a2", model, cfg, str(base_ckpt.parent / "gone"), fp)
     with pytest.raises(CheckpointError, match="does not exist"):
-        lora.load_with_adapter(bad)
+        gpt3lab.load(bad)
+
+
+def test_a_flipped_adapter_byte_fails_its_checksum(ft_tok, base_ckpt, tmp_path):
+    model = ckpt_io.load_model(base_ckpt)
+    cfg = lora.LoRAConfig(rank=2)
+    lora.inject_lora(model, cfg)
+    _randomize_adapters(model)
+    out = adapters.save_adapter(tmp_path / "adapter", model, cfg, str(base_ckpt), lora.fingerprint(model), ft_tok)
+    f = out / adapters.ADAPTER_WEIGHTS
+    data = bytearray(f.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    f.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="adapter.safetensors: truncated or corrupt \\(SHA-256"):
+        gpt3lab.load(out)
+
+
+def test_lora_config_dict_round_trip_and_bad_dicts():
+    cfg = lora.LoRAConfig(rank=4, alpha=8.0, dropout=0.1, targets=("c_attn", "mlp.c_proj"))
+    d = cfg.to_dict()
+    assert d == {"rank": 4, "alpha": 8.0, "dropout": 0.1, "targets": ["c_attn", "mlp.c_proj"]}
+    assert lora.LoRAConfig.from_dict(json.loads(json.dumps({**d, "format": "x", "base": "y"}))) == cfg
+    with pytest.raises(ConfigError, match="adapter_config.json: not a LoRA config.*rank"):
+        lora.LoRAConfig.from_dict({"alpha": 1.0}, where="adapter_config.json")
+    with pytest.raises(ConfigError, match="rank"):
+        lora.LoRAConfig.from_dict({**d, "rank": 0})

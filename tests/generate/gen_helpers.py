@@ -2,6 +2,8 @@
 
 A module of its own (not conftest): conftest names clash across test directories.
 """
+import time
+
 import torch
 
 from gpt3lab.config import ModelConfig
@@ -22,3 +24,11 @@ def tiny(pattern: str = "dense", seed: int = 0, context: int = 64, n_layer: int 
             if p.dim() == 2:
                 p.normal_(0.0, 0.3)
     return model
+
+
+def wait_idle(engine, timeout: float = 10.0) -> None:
+    """Block until the engine has nothing running or waiting (fail after `timeout` seconds)."""
+    t0 = time.time()
+    while engine.stats()["running"] or engine.stats()["waiting"]:
+        assert time.time() - t0 < timeout
+        time.sleep(0.01)

@@ -11,7 +11,7 @@ from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, Invalid
 from gpt3lab.generate.batch_sampler import BatchSampler
 from gpt3lab.generate.engine import Engine
 
-from gen_helpers import BYTES, tiny
+from gen_helpers import BYTES, tiny, wait_idle
 
 PROMPTS = ["To be, or not", "a", "The quick brown fox jumps over", "xyz", "Hello there, general", "0123456789",
            "ab", "Once upon a time in a land", "q", "what is", "many many words here ok", "zz", "The end",
@@ -237,20 +237,13 @@ def test_async_iteration_and_empty_prompt(make_engine):
     assert toks == generate(model, BYTES, [BYTES.eot_id], max_tokens=10, temperature=0).tokens[:len(toks)]
 
 
-def _wait_idle(e, timeout=10.0):
-    t0 = time.time()
-    while e.stats()["running"] or e.stats()["waiting"]:
-        assert time.time() - t0 < timeout
-        time.sleep(0.01)
-
-
 def test_cancel_frees_blocks_at_once(make_engine):
     e = make_engine(enable_prefix_caching=False, on_step=lambda _: time.sleep(0.005))
     h = e.submit(BYTES.encode("Hello"), SamplingParams(max_tokens=50, logit_bias={BYTES.eot_id: -100}))
     next(iter(h))
     assert e.stats()["kv_blocks_used"] > 0
     h.cancel()
-    _wait_idle(e)
+    wait_idle(e)
     assert e.stats()["kv_blocks_used"] == 0 and e.stats()["cancelled"] == 1
     assert list(h) != [] and h.done
 
@@ -283,7 +276,7 @@ def test_requests_that_do_not_fit_wait_instead_of_failing(make_engine):
     (dict(presence_penalty=-2.1), "presence_penalty", InvalidRequestError),
     (dict(frequency_penalty=3), "frequency_penalty", InvalidRequestError),
     (dict(logprobs=6), "logprobs", InvalidRequestError),
-    (dict(n=3, best_of=2), "n", InvalidRequestError),
+    (dict(n=3, best_of=2), "best_of", InvalidRequestError),
     (dict(logit_bias={999: 1.0}), "logit_bias", InvalidRequestError),
     (dict(logit_bias={5: 101}), "logit_bias", InvalidRequestError),
     (dict(max_tokens=-1), "max_tokens", InvalidRequestError),

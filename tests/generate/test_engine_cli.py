@@ -1,6 +1,7 @@
 """`gpt3lab generate --prompt-file` runs the prompts as one engine batch; outputs equal single requests."""
 
-from gpt3lab.checkpoint import load, save_checkpoint
+from gpt3lab import load
+from gpt3lab.checkpoint import save_checkpoint
 from gpt3lab.cli import main
 from gpt3lab.generate import generate
 

@@ -150,7 +150,7 @@ def test_errors_are_clear():
         generate(model, BYTES, [1] * 60, max_tokens=10)
     generate(model, BYTES, [1] * 54, max_tokens=10, temperature=0)          # exactly fits
     for kw, name in [(dict(temperature=-1.0), "temperature"), (dict(top_p=2.0), "top_p"),
-                     (dict(top_k=-3), "top_k"), (dict(max_tokens=0), "max_tokens"), (dict(n=0), "n="),
+                     (dict(top_k=-3), "top_k"), (dict(max_tokens=-1), "max_tokens"), (dict(n=0), "n="),
                      (dict(stop=[""]), "stop")]:
         with pytest.raises(ConfigError, match=name):
             stream(model, BYTES, "a", **kw)                     # raises at call time, before decoding

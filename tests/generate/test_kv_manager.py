@@ -3,7 +3,6 @@
 reserved >= 0 and == the running requests' budgets; the pool never promises more than it has; every
 block comes back after a finish, a cancel or an engine failure.
 """
-import time
 
 import pytest
 import torch
@@ -15,7 +14,7 @@ from gpt3lab.generate.kv_manager import KVManager
 from gpt3lab.generate.paged_cache import BlockPool
 from gpt3lab.generate.scheduler import Request, Scheduler, Seq
 
-from gen_helpers import BYTES, tiny
+from gen_helpers import BYTES, tiny, wait_idle
 
 CFG = ModelConfig(vocab_size=50, context=32, n_layer=2, n_head=2, d_model=16)
 
@@ -118,7 +117,7 @@ def test_invariants_hold_at_every_step_and_every_block_comes_back(pattern):
         hs[3].cancel()
         for h in hs:
             list(h)
-        _wait_idle(e)
+        wait_idle(e)
         assert checks and e.kv.reserved == 0 and e.pool.used() == 0
     finally:
         e.shutdown(cancel_running=True)
@@ -139,14 +138,7 @@ def test_every_block_comes_back_after_an_engine_failure():
                 list(h)
             except Exception:
                 pass
-        _wait_idle(e)
+        wait_idle(e)
         assert e.kv.reserved == 0 and e.pool.used() == 0 and not e.scheduler.running
     finally:
         e.shutdown(cancel_running=True)
-
-
-def _wait_idle(e, timeout=10.0):
-    t0 = time.time()
-    while e.stats()["running"] or e.stats()["waiting"]:
-        assert time.time() - t0 < timeout
-        time.sleep(0.01)

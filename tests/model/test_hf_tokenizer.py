@@ -8,7 +8,8 @@ import torch
 transformers = pytest.importorskip("transformers")
 
 from gpt3lab import convert  # noqa: E402
-from gpt3lab.checkpoint import load, save_checkpoint  # noqa: E402
+from gpt3lab import load  # noqa: E402
+from gpt3lab.checkpoint import save_checkpoint  # noqa: E402
 from gpt3lab.cli import main  # noqa: E402
 from gpt3lab.config import ModelConfig  # noqa: E402
 from gpt3lab.errors import CheckpointError  # noqa: E402

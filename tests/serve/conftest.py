@@ -14,7 +14,8 @@ import time
 import pytest
 import torch
 
-from gpt3lab.checkpoint import load, save_checkpoint
+from gpt3lab import load
+from gpt3lab.checkpoint import save_checkpoint
 from gpt3lab.config import ModelConfig
 from gpt3lab.model import GPT
 from gpt3lab.tokenizer import Tokenizer
@@ -65,7 +66,7 @@ class ThreadServer:
 
 
 def make_server(model_and_tokenizer, api_keys=(), max_concurrent=64, max_queue=256, max_body_bytes=1 << 20,
-                step_delay=None, engine_queue=256):
+                step_delay=None, engine_queue=256, body_timeout=10.0):
     """A server over the real Engine; over FakeEngine (one token per `step_delay` s) when step_delay is given."""
     from gpt3lab.generate.engine import Engine
     from gpt3lab.serve.app import create_app
@@ -78,7 +79,8 @@ def make_server(model_and_tokenizer, api_keys=(), max_concurrent=64, max_queue=2
         from fake_engine import FakeEngine
         engine = FakeEngine(model, tok, max_queue=engine_queue, step_delay=step_delay)
     service = CompletionService(engine, MODEL, max_concurrent=max_concurrent, max_queue=max_queue)
-    app = create_app(service, list(api_keys), max_body_bytes, on_shutdown=lambda: engine.shutdown(True))
+    app = create_app(service, list(api_keys), max_body_bytes, on_shutdown=lambda: engine.shutdown(True),
+                     body_timeout=body_timeout)
     srv = ThreadServer(app)
     srv.engine, srv.service = engine, service
     return srv
@@ -102,3 +104,10 @@ def server_factory(model_and_tokenizer):
     yield start
     for s in started:
         s.stop()
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on the test item (item.rep_call), so a fixture can act on failure (screenshots)."""
+    rep = (yield).get_result()
+    setattr(item, f"rep_{rep.when}", rep)

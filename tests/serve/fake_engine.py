@@ -13,8 +13,8 @@ import time
 
 import torch
 
-from gpt3lab.generate.api import (ContextLengthError, EngineClosedError, EventStream, InvalidRequestError,
-                                  QueueFullError, SamplingParams, TokenEvent)
+from gpt3lab.generate.api import (EngineClosedError, EventStream, InvalidRequestError, QueueFullError,
+                                  SamplingParams, TokenEvent, check_token_ids)
 from gpt3lab.generate.sampling import sample
 from gpt3lab.generate.text import TextStream
 
@@ -71,23 +71,11 @@ class FakeEngine:
 
     # -- internals ----------------------------------------------------------------------------
     def _validate(self, prompt: list[int], p: SamplingParams) -> None:
+        """The real engine's rules (SamplingParams.validate), less its KV cache budget."""
         if not prompt:
             raise InvalidRequestError("prompt must hold at least one token", "prompt")
-        if any(not 0 <= t < self.tokenizer.vocab_size for t in prompt):
-            raise InvalidRequestError("prompt token id outside the vocabulary", "prompt")
-        if not 0 <= p.temperature <= 2:
-            raise InvalidRequestError(f"temperature={p.temperature} must be in [0, 2]", "temperature")
-        if not 0 < p.top_p <= 1:
-            raise InvalidRequestError(f"top_p={p.top_p} must be in (0, 1]", "top_p")
-        if p.logprobs is not None and not 0 <= p.logprobs <= 5:
-            raise InvalidRequestError("logprobs must be in 0..5", "logprobs")
-        if p.max_tokens < 0:
-            raise InvalidRequestError("max_tokens must be >= 0", "max_tokens")
-        if len(prompt) + p.max_tokens > self.context:
-            raise ContextLengthError(
-                f"This model's maximum context length is {self.context} tokens, however you requested "
-                f"{len(prompt) + p.max_tokens} tokens ({len(prompt)} in your prompt; {p.max_tokens} for the "
-                f"completion). Please reduce your prompt; or completion length.", "prompt")
+        check_token_ids(prompt, self.tokenizer.vocab_size)
+        p.validate(self.tokenizer.vocab_size, self.context, len(prompt))
 
     def _loop(self) -> None:
         while True:

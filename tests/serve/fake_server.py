@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from fake_engine import FakeEngine  # noqa: E402
 
-from gpt3lab.checkpoint import load  # noqa: E402
+from gpt3lab import load  # noqa: E402
 from gpt3lab.serve.app import create_app  # noqa: E402
 from gpt3lab.serve.cli import serve_app  # noqa: E402
 from gpt3lab.serve.service import CompletionService  # noqa: E402

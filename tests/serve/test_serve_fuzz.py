@@ -27,7 +27,8 @@ def test_fuzzed_requests_never_5xx(server):
     from hypothesis import given
     schema = schemathesis.openapi.from_url(server.url + "/openapi.json")
     operations = [r.ok() for r in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/completions", "/tokenize", "/detokenize", "/v1/models/{model_id}"}
+    assert {op.path for op in operations} >= {"/v1/completions", "/tokenize", "/detokenize", "/v1/models/{model_id}",
+                                              "/v1/inspect", "/metrics", "/health", "/v1/models", "/tokenizer_info"}
     for op in operations:
         settings(max_examples=40 if op.path == "/v1/completions" else 15, deadline=None, derandomize=True,
                  suppress_health_check=list(HealthCheck))(given(case=op.as_strategy())(check))()

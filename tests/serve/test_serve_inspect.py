@@ -70,6 +70,9 @@ def test_too_long_prompt_is_400_in_openai_shape(http):
 
 @pytest.mark.parametrize("body,status,param", [
     ({"model": MODEL, "prompt": "hi", "layers": [5]}, 400, "layers"),
+    ({"model": MODEL, "prompt": "hi", "lens_top_k": 11}, 400, "lens_top_k"),
+    ({"model": MODEL, "prompt": "hi", "step": {"temperature": -1}}, 400, "step"),
+    ({"model": MODEL, "prompt": "hi", "step": {"top_p": 0}}, 400, "step"),
     ({"model": MODEL, "prompt": "hi", "top_k": 0}, 400, "top_k"),
     ({"model": MODEL, "prompt": "hi", "top_k": 21}, 400, "top_k"),
     ({"model": MODEL, "prompt": ""}, 400, "prompt"),
@@ -118,3 +121,50 @@ def test_playground_has_the_inside_panel(http):
                    '<canvas id="heat"', 'id="hover"', '"/v1/inspect"'):
         assert needed in page, needed
     assert "http://" not in page and "https://" not in page        # no CDN: everything is inline
+
+
+def test_lens_and_step_fields_are_what_gpt3lab_inspect_computes(http, model_and_tokenizer):
+    from gpt3lab.inspect import lens, next_step
+    model, tok = model_and_tokenizer
+    body = {"model": MODEL, "prompt": PROMPT, "attention": False, "lens": True, "lens_top_k": 2,
+            "step": {"temperature": 0.8, "top_k": 5, "seed": 7, "show": 6}}
+    got = http.post("/v1/inspect", json=body).json()
+    assert got["attention"]["weights"] == [] and got["attention"]["layers"] == []
+    want = lens(model, tok, PROMPT, top_k=2, decimals=4)
+    assert got["lens"] == {k: want[k] for k in ("rows", "norms", "cells")}
+    assert len(got["lens"]["cells"]) == 3 and len(got["lens"]["cells"][0]) == len(tok.encode(PROMPT))
+    assert got["step"] == next_step(model, tok, PROMPT, temperature=0.8, top_k=5, seed=7, show=6)
+    assert got["step"]["kept"] == 5
+    plain = http.post("/v1/inspect", json={"model": MODEL, "prompt": PROMPT}).json()
+    assert "lens" not in plain and "step" not in plain          # only when asked for
+
+
+def test_priming_route_runs_the_harness_curve(http, model_and_tokenizer):
+    from gpt3lab.inspect import priming
+    model, tok = model_and_tokenizer
+    body = {"model": MODEL, "task": "mapping", "shots": [0, 2], "n": 4, "seed": 1}
+    r = http.post("/v1/inspect/priming", json=body)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got == {"model": MODEL, **priming(model, tok, "mapping", [0, 2], 4, 1)}
+    assert [s["k"] for s in got["shots"]] == [0, 2] and got["metric"] == "acc"
+    assert got["shots"][1]["prompt"].count("\n") == 2 and got["shots"][0]["prompt"].count("\n") == 0
+    assert all(s["answer_logprob"] < 0 for s in got["shots"])
+
+
+@pytest.mark.parametrize("body,param", [
+    ({"task": "/etc/passwd"}, "task"),                   # never a file path: built-in names only
+    ({"task": "nope"}, "task"),
+    ({"shots": [33]}, "shots"),
+    ({"shots": []}, "shots"),
+    ({"n": 0}, "n"),
+])
+def test_priming_bad_requests(http, body, param):
+    e = openai_error(http.post("/v1/inspect/priming", json={"model": MODEL, **body}), 400, param)
+    if param == "task":
+        assert "arith-2d+" in e["message"] and "mapping" in e["message"]
+
+
+def test_favicon_is_served(http):
+    r = http.get("/favicon.ico")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("image/svg")

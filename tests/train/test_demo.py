@@ -4,7 +4,7 @@ import torch
 
 from gpt3lab.config import ModelConfig
 from gpt3lab.data import WindowLoader, load_data_tokenizer
-from gpt3lab.demo import _minimal_sample, split_bpb
+from gpt3lab.demo import split_bpb
 from gpt3lab.model import GPT
 
 
@@ -21,26 +21,8 @@ def test_split_bpb_is_mean_token_loss_over_bytes(tiny_data):
     assert math.isclose(split_bpb(model, val, batch_size=3), want, rel_tol=1e-5)
 
 
-def test_minimal_sample_is_seeded(tiny_data):
-    tok = load_data_tokenizer(tiny_data)
-    torch.manual_seed(0)
-    model = GPT(ModelConfig(vocab_size=tok.vocab_size, context=32, n_layer=1, d_model=32, n_head=2)).eval()
-    a, b = _minimal_sample(model, tok, "The king", 10), _minimal_sample(model, tok, "The king", 10)
-    assert a == b and len(tok.encode(a)) >= 1
-
-
-def test_steps_within_budget_counts_evals_and_never_goes_negative():
-    from gpt3lab.demo import steps_within
-
-    # 0.1 s/step, an eval of 30 batches (~1 s) every 100 steps: 11 s per 100 steps, 1 s final eval
-    assert steps_within(100.0, 0.1, 100, 30) == int((90.0 - 1.0) / 0.11)
-    assert steps_within(100.0, 0.1, 0, 30) == int(89.0 / 0.1)         # eval_every 0: final eval only
-    # however many steps the preset allows, the budget alone decides (the old formula went negative)
-    assert steps_within(540.0, 0.26, 200, 20) > 1500
-    assert steps_within(1.0, 5.0, 10, 20) == 1                        # at least one step
-
-
-def test_fit_steps_times_on_the_device_train_uses(tiny_data, monkeypatch):
+def test_fit_steps_times_on_the_device_train_uses_and_fits_the_probed_costs(tiny_data, monkeypatch):
+    import gpt3lab.train.budget as budget
     import gpt3lab.train.distributed as distributed
     import gpt3lab.train.loop as loop
     from gpt3lab.demo import fit_steps
@@ -49,16 +31,18 @@ def test_fit_steps_times_on_the_device_train_uses(tiny_data, monkeypatch):
 
     class FakeTrainer:
         def __init__(self, model, mcfg, cfg, train_data, eval_data=None, **kw):
-            seen["device"] = kw.get("device")
-
-        def train_step(self):
-            return {}
+            seen.update(device=kw.get("device"), eval_data=eval_data, out_dir=kw["info"].out_dir)
 
     asked = []
     monkeypatch.setattr(distributed, "local_device", lambda req: asked.append(req) or torch.device("meta"))
     monkeypatch.setattr(loop, "Trainer", FakeTrainer)
-    fit_steps(tiny_data, ["context=32", "device=auto"], budget_s=10.0, probe_steps=1)
+    costs = budget.Costs(step_s=0.5, eval_s=2.0, save_s=1.0, warmup_s=3.0)
+    monkeypatch.setattr(budget, "probe", lambda tr, **kw: costs)
+    steps = fit_steps(tiny_data, ["context=32", "device=auto", "max_steps=10000"], budget_s=100.0)
     assert asked == ["auto"] and seen["device"] == torch.device("meta")
+    assert seen["eval_data"] is not None and not seen["out_dir"].exists()   # the probe's scratch dir is gone
+    # demo preset: eval every 200, save every 400 -> only the final eval and save: (95 - 3 - 2 - 1) / 0.5
+    assert steps == 178
 
 
 def test_demo_replaces_only_its_own_earlier_run(tmp_path):

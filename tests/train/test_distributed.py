@@ -1,4 +1,5 @@
-"""Data parallelism on CPU (gloo, 2 processes): DDP and FSDP equal one process with the same global batch.
+"""Data and tensor parallelism on CPU (gloo, 2 processes): DDP, FSDP and TP equal one process with the same
+global batch; FSDP/TP checkpoints are sharded and reshard on resume.
 
 Each mode is one launch of 2 `python -m gpt3lab train` processes with the environment torchrun would
 give them (RANK, WORLD_SIZE, MASTER_ADDR, ...), both modes at once. The reference run trains in-process.
@@ -16,10 +17,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import gpt3lab
 from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.cli import main
 from gpt3lab.config import TrainConfig
-from gpt3lab.errors import ConfigError
+from gpt3lab.errors import CheckpointError, ConfigError
 from gpt3lab.train import distributed
 from gpt3lab.train.cli import _resume_batch_size, train
 from gpt3lab.train.schedule import check_world_size
@@ -37,19 +39,32 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(data, out: Path, mode: str) -> list[subprocess.Popen]:
-    """Two ranks of `gpt3lab train --set parallel=MODE --set batch_size=2` (what torchrun would start)."""
+# mode -> the settings of a 2-process launch; a global micro-batch of 4 sequences in each (tp: FSDP over 1
+# x TP over 2, saving in the background)
+MODES = {"ddp": ["parallel=ddp", "batch_size=2"], "fsdp": ["parallel=fsdp", "batch_size=2"],
+         "tp": ["parallel=fsdp", "tensor_parallel=2", "batch_size=4", "async_checkpoint=true"]}
+
+
+def _launch(data, out: Path, mode: str, args=None, nproc: int = 2) -> list[subprocess.Popen]:
+    """`nproc` ranks of `gpt3lab train` with MODES[mode] (what torchrun would start)."""
     port = _free_port()
+    args = [*COMMON, *(a for s in MODES[mode] for a in ("--set", s))] if args is None else args
     procs = []
-    for rank in range(2):
+    for rank in range(nproc):
         env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GPT3LAB_NO_TCMALLOC": "1",
-               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+               "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(nproc),
+               "LOCAL_WORLD_SIZE": str(nproc), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "gpt3lab", "train", "--data", str(data), "--out", str(out), *COMMON,
-             "--set", "batch_size=2", "--set", f"parallel={mode}"],
+            [sys.executable, "-m", "gpt3lab", "train", "--data", str(data), "--out", str(out), *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
+
+
+def _wait(launched: dict) -> None:
+    for name, procs in launched.items():
+        for p in procs:
+            out, _ = p.communicate(timeout=300)
+            assert p.returncode == 0, f"{name} rank failed:\n{out[-3000:]}"
 
 
 def _losses(run: Path) -> list[float]:
@@ -58,19 +73,16 @@ def _losses(run: Path) -> list[float]:
 
 @pytest.fixture(scope="module")
 def runs(tiny_data, tmp_path_factory):
-    """{mode: run dir} for ddp and fsdp (2 processes each) and 'one' (1 process, batch_size 4)."""
+    """{mode: run dir} for ddp, fsdp and tp (2 processes each) and 'one' (1 process, batch_size 4)."""
     root = tmp_path_factory.mktemp("dist")
-    launched = {mode: _launch(tiny_data, root / mode, mode) for mode in ("ddp", "fsdp")}
+    launched = {mode: _launch(tiny_data, root / mode, mode) for mode in MODES}
     train(tiny_data, root / "one", preset="tiny", progress=False, max_steps=4,
           overrides=[o for o in COMMON[5:] if o != "--set"] + ["batch_size=4"])
-    for mode, procs in launched.items():
-        for p in procs:
-            out, _ = p.communicate(timeout=240)
-            assert p.returncode == 0, f"{mode} rank failed:\n{out[-3000:]}"
-    return {m: root / m for m in ("ddp", "fsdp", "one")} | {"root": root}
+    _wait(launched)
+    return {m: root / m for m in (*MODES, "one")} | {"root": root}
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+@pytest.mark.parametrize("mode", list(MODES))
 def test_two_processes_match_one_with_the_same_global_batch(runs, mode):
     one = _losses(runs["one"])
     assert len(one) == 4 and one[-1] < one[0]
@@ -79,15 +91,28 @@ def test_two_processes_match_one_with_the_same_global_batch(runs, mode):
     assert [c.name for c in ckpt_io.list_checkpoints(runs[mode])] == ["step_0000002", "step_0000004"]
 
 
-@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
-def test_checkpoint_loads_in_one_process_with_the_same_logits(runs, mode):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_export_loads_in_one_process_with_the_same_logits(runs, mode, tmp_path):
+    """FSDP/TP checkpoints are sharded (one file per rank); `gpt3lab export` makes the single file."""
+    ckpt = ckpt_io.resolve(runs[mode])
+    assert ckpt_io.is_sharded(ckpt) == (mode != "ddp")
+    assert sorted(p.name for p in (ckpt / "sharded").glob("*.distcp")) == (
+        [] if mode == "ddp" else ["__0_0.distcp", "__1_0.distcp"])
+    assert main(["export", str(runs[mode]), str(tmp_path / "out")]) == 0
     x = torch.randint(0, 300, (2, 64), generator=torch.Generator().manual_seed(0))
-    ref = ckpt_io.load_model(runs["one"])
-    got = ckpt_io.load_model(runs[mode])          # a plain single-process load of the gathered weights
+    ref, _ = gpt3lab.load(runs["one"])
+    got, _ = gpt3lab.load(tmp_path / "out")
     with torch.no_grad():
         torch.testing.assert_close(got(x)[0], ref(x)[0], rtol=1e-5, atol=1e-5)
-    cfg = ckpt_io.read_config(ckpt_io.resolve(runs[mode]))
-    assert cfg["world_size"] == 2 and cfg["train"]["parallel"] == mode
+    cfg = ckpt_io.read_config(tmp_path / "out")
+    assert cfg["world_size"] == (1 if mode == "tp" else 2) and cfg["train"]["parallel"] == MODES[mode][0][9:]
+
+
+def test_a_sharded_checkpoint_given_to_load_says_to_export_it(runs, capsys):
+    with pytest.raises(CheckpointError, match="sharded checkpoint.*gpt3lab export"):
+        gpt3lab.load(runs["fsdp"])
+    assert main(["generate", str(runs["fsdp"]), "--prompt", "the"]) == 2
+    assert "gpt3lab export" in capsys.readouterr().err
 
 
 def test_fsdp_checkpoint_resumes_on_one_process(runs, tiny_data):
@@ -97,6 +122,30 @@ def test_fsdp_checkpoint_resumes_on_one_process(runs, tiny_data):
     shutil.copy(runs["fsdp"] / "log.jsonl", run / "log.jsonl")
     s = train(None, run, resume=True, overrides=["parallel=none"], progress=False)
     assert s["step"] == 4 and s["train"]["batch_size"] == 4
+    assert _losses(run) == pytest.approx(_losses(runs["one"]), rel=1e-5, abs=1e-6)
+
+
+def test_fsdp_checkpoint_resumes_on_two_processes_in_fsdp_and_in_tp(runs, tiny_data):
+    """Resharding: the FSDP x 2 step-2 checkpoint resumes as FSDP x 2 and as TP x 2, same losses."""
+    launched = {}
+    for mode in ("fsdp", "tp"):
+        run = runs["root"] / f"resumed-{mode}"
+        shutil.copytree(runs["fsdp"] / "checkpoints" / "step_0000002", run / "checkpoints" / "step_0000002")
+        shutil.copy(runs["fsdp"] / "log.jsonl", run / "log.jsonl")
+        settings = [s for s in MODES[mode] if not s.startswith("batch_size")]     # derived on resume
+        launched[mode] = _launch(tiny_data, run, mode, ["--resume", "--no-progress", "--max-steps", "4",
+                                                        *(a for s in settings for a in ("--set", s))])
+    _wait(launched)
+    for mode in launched:
+        assert _losses(runs["root"] / f"resumed-{mode}") == pytest.approx(_losses(runs["one"]), rel=1e-5, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_fsdp_x_tp_on_four_processes_matches_one(runs, tiny_data):
+    """2-D: FSDP over 2 x TP over 2 (4 processes, batch_size 2 per data-parallel replica)."""
+    run = runs["root"] / "fsdp-x-tp"
+    _wait({"fsdp x tp": _launch(tiny_data, run, "tp", [*COMMON, "--set", "parallel=fsdp", "--set",
+                                                       "tensor_parallel=2", "--set", "batch_size=2"], nproc=4)})
     assert _losses(run) == pytest.approx(_losses(runs["one"]), rel=1e-5, abs=1e-6)
 
 

@@ -4,6 +4,7 @@ import subprocess
 import pytest
 import torch
 
+import gpt3lab
 from gpt3lab import checkpoint as ck
 from gpt3lab.config import ModelConfig, TrainConfig
 from gpt3lab.data import WindowLoader, load_data_tokenizer
@@ -30,7 +31,7 @@ def test_train_state_round_trip(tiny_data, tmp_path):
     next_rand = torch.rand(3)                                    # the RNG as it was at the final save
     ckpt = ck.resolve(tmp_path / "run")
     assert ckpt.name == "step_0000006"
-    model, tok = ck.load(tmp_path / "run")                       # the one-call loader
+    model, tok = gpt3lab.load(tmp_path / "run")                       # the one-call loader
     for k, v in ck.model_state(a.model).items():
         assert torch.equal(model.state_dict()[k], v), k
     b = _trainer(tiny_data, tmp_path / "run")
@@ -76,7 +77,7 @@ def test_interrupted_save_leaves_previous_checkpoint(tiny_data, tmp_path):
         (stale / f).write_bytes((before / f).read_bytes())
     assert ck.resolve(tmp_path / "run") == before
     assert ck.list_checkpoints(tmp_path / "run") == [before]
-    ck.load(tmp_path / "run")
+    gpt3lab.load(tmp_path / "run")
 
 
 def test_keep_last_k(tiny_data, tmp_path):
@@ -95,7 +96,7 @@ def test_truncated_weights_are_a_checkpoint_error(saved):
     f = saved / "model.safetensors"
     f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="truncated or corrupt"):
-        ck.load(saved)
+        gpt3lab.load(saved)
 
 
 def test_a_flipped_byte_in_the_weights_fails_the_checksum(saved):
@@ -104,7 +105,7 @@ def test_a_flipped_byte_in_the_weights_fails_the_checksum(saved):
     data[len(data) // 2] ^= 0x01                 # inside tensor data: safetensors itself cannot notice
     f.write_bytes(bytes(data))
     with pytest.raises(CheckpointError, match=r"model.safetensors: truncated or corrupt \(SHA-256 .*at save"):
-        ck.load(saved)
+        gpt3lab.load(saved)
     assert subprocess.run(["sha256sum", "-c", "model.safetensors.sha256"], cwd=saved,
                           capture_output=True).returncode != 0          # the record is sha256sum's format
 
@@ -113,7 +114,7 @@ def test_checksum_record_matches_sha256sum_and_old_checkpoints_still_load(saved)
     assert subprocess.run(["sha256sum", "-c", "model.safetensors.sha256"], cwd=saved,
                           capture_output=True).returncode == 0
     (saved / "model.safetensors.sha256").unlink()        # written before checksums existed
-    assert ck.load(saved)[0] is not None
+    assert gpt3lab.load(saved)[0] is not None
 
 
 def test_corrupt_train_state_is_a_checkpoint_error(saved):
@@ -126,7 +127,7 @@ def test_corrupt_train_state_is_a_checkpoint_error(saved):
         ck.load_train_state(saved)
     (saved / "config.json").write_text("")
     with pytest.raises(CheckpointError, match="config.json"):
-        ck.load(saved)
+        gpt3lab.load(saved)
 
 
 class _Evil:
@@ -147,10 +148,33 @@ def test_config_and_adapter_files_that_are_not_json_objects_are_clear_errors(tmp
     import pytest
 
     from gpt3lab.checkpoint import CheckpointError, read_config
-    from gpt3lab.model.lora import ADAPTER_CONFIG, read_adapter_config
+    from gpt3lab.adapters import ADAPTER_CONFIG, read_adapter_config
 
     (tmp_path / "config.json").write_text("[1, 2]")
     (tmp_path / ADAPTER_CONFIG).write_text('"text"')
     for read in (read_config, read_adapter_config):
         with pytest.raises(CheckpointError, match="not a JSON object"):
             read(tmp_path)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda s: {}, "field step: Field required"),
+    (lambda s: {**s, "step": "abc"}, "field step: Input should be a valid integer"),
+    (lambda s: {**s, "rng": {**s["rng"], "torch": s["rng"]["torch"][:-1]}}, "field rng.torch: List should have at least"),
+    (lambda s: {**s, "rng": {**s["rng"], "python": s["rng"]["python"] + [1]}}, "field rng.python: List should have at most"),
+    (lambda s: {**s, "train_data": [1]}, "field train_data: Input should be a valid dictionary"),
+])
+def test_invalid_state_json_names_the_field(saved, edit, field):
+    path = saved / "train_state" / "state.json"
+    path.write_text(json.dumps(edit(json.loads(path.read_text()))))
+    with pytest.raises(CheckpointError, match=f"state.json: {field}"):
+        ck.load_train_state(saved)
+
+
+def test_invalid_state_json_is_one_line_on_resume(saved, tiny_data, capsys):
+    from gpt3lab.cli import main
+    path = saved / "train_state" / "state.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "step": "abc"}))
+    rc = main(["train", "--data", str(tiny_data), "--out", str(saved.parent.parent), "--resume", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "field step" in err and "Traceback" not in err

@@ -1,0 +1,171 @@
+"""`gpt3lab demo --priming`: a small model in which few-shot priming visibly works.
+
+A small model of a real phenomenon: *induction heads* (Olsson et al. 2022), the attention circuit that
+finds an earlier occurrence of the current pattern and copies what followed it, which is how in-context
+learning first appears in Transformers. The Shakespeare demo model cannot show it (its priming scores
+are flat at ~0%); this one is trained on a corpus where nothing else works:
+
+    every document draws its OWN random mapping of 4 keys (of a..h) to 4 distinct values (of A..H)
+    and then lists lines `<digit><key><value>`, e.g.   7cH  2bE  0cH  5aD  9bE ...
+
+The digit is noise (it makes every query differ from its examples, as the harness requires), so a
+line's value can only be read off an earlier line with the same key: after `c`, look back for an
+earlier `c` and copy the token that followed it, which is exactly what an induction head does. At
+evaluation the harness's own prompt builder (gpt3lab.eval.prompts) primes the model with k solved
+lines of a held-out mapping (seeds never used in training) and scores the 4 values as multiple choice:
+k = 0 is chance (25%), and accuracy climbs with k as the query's key appears among the examples.
+"""
+from __future__ import annotations
+
+import argparse
+import random
+import time
+from pathlib import Path
+
+import torch
+
+KEYS, VALUES, NOISE = "abcdefgh", "ABCDEFGH", "0123456789"   # few symbols: learnt in few steps
+N_KEYS = 4
+SHOTS = (0, 1, 2, 4, 8)
+TRAIN_SEED, HELDOUT_SEED = 1, 10_000_000      # held-out mappings come from a seed range training never uses
+MODEL = dict(context=64, n_layer=2, d_model=64, n_head=4, attention_pattern="dense")   # two layers: the least an induction head needs
+TRAIN = dict(lr=3e-3, batch_size=32, warmup_steps=50, max_steps=8000, eval_every=500, eval_batches=4,
+             save_every=100_000, weight_decay=0.1, log_every=50, precision="fp32", device="cpu")
+
+
+def byte_tokenizer():
+    """One token per byte (plus <|endoftext|>): every character of the corpus is its own token."""
+    from gpt3lab.tokenizer import Tokenizer
+    return Tokenizer({bytes([i]): i for i in range(256)}, name="bytes256")
+
+
+def mapping_format():
+    from gpt3lab.eval.prompts import PromptFormat
+    return PromptFormat(delimiter="", separator="\n")
+
+
+def random_mapping(rng: random.Random) -> dict[str, str]:
+    return dict(zip(rng.sample(KEYS, N_KEYS), rng.sample(VALUES, N_KEYS)))
+
+
+def document(rng: random.Random, n_chars: int) -> str:
+    """One training document: a fresh mapping, then random `<digit><key><value>` lines (>= n_chars)."""
+    m, lines, size = random_mapping(rng), [], 0
+    keys = list(m)
+    while size < n_chars:
+        k = rng.choice(keys)
+        lines.append(f"{rng.choice(NOISE)}{k}{m[k]}")
+        size += len(lines[-1]) + 1
+    return "\n".join(lines)
+
+
+class MappingStream:
+    """Endless batches of documents, the trainer's data source: next_batch(B) -> (x, y) each (B, T).
+
+    answers_only: targets other than the values are -100 (ignored by the loss), so every gradient goes
+    to the one thing that needs the context; the digits and keys are random and teach nothing.
+    """
+
+    def __init__(self, context: int, seed: int, answers_only: bool = True):
+        self.context, self.rng, self.answers_only = context, random.Random(seed), answers_only
+
+    def next_batch(self, batch_size: int):
+        T = self.context
+        rows = [list(document(self.rng, T + 1).encode())[:T + 1] for _ in range(batch_size)]
+        t = torch.tensor(rows)                                                     # (B, T+1)
+        x, y = t[:, :-1], t[:, 1:]
+        if self.answers_only:
+            y = torch.where((y >= ord(VALUES[0])) & (y <= ord(VALUES[-1])), y, -100)           # values only
+        return x, y
+
+
+def heldout_task(index: int):
+    """The eval task of held-out mapping `index`: all 40 `<digit><key>` queries, the 4 values as choices;
+    the pool is the task's own items (the query itself is never among its examples)."""
+    from gpt3lab.eval.prompts import Item
+    from gpt3lab.eval.tasks import Task
+
+    rng = random.Random(HELDOUT_SEED + index)
+    m = random_mapping(rng)
+    choices = sorted(m.values())
+    items = [Item(d + k, choices=choices, answer=choices.index(v)) for k, v in m.items() for d in NOISE]
+    rng.shuffle(items)
+    return Task(name=f"mapping-{index}", kind="multiple_choice", items=items, fmt=mapping_format(),
+                source="gpt3lab.priming_demo")
+
+
+def evaluate(model, tokenizer, shots=SHOTS, n_mappings: int = 40, items: int = 5, seed: int = 0) -> dict:
+    """The harness's accuracy at each k, averaged over `n_mappings` held-out mappings, in the harness's
+    results shape ({"key->value mappings": {"primary", "shots": {k: {"metrics", ...}}}})."""
+    from gpt3lab.eval.harness import evaluate_task
+
+    tasks = [heldout_task(i) for i in range(n_mappings)]
+    per_k = {}
+    for k in shots:
+        rs = [evaluate_task(model, tokenizer, t, k, seed=seed, limit=items) for t in tasks]
+        acc = sum(r.metrics["acc"] for r in rs) / len(rs)
+        per_k[str(k)] = {"k": k, "n": sum(r.n for r in rs), "metrics": {"acc": acc}, "trimmed": 0,
+                         "mean_shots": float(k), "examples": rs[0].examples[:1]}
+    return {"key->value mappings (held-out)": {"kind": "multiple_choice", "source": "gpt3lab.priming_demo",
+                                                "n": per_k[str(shots[0])]["n"], "primary": "acc", "shots": per_k}}
+
+
+def train(out: Path, budget_s: float, max_steps: int | None = None, progress: bool = True) -> dict:
+    """Train the priming model into `out` (a checkpoint dir) within `budget_s` seconds of training."""
+    from gpt3lab.checkpoint import save_checkpoint
+    from gpt3lab.config import ModelConfig, TrainConfig
+    from gpt3lab.model import GPT
+    from gpt3lab.train.loop import RunInfo, Trainer
+
+    tok = byte_tokenizer()
+    torch.manual_seed(TRAIN_SEED)
+    mcfg = ModelConfig(vocab_size=tok.vocab_size, **MODEL)
+    steps = max_steps or fit_steps(mcfg, budget_s)
+    cfg = TrainConfig(**{**TRAIN, "max_steps": steps})
+    tr = Trainer(GPT(mcfg), mcfg, cfg, MappingStream(mcfg.context, TRAIN_SEED),
+                 MappingStream(mcfg.context, TRAIN_SEED + 1),
+                 info=RunInfo(out_dir=None, progress=progress, max_seconds=budget_s))
+    t0 = time.perf_counter()
+    rec = tr.fit()
+    seconds = time.perf_counter() - t0
+    save_checkpoint(out, tr.model, mcfg, tok, extra={"demo": "priming"})
+    return {"steps": tr.step, "seconds": seconds, "loss": rec.get("loss"), "val_loss": rec.get("val_loss"),
+            "params": tr.model.num_params(), "model": tr.model, "tokenizer": tok}
+
+
+def fit_steps(mcfg, budget_s: float) -> int:
+    """Steps that fit in the budget on this machine now (timed by train.budget.probe), at most TRAIN's
+    max_steps, so the cosine schedule ends at the budget instead of being cut off."""
+    from gpt3lab.config import TrainConfig
+    from gpt3lab.model import GPT
+    from gpt3lab.train import budget
+    from gpt3lab.train.loop import RunInfo, Trainer
+
+    cfg = TrainConfig(**TRAIN)
+    tr = Trainer(GPT(mcfg), mcfg, cfg, MappingStream(mcfg.context, 0), MappingStream(mcfg.context, 1),
+                 info=RunInfo(progress=False))
+    costs = budget.probe(tr, min_seconds=3.0)
+    steps = min(cfg.max_steps, budget.steps_within(budget_s, costs, cfg.eval_every, 0))
+    print(f"demo --priming: {costs.step_s * 1000:.0f} ms/step here -> {steps} steps in {budget_s:.0f} s")
+    return steps
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train (unless --priming-model names a trained checkpoint), evaluate k = 0,1,2,4,8, print and plot."""
+    from gpt3lab.eval.harness import format_table, plot, save_json
+
+    out = Path(args.out if args.out != "runs/demo" else "runs/priming")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    s = train(out, args.time_budget, args.max_steps, progress=not args.no_progress)
+    print(f"demo --priming: {s['params'] / 1e6:.2f}M params, {s['steps']} steps in {s['seconds']:.0f} s, "
+          f"train loss {s['loss']:.3f}; checkpoint {out}")
+    from gpt3lab.loader import load
+    model, tok = load(out)
+    results = evaluate(model, tok)
+    print(format_table(results))
+    save_json(results, out / "priming.json")
+    png = plot(results, out / "priming.png", title="priming: held-out key->value mappings (chance 25%)")
+    print(f"demo --priming: plot {png}; done in {time.perf_counter() - t0:.0f} s. Serve it with "
+          f"`gpt3lab serve {out}` and open the playground's Priming panel")
+    return 0
