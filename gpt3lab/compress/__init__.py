@@ -169,7 +169,8 @@ def compress_bytes(model, tokenizer, data: bytes, *, threads: int = 1, progress:
         ids, payload = [], data
     head = _HEAD.pack(MAGIC, VERSION, FLAG_RAW if raw else 0, TOTAL_BITS, threads, fingerprint(model, tokenizer),
                       len(ids), len(data), hashlib.sha256(data).digest(), len(payload))
-    meta_bytes = json.dumps({"quantize": mode_of(model), **(meta or {})}, sort_keys=True).encode()
+    quant = {} if mode_of(model) == "none" else {"quantize": mode_of(model)}     # absent: none (fp32)
+    meta_bytes = json.dumps({**quant, **(meta or {})}, sort_keys=True).encode()
     body = head + _short(torch.__version__) + _short(platform.machine()) + struct.pack("<H", len(meta_bytes)) \
         + meta_bytes + payload
     blob = body + struct.pack("<I", zlib.crc32(body))
