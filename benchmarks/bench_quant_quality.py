@@ -60,20 +60,21 @@ def main() -> None:
     n_bytes = len(text.encode())
     window = torch.tensor([ids[:model.config.context]])
     prompt = ids[:16]
+    n_greedy = min(args.greedy, model.config.context - len(prompt))     # the demo model's context is 128
     print(f"model {args.checkpoint or 'GPT-2 shape, random weights'} ({model.num_params() / 1e6:.1f}M params), "
           f"{len(ids):,} held-out tokens / {n_bytes:,} bytes, threads {torch.get_num_threads()}, "
           f"load avg {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     ref_bpb = perplexity(model, ids, n_bytes, tok.eot_id).bits_per_byte
     with torch.inference_mode():
         ref_logits = model(window)[0].float()
-    ref_greedy = generate(model, tok, prompt, max_tokens=args.greedy, temperature=0.0).tokens
+    ref_greedy = generate(model, tok, prompt, max_tokens=n_greedy, temperature=0.0).tokens
     print(f"  fp32: bits/byte {ref_bpb:.4f}")
     for mode in args.modes.split(","):
         q = prepare_for_inference(copy.deepcopy(model), mode)
         bpb = perplexity(q, ids, n_bytes, tok.eot_id).bits_per_byte
         with torch.inference_mode():
             diff = float((q(window)[0].float() - ref_logits).abs().max())
-        g = generate(q, tok, prompt, max_tokens=args.greedy, temperature=0.0).tokens
+        g = generate(q, tok, prompt, max_tokens=n_greedy, temperature=0.0).tokens
         agree = next((i for i, (a, b) in enumerate(zip(ref_greedy, g)) if a != b), min(len(g), len(ref_greedy)))
         print(f"  {mode}: bits/byte {bpb:.4f} ({(bpb / ref_bpb - 1) * 100:+.2f}% vs fp32), max |logit diff| "
               f"{diff:.4f} (fp32 logit std {float(ref_logits.std()):.3f}), greedy agreement {agree}/{len(ref_greedy)}")
