@@ -18,7 +18,7 @@ DEFAULT_TEMPLATE, a plain transcript a pretrained model can continue:
     Assistant:
 
 Generation with the default template also stops at DEFAULT_STOP ("\\nUser:"), where a base model starts
-writing the user's next turn itself. Serving (POST /v1/chat/completions) and fine-tuning on chat
+writing the user's next turn itself, unless the request gives its own `stop` list (which replaces it). Serving (POST /v1/chat/completions) and fine-tuning on chat
 `messages` JSONL both render through here, so a model is trained on exactly what it is later served.
 """
 from __future__ import annotations

@@ -346,7 +346,8 @@ class CompletionService:
             raise ServeError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
         ids = self.tokenizer.encode(text) or [self.tokenizer.eot_id]
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        stop = ([req.stop] if isinstance(req.stop, str) else list(req.stop or [])) + default_stop(self.chat_template)
+        # the template's own stop strings apply when the request names none (a request's list replaces them)
+        stop = ([req.stop] if isinstance(req.stop, str) else list(req.stop or [])) or default_stop(self.chat_template)
         fields = req.model_dump(exclude={"messages", "max_tokens", "max_completion_tokens", "logprobs",
                                          "top_logprobs", "stop", "stream_options"})
         # already validated by both schemas' rules; model_construct keeps the template's extra stop strings

@@ -113,7 +113,8 @@ def _like(value: torch.Tensor, param: torch.Tensor) -> torch.Tensor:
     if hasattr(param, "device_mesh") and value.dim() > 0:
         from torch.distributed.tensor import distribute_tensor
         return distribute_tensor(value.to(param.device), param.device_mesh, param.placements)
-    return value
+    # a scalar (AdamW's step) is shared by the q, k, v split of one saved c_attn: each param needs its own
+    return value.clone() if value.dim() == 0 else value
 
 
 def _param_names(model: torch.nn.Module) -> dict[int, str]:

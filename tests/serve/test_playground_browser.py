@@ -31,10 +31,20 @@ if not (os.path.isfile(CHROMIUM) or shutil.which(CHROMIUM)):
 sync_api = pytest.importorskip("playwright.sync_api", reason="the dev extra's playwright package is missing")
 
 
+def _serve_conftest():
+    """tests/serve/conftest.py as a module of its own name (`from conftest import` finds whichever test
+    directory's conftest pytest loaded first)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("serve_conftest", Path(__file__).with_name("conftest.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.fixture(scope="module")
 def site():
     """A live server over a tiny random model with a banded layer (GPT-3's alternating pattern)."""
-    from conftest import make_server
+    make_server = _serve_conftest().make_server
     torch.manual_seed(0)
     tok = Tokenizer.gpt2()
     cfg = ModelConfig(vocab_size=tok.vocab_size, context=128, n_layer=N_LAYER, d_model=32, n_head=N_HEAD,

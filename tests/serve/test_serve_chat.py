@@ -80,3 +80,9 @@ def test_stored_template_is_used(model_and_tokenizer, server_factory):
     p = c.completions.create(model=MODEL, prompt="[user] Hi there\n[assistant]", max_tokens=5, temperature=0)
     assert r.choices[0].message.content == p.choices[0].text
     assert r.usage.prompt_tokens == p.usage.prompt_tokens
+
+
+def test_request_stop_list_replaces_the_template_stop(client):
+    r = client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=4, temperature=0,
+                                       stop=["a1", "b2", "c3", "d4"])         # 4 stops + the default: still OK
+    assert r.choices[0].finish_reason in ("stop", "length")

@@ -125,19 +125,20 @@ def test_fsdp_checkpoint_resumes_on_one_process(runs, tiny_data):
     assert _losses(run) == pytest.approx(_losses(runs["one"]), rel=1e-5, abs=1e-6)
 
 
-def test_fsdp_checkpoint_resumes_on_two_processes_in_fsdp_and_in_tp(runs, tiny_data):
-    """Resharding: the FSDP x 2 step-2 checkpoint resumes as FSDP x 2 and as TP x 2, same losses."""
+def test_checkpoints_resume_on_two_processes_in_fsdp_and_in_tp(runs, tiny_data):
+    """Resharding: the FSDP x 2 step-2 checkpoint resumes as FSDP x 2 and as TP x 2, and the one-process
+    (single-file) step-2 checkpoint as TP x 2; all with the losses of the uninterrupted run."""
     launched = {}
-    for mode in ("fsdp", "tp"):
-        run = runs["root"] / f"resumed-{mode}"
-        shutil.copytree(runs["fsdp"] / "checkpoints" / "step_0000002", run / "checkpoints" / "step_0000002")
-        shutil.copy(runs["fsdp"] / "log.jsonl", run / "log.jsonl")
+    for src, mode in (("fsdp", "fsdp"), ("fsdp", "tp"), ("one", "tp")):
+        run = runs["root"] / f"resumed-{src}-{mode}"
+        shutil.copytree(runs[src] / "checkpoints" / "step_0000002", run / "checkpoints" / "step_0000002")
+        shutil.copy(runs[src] / "log.jsonl", run / "log.jsonl")
         settings = [s for s in MODES[mode] if not s.startswith("batch_size")]     # derived on resume
-        launched[mode] = _launch(tiny_data, run, mode, ["--resume", "--no-progress", "--max-steps", "4",
-                                                        *(a for s in settings for a in ("--set", s))])
+        launched[run] = _launch(tiny_data, run, mode, ["--resume", "--no-progress", "--max-steps", "4",
+                                                       *(a for s in settings for a in ("--set", s))])
     _wait(launched)
-    for mode in launched:
-        assert _losses(runs["root"] / f"resumed-{mode}") == pytest.approx(_losses(runs["one"]), rel=1e-5, abs=1e-6)
+    for run in launched:
+        assert _losses(run) == pytest.approx(_losses(runs["one"]), rel=1e-5, abs=1e-6), run.name
 
 
 @pytest.mark.slow
