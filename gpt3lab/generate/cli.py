@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gpt3lab.argtypes import MAX_INT, float_range, int_range, seed_int
+from gpt3lab.argtypes import MAX_INT, add_quantize_argument, float_range, int_range, seed_int
 from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.generate.api import InvalidRequestError, SamplingParams
 from gpt3lab.errors import ConfigError, DataError
@@ -37,8 +37,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
-                   help="weights/cache dtype for decoding (bf16 halves the bytes read per token)")
+    add_quantize_argument(p)
     p.add_argument("--sliding-window", action="store_true",
                    help="let --max-tokens run past the context: each token past it is predicted from the last "
                         "`context` tokens, recomputed (a full forward per token)")
@@ -104,9 +103,8 @@ def run(args) -> int:
     from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
-    model, tokenizer = load(args.checkpoint, device=resolve_device(args.device), tokenizer=args.tokenizer)  # LoRA too
-    if args.dtype == "bf16":
-        model = model.to(torch.bfloat16)
+    model, tokenizer = load(args.checkpoint, device=resolve_device(args.device), tokenizer=args.tokenizer,
+                            quantize=args.quantize)                                 # LoRA too
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
                             top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
                             stop=list(args.stop), sliding_window=args.sliding_window)
