@@ -17,7 +17,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 MAX_ROWS = 16
-ENABLED = True     # set False to keep nn.Linear's row-major layout
 
 
 def _eligible(w: torch.Tensor) -> bool:
@@ -30,8 +29,6 @@ def relayout(model: nn.Module) -> None:
     Done by the inference preparation step only, never by a forward pass, and before other threads read
     the weights. The tensors stay ordinary (not inference-mode) ones, so the model can still be trained.
     """
-    if not ENABLED:
-        return
     for mod in model.modules():
         w = getattr(mod, "weight", None)
         if isinstance(mod, nn.Linear) and _eligible(w) and not w.t().is_contiguous():
@@ -40,7 +37,7 @@ def relayout(model: nn.Module) -> None:
 
 
 def use_transposed(w: torch.Tensor, x: torch.Tensor) -> bool:
-    return (ENABLED and not torch.is_grad_enabled() and x.dtype == torch.float32 and _eligible(w)
+    return (not torch.is_grad_enabled() and x.dtype == torch.float32 and _eligible(w)
             and x.numel() <= MAX_ROWS * w.shape[1] and w.t().is_contiguous())
 
 
