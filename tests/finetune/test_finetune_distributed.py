@@ -129,3 +129,14 @@ def test_lora_with_sharded_checkpoints_is_refused_up_front(base_ckpt, add_data, 
         finetune(base_ckpt, add_data, tmp_path / "l", method="lora", lora_cfg=lora.LoRAConfig(rank=4),
                  max_steps=2, progress=False, overrides=[*SETS, setting])
     assert not (tmp_path / "l" / "checkpoints").exists()
+
+
+def test_full_finetune_with_async_checkpoints_resumes_and_exports_in_one_process(base_ckpt, add_data, tmp_path):
+    """async_checkpoint=true writes sharded checkpoints on one process too: the same resume and export."""
+    sets = [*SETS, "train.async_checkpoint=true", "train.batch_size=4"]
+    finetune(base_ckpt, add_data, tmp_path / "a", max_steps=2, progress=False, overrides=sets)
+    assert ckpt_io.is_sharded(ckpt_io.resolve(tmp_path / "a")) and (tmp_path / "a" / "model").is_dir()
+    s = finetune(None, None, tmp_path / "a", resume=True, max_steps=4, progress=False, overrides=sets)
+    assert s["step"] == 4 and s["result"] == str(tmp_path / "a" / "model")
+    assert ckpt_io.read_config(tmp_path / "a" / "model")["train"]["max_steps"] == 4
+    gpt3lab.load(tmp_path / "a" / "model")
