@@ -1,6 +1,17 @@
-"""Decode speed at batch 1: gpt3lab.generate vs transformers `generate`, same weights, greedy, KV cache on.
+"""Decode speed at batch 1: gpt3lab.generate vs transformers, CTranslate2 and llama.cpp, same weights, greedy.
 
     python benchmarks/bench_decode.py [--configs small,124m] [--new-tokens 128] [--threads 2] [--bf16]
+        [--quantize none,int8] [--peers hf,ct2,llama] [--llama-cpp-src DIR]
+
+gpt3lab runs with each --quantize mode (gpt3lab.model.quant). Peers (optional extra `peers`: pip install
+-e .[peers]; each is skipped with a message when it is not installed), all on the very same random GPT-2
+weights exported with gpt3lab.convert.to_hf (what `gpt3lab convert --to-hf` writes):
+  hf     transformers GPT2LMHeadModel, fp32
+  ct2    CTranslate2, converted by its TransformersConverter, compute types float32 and int8
+  llama  llama.cpp through llama-cpp-python, GGUF files f32 / f16 / q8_0 written by llama.cpp's own
+         convert_hf_to_gguf.py. It ships in llama-cpp-python's sdist (vendor/llama.cpp): pass that
+         directory as --llama-cpp-src (or $LLAMA_CPP_SRC), e.g. after
+         `pip download --no-binary :all: --no-deps llama-cpp-python` and unpacking it.
 
 Per-step decode time = (time for N new tokens - time for 1 new token) / (N - 1), so the prompt's
 prefill is excluded; each figure is the median of --repeats runs, the peers alternating run by run in
@@ -11,8 +22,13 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -21,9 +37,11 @@ import torch
 from gpt3lab.config import ModelConfig
 from gpt3lab.generate import generate
 from gpt3lab.model import GPT
+from gpt3lab.model.quant import prepare_for_inference
 from gpt3lab.tokenizer import Tokenizer
 
-CONFIGS = {"small": dict(n_layer=6, d_model=384, n_head=6), "124m": dict(n_layer=12, d_model=768, n_head=12)}
+CONFIGS = {"tiny": dict(n_layer=2, d_model=128, n_head=2), "small": dict(n_layer=6, d_model=384, n_head=6),
+           "124m": dict(n_layer=12, d_model=768, n_head=12)}
 
 
 def read_bandwidth(gib: float = 1.0, repeats: int = 7) -> float:
@@ -81,43 +99,120 @@ def bits_per_byte(model: GPT, tok: Tokenizer, text: str) -> float:
     return float(loss) * (len(ids) - 1) / math.log(2) / len(tok.decode_bytes(ids[1:]))
 
 
+def load_avg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# ---- peers: each returns {label: run(n) -> the n greedy token ids after the prompt} or a skip message ----
+
+def hf_peer(model: GPT, prompt: list[int], eot: int, **_) -> dict:
+    hf = to_hf(model)
+    x = torch.tensor([prompt])
+
+    def run(n):
+        with torch.inference_mode():
+            out = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
+                              do_sample=False, use_cache=True, pad_token_id=eot)
+        return out[0, len(prompt):].tolist()
+    return {"transformers fp32": run}
+
+
+def ct2_peer(hf_dir: Path, work: Path, prompt: list[int], threads: int, **_) -> dict | str:
+    try:
+        import ctranslate2
+        from ctranslate2.converters import TransformersConverter
+    except ImportError:
+        return "CTranslate2 skipped: `pip install ctranslate2` (or the `peers` extra)"
+    out = TransformersConverter(str(hf_dir)).convert(str(work / "ct2"), force=True)
+    vocab = {i: t for t, i in json.loads((hf_dir / "vocab.json").read_text()).items()}
+    start = [vocab[i] for i in prompt]
+    runs = {}
+    for ct in ("float32", "int8"):
+        gen = ctranslate2.Generator(out, device="cpu", compute_type=ct, intra_threads=threads)
+
+        def run(n, gen=gen):
+            r = gen.generate_batch([start], max_length=n, min_length=n, sampling_topk=1,
+                                   include_prompt_in_result=False)
+            return r[0].sequences_ids[0]
+        runs[f"CTranslate2 {ct.replace('float32', 'fp32')}"] = run
+    return runs
+
+
+def llama_peer(hf_dir: Path, work: Path, prompt: list[int], threads: int, src: str | None, **_) -> dict | str:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return "llama.cpp skipped: `pip install llama-cpp-python` (or the `peers` extra)"
+    script = Path(src or "") / "convert_hf_to_gguf.py"
+    if not src or not script.is_file():
+        return (f"llama.cpp skipped: no convert_hf_to_gguf.py in --llama-cpp-src {src!r}; pass the vendor/llama.cpp "
+                f"directory of the unpacked llama-cpp-python sdist")
+    runs = {}
+    for outtype in ("f32", "f16", "q8_0"):
+        gguf = work / f"model-{outtype}.gguf"
+        subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(gguf), "--outtype", outtype],
+                       check=True, capture_output=True)
+        llm = Llama(model_path=str(gguf), n_ctx=512, n_batch=64, n_threads=threads, n_threads_batch=threads,
+                    verbose=False)
+
+        def run(n, llm=llm):
+            out = []
+            for t in llm.generate(prompt, top_k=1, temp=0.0, reset=True):
+                out.append(t)
+                if len(out) == n:
+                    return out
+        runs[f"llama.cpp {outtype}"] = run
+    return runs
+
+
+PEERS = {"hf": hf_peer, "ct2": ct2_peer, "llama": llama_peer}
+
+
+def quality(model: GPT, q: GPT, tok: Tokenizer, ids: list[int]) -> str:
+    """max |logit diff| over a full forward of `ids`, and bits/byte of README.md, quantized vs fp32."""
+    with torch.inference_mode():
+        l32, lq = model(torch.tensor([ids]))[0], q(torch.tensor([ids]))[0].float()
+    text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
+    return (f"max |logit diff| {float((l32 - lq).abs().max()):.3g} (logit std {float(l32.std()):.3g}); "
+            f"bits/byte on README.md fp32 {bits_per_byte(model, tok, text):.4f} vs {bits_per_byte(q, tok, text):.4f}")
+
+
 def bench_config(name: str, args, tok: Tokenizer, bw: float) -> None:
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50257, context=1024, **CONFIGS[name])).eval()
-    hf = to_hf(model)
     prompt = torch.randint(0, 50000, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
-    ours = lambda m: (lambda n: generate(m, tok, prompt, max_tokens=n, temperature=0))
-    x = torch.tensor([prompt])
+    ours = lambda m: (lambda n: generate(m, tok, prompt, max_tokens=n, temperature=0).tokens)
+    models = {mode: prepare_for_inference(copy.deepcopy(model), mode) for mode in args.quantize.split(",")}
+    runs = {f"gpt3lab {mode.replace('none', 'fp32')}": ours(m) for mode, m in models.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        from gpt3lab.convert import to_hf as export_hf
 
-    def theirs(n):
-        with torch.inference_mode():
-            return hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n, min_new_tokens=n,
-                               do_sample=False, use_cache=True, pad_token_id=tok.eot_id)
-
-    a, b = ours(model)(args.new_tokens).tokens, theirs(args.new_tokens)[0, len(prompt):].tolist()
-    same = next((i for i, (p, q) in enumerate(zip(a, b)) if p != q), min(len(a), len(b)))
-    runs = {"hf": theirs, "fp32": ours(model)}
-    if args.bf16:
-        mb = copy.deepcopy(model).to(torch.bfloat16)
-        runs["bf16"] = ours(mb)
-    st = step_times(runs, args.new_tokens, args.repeats)
-    t_hf, t_us = st["hf"], st["fp32"]
-    nbytes = (model.num_params() - model.transformer.wpe.weight.numel()) * 4
-    floor = nbytes / bw
-    print(f"{name}: {model.num_params() / 1e6:.1f}M params, greedy tokens identical for {same}/{len(b)}")
-    print(f"  transformers {t_hf * 1e3:7.2f} ms/token ({1 / t_hf:6.1f} tok/s)  {floor / t_hf:5.1%} of fp32 roofline")
-    print(f"  gpt3lab fp32 {t_us * 1e3:7.2f} ms/token ({1 / t_us:6.1f} tok/s)  {floor / t_us:5.1%} of fp32 roofline"
-          f"  speed-up {t_hf / t_us:.2f}x   (floor {floor * 1e3:.2f} ms)")
-    if args.bf16:
-        t_b = st["bf16"]
-        with torch.inference_mode():
-            ids = torch.tensor([prompt + a])
-            l32, lb = model(ids)[0], mb(ids)[0].float()
-        text = Path(__file__).resolve().parents[1].joinpath("README.md").read_text()
-        print(f"  gpt3lab bf16 {t_b * 1e3:7.2f} ms/token ({1 / t_b:6.1f} tok/s)  {floor / 2 / t_b:5.1%} of bf16 roofline"
-              f"  speed-up {t_hf / t_b:.2f}x; max |logit diff| {float((l32 - lb).abs().max()):.3g} "
-              f"(logit std {float(l32.std()):.3g}); bits/byte on README.md fp32 {bits_per_byte(model, tok, text):.4f}"
-              f" bf16 {bits_per_byte(mb, tok, text):.4f}")
+        hf_dir = export_hf(model, Path(tmp) / "hf", tokenizer=tok)          # what `convert --to-hf` writes
+        for peer in args.peers.split(","):
+            got = PEERS[peer](model=model, prompt=prompt, eot=tok.eot_id, hf_dir=hf_dir, work=Path(tmp),
+                              threads=torch.get_num_threads(), src=args.llama_cpp_src)
+            if isinstance(got, str):
+                print(f"  {got}")
+            else:
+                runs.update(got)
+        ref = runs[next(iter(runs))](args.new_tokens)
+        agree = {}
+        for label, run in runs.items():
+            toks = list(run(args.new_tokens))
+            agree[label] = next((i for i, (p, q) in enumerate(zip(ref, toks)) if p != q), min(len(ref), len(toks)))
+        st = step_times(runs, args.new_tokens, args.repeats)
+    floor = (model.num_params() - model.transformer.wpe.weight.numel()) * 4 / bw
+    print(f"{name}: {model.num_params() / 1e6:.1f}M params, threads {torch.get_num_threads()}, load avg {load_avg()}; "
+          f"fp32 weight-read floor {floor * 1e3:.2f} ms/token")
+    base, first = st.get("llama.cpp q8_0"), next(iter(runs))
+    for label, t in st.items():
+        vs = f"  {base / t:5.2f}x llama.cpp q8_0 speed" if base else ""
+        print(f"  {label:20s} {t * 1e3:7.2f} ms/token ({1 / t:6.1f} tok/s)  greedy = {first}'s for "
+              f"{agree[label]}/{args.new_tokens}{vs}")
+    ids = prompt + ref
+    for mode, m in models.items():
+        if mode != "none":
+            print(f"  gpt3lab {mode}: {quality(models.get('none', model), m, tok, ids)}")
 
 
 def main() -> None:
@@ -125,15 +220,18 @@ def main() -> None:
     ap.add_argument("--configs", default="small,124m")
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--prompt-tokens", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    ap.add_argument("--bf16", action="store_true", help="also time bf16 weights and report the quality cost")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=None, help="threads of every engine (default: torch's choice)")
+    ap.add_argument("--quantize", default="none,int8", help="gpt3lab modes to time (none, bf16, int8)")
+    ap.add_argument("--peers", default="hf,ct2,llama", help="peers to time: hf, ct2, llama")
+    ap.add_argument("--llama-cpp-src", default=os.environ.get("LLAMA_CPP_SRC"),
+                    help="llama.cpp source dir holding convert_hf_to_gguf.py (default $LLAMA_CPP_SRC)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = Tokenizer.gpt2()
     bw = read_bandwidth()
-    print(f"threads {torch.get_num_threads()}, measured read bandwidth {bw / 1e9:.1f} GB/s")
+    print(f"threads {torch.get_num_threads()}, measured read bandwidth {bw / 1e9:.1f} GB/s, load avg {load_avg()}")
     for name in args.configs.split(","):
         bench_config(name, args, tok, bw)
 

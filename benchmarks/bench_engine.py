@@ -1,6 +1,7 @@
 """Inference engine: aggregate decode throughput 16 vs 1 requests, and time to first token with a cached prefix.
 
     python benchmarks/bench_engine.py [--config small] [--new-tokens 64] [--repeats 3] [--threads N]
+                                      [--quantize none|bf16|int8]
 
 * throughput: C concurrent requests (32-token prompts, --new-tokens each, greedy, no early stop)
   vs one request alone, same engine; tokens/s = generated tokens / wall time; ratio C-vs-1.
@@ -24,6 +25,7 @@ from gpt3lab.config import ModelConfig
 from gpt3lab.generate.api import SamplingParams
 from gpt3lab.generate.engine import Engine
 from gpt3lab.model import GPT
+from gpt3lab.model.quant import MODES, prepare_for_inference
 from gpt3lab.tokenizer import Tokenizer
 
 CONFIGS = {"small": dict(n_layer=6, d_model=384, n_head=6), "124m": dict(n_layer=12, d_model=768, n_head=12)}
@@ -62,6 +64,7 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quantize", default="none", choices=MODES, help="the engine's model weights")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -69,8 +72,10 @@ def main() -> None:
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=tok.vocab_size, context=2048, **CONFIGS[args.config])
     model = GPT(cfg).eval()
-    engine = Engine(model, tok, max_batch_tokens=512)
-    print(f"config {args.config} ({model.num_params() / 1e6:.0f}M params), torch threads {torch.get_num_threads()}, "
+    n_params = model.num_params()
+    engine = Engine(prepare_for_inference(model, args.quantize), tok, max_batch_tokens=512)
+    print(f"config {args.config} ({n_params / 1e6:.0f}M params, quantize {args.quantize}), "
+          f"torch threads {torch.get_num_threads()}, "
           f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     throughput(engine, 2, 4, seed=99)                                           # warm-up
     one, many, hot, hot_seeded = [], [], [], []

@@ -7,14 +7,21 @@
 __version__ = "0.1.0"
 
 
-def load(path, device="cpu", tokenizer=None):
+def load(path, device="cpu", tokenizer=None, quantize="none"):
     """(model, tokenizer) from a checkpoint, a run directory (its newest checkpoint, or its LoRA adapter), an
     adapter directory, a LoRA checkpoint or a Hugging Face GPT-2 directory: see gpt3lab.loader.
 
-    tokenizer: "gpt2" or a path, overriding (or supplying) the directory's own tokenizer."""
+    tokenizer: "gpt2" or a path, overriding (or supplying) the directory's own tokenizer.
+    quantize: "none" (fp32 as trained), "bf16" or "int8" (CPU; per-channel int8 weights, for fast
+    inference only): see gpt3lab.model.quant."""
     from gpt3lab.loader import load as _load
+    from gpt3lab.model.quant import check_mode, prepare_for_inference
 
-    return _load(path, device=device, tokenizer=tokenizer)
+    check_mode(quantize)                 # a bad mode fails before the (slow) load
+    model, tok = _load(path, device=device, tokenizer=tokenizer)
+    if quantize != "none":
+        prepare_for_inference(model, quantize)
+    return model, tok
 
 
 def generate_text(model, tokenizer, prompt, **kwargs):

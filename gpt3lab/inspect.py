@@ -17,6 +17,7 @@ import torch
 
 from gpt3lab.generate.api import InvalidRequestError, check_token_ids
 from gpt3lab.model import matvec
+from gpt3lab.model.quant import prepare_for_inference
 
 MAX_TOKENS = 256          # keeps the attention payload small (layers x heads x T^2 / 2 numbers)
 
@@ -75,23 +76,19 @@ def attention_weights(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
 def _forward(model, ids: list[int], layers: list[int]):
     """The model's logits (T, V) and the captured inputs (T, d) of the chosen attention modules."""
     T = len(ids)
-    # matvec re-lays a weight out in place on its first few-row inference call; padding to more rows
-    # keeps this pass purely read-only (causal: tokens after T change nothing at positions < T)
-    n = max(T, min(matvec.MAX_ROWS + 1, model.config.context))
-    dev = model.transformer.wte.weight.device
-    idx = torch.tensor([ids + [ids[-1]] * (n - T)], device=dev)                      # (1, n)
+    idx = torch.tensor([ids], device=model.transformer.wte.weight.device)            # (1, T)
     me, inputs = threading.get_ident(), {}
 
     def hook_for(l):
         def hook(module, args, output):
             if threading.get_ident() == me:       # never touch another thread's (the engine's) passes
-                inputs[l] = args[0][0]                                               # (n, d)
+                inputs[l] = args[0][0]                                               # (T, d)
         return hook
 
     blocks = model.transformer.h
     handles = [blocks[l].attn.register_forward_hook(hook_for(l)) for l in layers]
     try:
-        logits, _ = model(idx)                                                      # (1, n, V)
+        logits, _ = model(idx)                                                      # (1, T, V)
     finally:
         for h in handles:
             h.remove()
@@ -134,6 +131,7 @@ def inspect(model, tokenizer, text_or_ids, *, top_k: int = 5, layers=None, max_t
     if not 1 <= top_k <= 100:
         raise InspectError(f"top_k={top_k} must be between 1 and 100", "top_k")
     T, was_training = len(ids), model.training
+    prepare_for_inference(model)     # a no-op on a served (already prepared) model
     if was_training:
         model.eval()                 # dropout off; the serving engine's model is in eval mode already
     try:
@@ -187,8 +185,8 @@ def lens_logits(model, resid: torch.Tensor) -> torch.Tensor:
     nostalgebraist 2020); the last row is exactly the model's logits."""
     L1, T, d = resid.shape
     x = model.transformer.ln_f(resid.reshape(L1 * T, d).to(model.transformer.ln_f.weight.dtype))
-    # F.linear, not lm_head(): a few-row lm_head call would re-lay its weight out in place (matvec)
-    return torch.nn.functional.linear(x, model.lm_head.weight).float().reshape(L1, T, -1)
+    # lm_head itself (no side effects since #12), so an int8 model's lens uses its int8 unembedding
+    return model.lm_head(x).float().reshape(L1, T, -1)
 
 
 def lens(model, tokenizer, text_or_ids, *, top_k: int = 3, max_tokens: int = MAX_TOKENS,

@@ -273,3 +273,25 @@ def test_truncated_and_overlong_fields_are_reported_as_such(tok, model):
         read_header(body + struct.pack("<I", zlib.crc32(body)))
     with pytest.raises(DataError, match="not a gpt3lab compressed file"):
         read_header(b"")
+
+
+def test_int8_round_trip_and_wrong_mode_is_refused(tok, model, tmp_path, capsys):
+    import copy
+
+    from gpt3lab.model.quant import prepare_for_inference
+
+    q = prepare_for_inference(copy.deepcopy(model), "int8")
+    blob, _ = compress_bytes(q, tok, TEXT.encode())
+    assert read_header(blob)["meta"]["quantize"] == "int8"
+    assert decompress_bytes(q, tok, blob) == TEXT.encode()
+    with pytest.raises(CheckpointError, match="compressed with --quantize int8, not --quantize none; "
+                                              "decompress with --quantize int8"):
+        decompress_bytes(model, tok, blob, name="x.g3lz")
+    ck = save_checkpoint(tmp_path / "ck", model, make_model(tok)[1], tok)
+    src, packed, back = tmp_path / "in.txt", tmp_path / "in.g3lz", tmp_path / "back.txt"
+    src.write_bytes(TEXT.encode())
+    assert main(["compress", str(ck), str(src), str(packed), "--no-progress", "--quantize", "int8"]) == 0
+    assert main(["compress", "-d", str(ck), str(packed), str(back), "--no-progress"]) == 2
+    assert "compressed with --quantize int8, not --quantize none" in capsys.readouterr().err
+    assert main(["compress", "-d", str(ck), str(packed), str(back), "--no-progress", "--quantize", "int8"]) == 0
+    assert back.read_bytes() == src.read_bytes()

@@ -144,11 +144,12 @@ def test_single_token_prompt(model, tok):
     assert all(h == [[1.0]] for layer in info["attention"]["weights"] for h in layer)
 
 
-def test_read_only_hooks_removed_layout_kept_training_mode_restored(tok):
+def test_read_only_hooks_removed_prepared_once_training_mode_restored(tok):
     m = make_model(tok, seed=1).train()
-    strides = {n: p.stride() for n, p in m.named_parameters()}
     before = {n: p.detach().clone() for n, p in m.named_parameters()}
-    inspect(m, tok, "short")          # 1 token: would take matvec's few-row path without padding
+    inspect(m, tok, "short")          # prepares the model for inference (explicit; values unchanged)
+    strides = {n: p.stride() for n, p in m.named_parameters()}
+    inspect(m, tok, "x")              # 1 token: the few-row path; a prepared model is left as it is
     assert {n: p.stride() for n, p in m.named_parameters()} == strides
     assert all(torch.equal(p, before[n]) for n, p in m.named_parameters())
     assert m.training and all(not b.attn._forward_hooks for b in m.transformer.h)

@@ -16,6 +16,7 @@ flags bit 0 (RAW): the payload is the original bytes, stored because the model c
 fewer bytes (random data, or bytes the tokenizer cannot express); such files decode without the model.
 An empty input is stored raw too (header only). `meta` is where later header fields go (e.g. how the
 weights were quantized) without another layout change; readers ignore keys they do not know.
+meta "quantize": the --quantize mode of the model (gpt3lab.model.quant); decoding refuses another mode.
 Decoding needs the same checkpoint (fingerprint checked up front), and the same torch version and
 machine type (recorded; a mismatch that changes any probability shows up as a SHA-256 failure).
 A crafted header cannot make decoding run long: the token count is bounded by the byte count and by what
@@ -38,11 +39,12 @@ from pathlib import Path
 
 import torch
 
-from gpt3lab.argtypes import int_range
+from gpt3lab.argtypes import add_quantize_argument, int_range
 from gpt3lab.compress.coder import RangeDecoder, RangeEncoder
 from gpt3lab.compress.model import (TOTAL, TOTAL_BITS, Predictor, find_symbol, fingerprint, fixed_threads,
                                     quantise, symbol_range)
 from gpt3lab.errors import CheckpointError, ConfigError, DataError
+from gpt3lab.model.quant import mode_of
 
 MAGIC = b"G3LZ"
 VERSION = 2
@@ -167,7 +169,8 @@ def compress_bytes(model, tokenizer, data: bytes, *, threads: int = 1, progress:
         ids, payload = [], data
     head = _HEAD.pack(MAGIC, VERSION, FLAG_RAW if raw else 0, TOTAL_BITS, threads, fingerprint(model, tokenizer),
                       len(ids), len(data), hashlib.sha256(data).digest(), len(payload))
-    meta_bytes = json.dumps(meta or {}, sort_keys=True).encode()
+    quant = {} if mode_of(model) == "none" else {"quantize": mode_of(model)}     # absent: none (fp32)
+    meta_bytes = json.dumps({**quant, **(meta or {})}, sort_keys=True).encode()
     body = head + _short(torch.__version__) + _short(platform.machine()) + struct.pack("<H", len(meta_bytes)) \
         + meta_bytes + payload
     blob = body + struct.pack("<I", zlib.crc32(body))
@@ -237,6 +240,7 @@ def decompress_bytes(model, tokenizer, blob: bytes, *, name: str = "<data>", che
     if h["raw"]:
         data = h["payload"]
     else:
+        check_quantize(h, mode_of(model), name)
         if h["fingerprint"] != fingerprint(model, tokenizer):
             raise CheckpointError(f"{name} was compressed with a different model than {checkpoint} (fingerprint "
                                   f"{h['fingerprint'].hex()}, this one {fingerprint(model, tokenizer).hex()}); "
@@ -276,24 +280,33 @@ def _write(path: Path, data: bytes) -> None:
         raise DataError(f"{path}: cannot write it ({e.strerror}); check the output path") from None
 
 
-def compress_file(checkpoint, src, dst, *, threads: int = 1, progress: bool = True) -> Stats:
-    """Compress file `src` into `dst` with the model of `checkpoint`."""
+def check_quantize(header: dict, mode: str, name: str) -> None:
+    """CheckpointError unless `mode` is the quantize mode a model-coded file was compressed with."""
+    want = header["meta"].get("quantize", "none")
+    if not header["raw"] and want != mode:
+        raise CheckpointError(f"{name} was compressed with --quantize {want}, not --quantize {mode}; "
+                              f"decompress with --quantize {want} (the model's probabilities must be the very same)")
+
+
+def compress_file(checkpoint, src, dst, *, threads: int = 1, progress: bool = True, quantize: str = "none") -> Stats:
+    """Compress file `src` into `dst` with the model of `checkpoint` (weights as `quantize` says)."""
     from gpt3lab import load
 
     data = _read(Path(src))
-    model, tok = load(checkpoint)
+    model, tok = load(checkpoint, quantize=quantize)
     blob, stats = compress_bytes(model, tok, data, threads=threads, progress=progress)
     _write(Path(dst), blob)
     return stats
 
 
-def decompress_file(checkpoint, src, dst, *, progress: bool = True) -> int:
+def decompress_file(checkpoint, src, dst, *, progress: bool = True, quantize: str = "none") -> int:
     """Decompress `src` (written by compress_file with the same checkpoint) into `dst`; returns its size."""
     from gpt3lab import load
 
     blob = _read(Path(src))
-    h = read_header(blob, str(src))             # fail fast on a bad file before loading the model
-    model, tok = (None, None) if h["raw"] else load(checkpoint)   # raw files need no model
+    h = read_header(blob, str(src))             # fail fast on a bad file or mode before loading the model
+    check_quantize(h, quantize, str(src))
+    model, tok = (None, None) if h["raw"] else load(checkpoint, quantize=quantize)   # raw files need no model
     data = decompress_bytes(model, tok, blob, name=str(src), checkpoint=str(checkpoint), progress=progress)
     _write(Path(dst), data)
     return len(data)
@@ -307,17 +320,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int_range(1, 1024), default=1,
                    help="CPU threads while compressing (recorded; decompression uses the same number)")
     p.add_argument("--no-progress", action="store_true")
+    add_quantize_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     if args.threads < 1:
         raise ConfigError(f"--threads {args.threads} must be >= 1")
     if args.decompress:
-        n = decompress_file(args.checkpoint, args.input, args.output, progress=not args.no_progress)
+        n = decompress_file(args.checkpoint, args.input, args.output, progress=not args.no_progress,
+                            quantize=args.quantize)
         print(f"decompressed {args.input} -> {args.output}: {n:,} bytes, SHA-256 verified")
         return 0
     s = compress_file(args.checkpoint, args.input, args.output, threads=args.threads,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, quantize=args.quantize)
     print(f"compressed {args.input} -> {args.output}: {summary(s)}")
     return 0
 

@@ -82,7 +82,8 @@ class Predictor:
         return logits[0, -1]
 
     def _prefill(self) -> torch.Tensor:
-        self.cache = KVCache(self.cfg, 1, self.cfg.context, device="cpu", dtype=torch.float32)
+        dtype = self.model.transformer.wte.weight.dtype           # fp32, or bf16 for quantize="bf16"
+        self.cache = KVCache(self.cfg, 1, self.cfg.context, device="cpu", dtype=dtype)
         logits, _ = self.model(torch.tensor([self.history]), cache=self.cache, last_only=True)  # (1, 1, V)
         return logits[0, -1]
 
@@ -104,7 +105,19 @@ def fingerprint(model, tokenizer) -> bytes:
     h.update(json.dumps(asdict(model.config), sort_keys=True).encode())
     h.update(tokenizer.name.encode())
     for k, v in sorted(model.state_dict().items()):
-        v = v.detach().to("cpu").contiguous()
-        h.update(f"{k}:{v.dtype}:{tuple(v.shape)}".encode())
-        h.update(v.reshape(-1).view(torch.uint8).numpy().tobytes())
+        for i, t in enumerate(_tensors(v)):
+            t = t.detach().to("cpu").contiguous()
+            h.update(f"{k}:{i}:{t.dtype}:{tuple(t.shape)}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.digest()[:16]
+
+
+def _tensors(v) -> list[torch.Tensor]:
+    """The plain tensors of a state-dict value (an int8 layer's packed (weight, bias) and its scales too)."""
+    if isinstance(v, (tuple, list)):
+        return [t for x in v for t in _tensors(x)]
+    if not isinstance(v, torch.Tensor):
+        return []
+    if v.is_quantized:
+        return [v.int_repr(), v.q_per_channel_scales()]
+    return [v]

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpt3lab.argtypes import positive_int, seed_int
+from gpt3lab.argtypes import add_quantize_argument, positive_int, seed_int
 from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.errors import ConfigError, DataError
 
@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stride", type=positive_int, default=None,
                    help="rolling-window advance for --perplexity in tokens (default context/2)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_quantize_argument(p)
     p.add_argument("--list-tasks", action="store_true", help="list the built-in tasks and exit")
 
 
@@ -99,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
     tasks = [get_task(s, n=args.n, seed=args.seed, text=text) for s in specs]   # bad tasks fail before loading
 
     from gpt3lab import load
-    model, tok = load(args.checkpoint, device=resolve_device(args.device))
+    model, tok = load(args.checkpoint, device=resolve_device(args.device), quantize=args.quantize)
     if args.perplexity:
         _perplexity(model, tok, args)
     if not tasks:

@@ -8,6 +8,9 @@ checkpoint; only model.dropout may be changed.
 RUN_DIR/checkpoints/step_N   training checkpoints (LoRA: base + adapter weights, config.json "lora" key)
 RUN_DIR/adapter/             LoRA only: adapter.safetensors + adapter_config.json (+ tokenizer)
 RUN_DIR/merged/              LoRA with --merge: a plain checkpoint with the adapters folded into W
+RUN_DIR/model/               full fine-tune with train.parallel=fsdp: checkpoints/ are sharded (every rank
+                             writes its own shards, resumable on any number of processes); this is the
+                             final one exported to a single file (as `gpt3lab export` would)
 """
 from __future__ import annotations
 
@@ -104,7 +107,8 @@ def _base_model(base, overrides: list[str], config_file, max_steps, method: str)
 
 def _resumed_model(out: Path, overrides, config_file, max_steps):
     """(model, tokenizer, ModelConfig, TrainConfig, checkpoint, saved finetune settings) to resume."""
-    from gpt3lab.train.cli import check_resume_compatible, layer_configs
+    from gpt3lab.model import GPT
+    from gpt3lab.train.cli import _resume_batch_size, check_resume_compatible, data_parallel_size, layer_configs
 
     ckpt = ckpt_io.resume_checkpoint(out)
     saved = ckpt_io.read_config(ckpt)
@@ -112,8 +116,12 @@ def _resumed_model(out: Path, overrides, config_file, max_steps):
         raise CheckpointError(f"--resume: {ckpt} is not a fine-tuning checkpoint; use `gpt3lab train --resume`")
     model_d, train_d, _ = layer_configs(saved["model"], saved.get("train", {}), config_file, overrides, max_steps)
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
+    tcfg = _resume_batch_size(saved, tcfg, overrides, data_parallel_size(tcfg))   # keep the global batch
     check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
-    model, tok = load(ckpt)
+    if ckpt_io.is_sharded(ckpt):     # FSDP: Trainer.resume loads the shards into the (sharded) model
+        model, tok = GPT(mcfg), ckpt_io.load_tokenizer(ckpt)
+    else:
+        model, tok = load(ckpt)
     return model.train(), tok, mcfg, tcfg, ckpt, saved
 
 
@@ -151,6 +159,10 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
         torch.manual_seed(tcfg.seed)   # adapter init and dropout: the same on every rank and every rerun
         if lora_cfg is not None:
             lora.inject_lora(model, lora_cfg)
+    if lora_cfg is not None and (tcfg.parallel == "fsdp" or tcfg.async_checkpoint):
+        # FSDP splits c_attn into q, k, v, dropping its LoRA wrapper; adapters are small: DDP suffices
+        raise ConfigError("--method lora saves single-file checkpoints: use train.parallel=ddp (not fsdp) and "
+                          "train.async_checkpoint=false; FSDP is for full fine-tunes")
     if tcfg.tensor_parallel > 1:       # LoRA wraps the layers TP would shard; full fine-tunes: use FSDP
         raise ConfigError(f"train.tensor_parallel={tcfg.tensor_parallel} is for `gpt3lab train`; fine-tune with "
                           f"train.parallel=ddp or fsdp (tensor_parallel=1)")
@@ -206,9 +218,16 @@ def _report(log, stats, trainable: int, total: int, method: str) -> None:
 
 
 def _export(trainer, out: Path, ft: dict, lora_cfg, tok, merge: bool, log) -> Path | None:
-    """LoRA: RUN/adapter (and RUN/merged with merge). Returns what a user should load."""
+    """LoRA: RUN/adapter (and RUN/merged with merge); full with sharded (FSDP) checkpoints: RUN/model, the
+    final weights in one file. Returns what a user should load (None: the last checkpoint)."""
     if lora_cfg is None:
-        return None
+        last = ckpt_io.step_dir(out, trainer.step)
+        if not ckpt_io.is_sharded(last):
+            return None
+        from gpt3lab.train.sharded_checkpoint import export
+        dest = export(last, out / "model")    # the full model in one process, as the base was at the start
+        log(f"model: {dest} (single-file export of the sharded {last.name})")
+        return dest
     model = trainer.model
     dest = save_adapter(out / "adapter", model, lora_cfg, ft["base"], ft["base_fingerprint"], tok,
                              extra={"step": trainer.step})

@@ -327,14 +327,20 @@ class RowBatches:
         return self.k / self.per_rank
 
     def state_dict(self) -> dict:
-        return {"k": self.k, "rows": int(self.X.shape[0]), "seed": self.seed}
+        return {"k": self.k, "rows": int(self.X.shape[0]), "seed": self.seed, "world_size": self.world_size}
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("rows") != self.X.shape[0] or state.get("seed") != self.seed:
             raise DataError(f"resume: the data gives {self.X.shape[0]} rows (seed {self.seed}), the checkpoint "
                             f"was trained on {state.get('rows')} (seed {state.get('seed')}); resume with the "
                             f"same data file and settings")
-        self.k = int(state["k"])
+        # k counts this rank's rows; resumed on another world size, the ranks go on from the same global
+        # position (the same rows, within an epoch: global position k * world is perm[k * world])
+        done = int(state["k"]) * int(state.get("world_size", self.world_size))
+        if done % self.world_size:
+            raise DataError(f"resume: {done} rows were read by {state.get('world_size')} processes, which "
+                            f"{self.world_size} processes cannot split evenly; resume on a divisor of {done}")
+        self.k = done // self.world_size
 
 
 def load_datasets(path, tok, context: int, batch_size: int, *, val_data=None, val_fraction: float = 0.1,

@@ -25,6 +25,7 @@ from gpt3lab.generate.api import SamplingParams, check_token_ids
 from gpt3lab.generate.sampling import sample, sample_generator
 from gpt3lab.generate.text import TextStream
 from gpt3lab.model.kv_cache import KVCache
+from gpt3lab.model.quant import prepare_for_inference
 
 
 @dataclass
@@ -94,6 +95,7 @@ def stream(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, t
     SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=0 if top_k is None else top_k,
                    top_p=1.0 if top_p is None else top_p, n=n, seed=seed, stop=stops, sliding_window=sliding_window,
                    ).validate(tokenizer.vocab_size, model.config.context, len(ids))
+    prepare_for_inference(model)     # keeps the mode a quantized model has; the fp32 decode layout otherwise
     gen = [sample_generator(seed, j, model.transformer.wte.weight.device) for j in range(n)]
     params = dict(temperature=temperature, top_k=top_k, top_p=top_p)
     return _events(model, tokenizer, ids, max_tokens, n, gen, stops, params)

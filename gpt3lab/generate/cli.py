@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from gpt3lab.argtypes import seed_int
+from gpt3lab.argtypes import MAX_INT, add_quantize_argument, float_range, int_range, seed_int
 from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.generate.api import InvalidRequestError, SamplingParams
 from gpt3lab.errors import ConfigError, DataError
@@ -27,34 +27,36 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompt", help="prompt text (default: read stdin)")
     p.add_argument("--prompt-file",
                    help="file with one prompt per line (\\n in a line = newline), or JSONL with a 'prompt' key")
-    p.add_argument("--max-tokens", type=sampling_arg("max_tokens", int), default=64, help="tokens to generate per sample (default 64)")
-    p.add_argument("--temperature", type=sampling_arg("temperature", float), default=1.0, help="0 = greedy (default 1.0)")
-    p.add_argument("--top-k", type=sampling_arg("top_k", int), default=None, help="sample among the k most likely tokens (0 = off)")
-    p.add_argument("--top-p", type=sampling_arg("top_p", float), default=None, help="nucleus: smallest set with mass >= p")
+    p.add_argument("--max-tokens", type=sampling_arg("max_tokens", WHOLE), default=64, help="tokens to generate per sample (default 64)")
+    p.add_argument("--temperature", type=sampling_arg("temperature", NUMBER), default=1.0, help="0 = greedy (default 1.0)")
+    p.add_argument("--top-k", type=sampling_arg("top_k", WHOLE), default=None, help="sample among the k most likely tokens (0 = off)")
+    p.add_argument("--top-p", type=sampling_arg("top_p", NUMBER), default=None, help="nucleus: smallest set with mass >= p")
     p.add_argument("--seed", type=seed_int, default=None, help="same seed -> same text")
-    p.add_argument("--stop", action="append", default=[], type=sampling_arg("stop", lambda t: [t]), help="stop string (repeatable); not printed")
-    p.add_argument("--n", type=sampling_arg("n", int), default=1, help="samples per prompt (default 1)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); not printed")
+    p.add_argument("--n", type=sampling_arg("n", WHOLE), default=1, help="samples per prompt (default 1)")
     p.add_argument("--no-stream", action="store_true", help="print each sample when it is complete")
     p.add_argument("--echo", action="store_true", help="print the prompt before the completion")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
-                   help="weights/cache dtype for decoding (bf16 halves the bytes read per token)")
+    add_quantize_argument(p)
     p.add_argument("--sliding-window", action="store_true",
                    help="let --max-tokens run past the context: each token past it is predicted from the last "
                         "`context` tokens, recomputed (a full forward per token)")
     add_tokenizer_override(p)
 
 
+WHOLE, NUMBER = int_range(-MAX_INT, MAX_INT), float_range(-float("inf"))   # parsing only: no range rules
+
+
 def sampling_arg(name: str, parse):
     """An argparse type for a SamplingParams field: parsed, then checked by SamplingParams.validate itself
     (the one rule, reported as a usage error naming the flag)."""
     def check(text: str):
-        value = parse(text)                 # ValueError -> argparse's "invalid <name> value"
+        value = parse(text)                 # not a (finite, sane) number: argparse's usage error
         try:
             SamplingParams(**{name: value}).validate(1 << 62, 1 << 62)
         except InvalidRequestError as e:
             raise argparse.ArgumentTypeError(str(e)) from None
-        return value[0] if isinstance(value, list) else value
+        return value
     check.__name__ = name
     return check
 
@@ -101,9 +103,8 @@ def run(args) -> int:
     from gpt3lab.generate.engine import Engine
 
     prompts = read_prompts(args)
-    model, tokenizer = load(args.checkpoint, device=resolve_device(args.device), tokenizer=args.tokenizer)  # LoRA too
-    if args.dtype == "bf16":
-        model = model.to(torch.bfloat16)
+    model, tokenizer = load(args.checkpoint, device=resolve_device(args.device), tokenizer=args.tokenizer,
+                            quantize=args.quantize)                                 # LoRA too
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
                             top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
                             stop=list(args.stop), sliding_window=args.sliding_window)

@@ -38,7 +38,7 @@ from gpt3lab.generate.paged_cache import BlockPool, PagedStep
 from gpt3lab.generate.sampling import sample_generator
 from gpt3lab.generate.scheduler import Batch, Request, Scheduler, Seq
 from gpt3lab.generate.text import TextStream
-from gpt3lab.model.matvec import prepare_for_decode
+from gpt3lab.model.quant import prepare_for_inference
 
 
 class EngineHandle(EventStream):
@@ -78,7 +78,7 @@ class Engine:
                  **overrides):
         self.cfg = cfg = config or EngineConfig(**overrides)
         self.model = model.eval()
-        prepare_for_decode(self.model)     # weight relayout now, never while other threads read them
+        prepare_for_inference(self.model)  # its layout/quantization now, never while other threads read it
         self.tokenizer = tokenizer
         self.mcfg = model.config
         self.context = model.config.context

@@ -22,21 +22,26 @@ def _band_mask(block: int, window: int, device: torch.device) -> torch.Tensor:
     """Boolean mask (Bq, W+Bq): query a of a block (position s+a) may see key c (position s-W+c).
 
     The band 0 <= (s+a) - (s-W+c) < W is a < c <= a + W.
+    Cached, so built outside inference mode: a mask first made while generating must still be usable
+    in a later training step (an inference tensor cannot be saved for backward).
     """
-    a = torch.arange(block, device=device)[:, None]
-    c = torch.arange(window + block, device=device)[None, :]
-    return (c > a) & (c <= a + window)
+    with torch.inference_mode(False):
+        a = torch.arange(block, device=device)[:, None]
+        c = torch.arange(window + block, device=device)[None, :]
+        return (c > a) & (c <= a + window)
 
 
 @lru_cache(maxsize=32)
 def _window_mask(nb: int, block: int, window: int, dtype: torch.dtype) -> torch.Tensor:
     """Additive mask (1, nb, Bq, W+Bq) for the CPU kernel: the band, and for the first blocks the
-    W zero keys padded in front of position 0 hidden too (key position s-W+c >= 0)."""
-    a = torch.arange(block)[:, None]
-    c = torch.arange(window + block)[None, :]
-    s = torch.arange(nb)[:, None, None] * block
-    ok = (c > a) & (c <= a + window) & (c >= window - s)                  # (nb, Bq, W+Bq)
-    return torch.zeros(ok.shape, dtype=dtype).masked_fill_(~ok, float("-inf"))[None]
+    W zero keys padded in front of position 0 hidden too (key position s-W+c >= 0). Cached: built
+    outside inference mode, like _band_mask."""
+    with torch.inference_mode(False):
+        a = torch.arange(block)[:, None]
+        c = torch.arange(window + block)[None, :]
+        s = torch.arange(nb)[:, None, None] * block
+        ok = (c > a) & (c <= a + window) & (c >= window - s)                  # (nb, Bq, W+Bq)
+        return torch.zeros(ok.shape, dtype=dtype).masked_fill_(~ok, float("-inf"))[None]
 
 
 def _windows(t: torch.Tensor, W: int, Bq: int, nb: int) -> torch.Tensor:

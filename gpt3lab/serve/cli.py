@@ -14,7 +14,7 @@ import sys
 import threading
 from pathlib import Path
 
-from gpt3lab.argtypes import int_range, nonneg_float, positive_float, positive_int
+from gpt3lab.argtypes import add_quantize_argument, int_range, nonneg_float, positive_float, positive_int
 from gpt3lab.devices import DEVICE_HELP, resolve_device
 from gpt3lab.errors import ConfigError
 
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key-file", metavar="FILE", help="read the API key(s) from FILE, one per line")
     p.add_argument("--model-name", default=None, help="model id clients send (default: the checkpoint dir name)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    add_quantize_argument(p)
     p.add_argument("--max-concurrent", type=positive_int, default=64, help="requests generating at once")
     p.add_argument("--max-queue", type=positive_int, default=256, help="requests waiting for a slot before 429s")
     p.add_argument("--kv-memory", default="1GiB",
@@ -108,12 +109,12 @@ def engine_config(args):
                         enable_prefix_caching=not args.no_prefix_caching)
 
 
-def build_engine(checkpoint: str, device: str, config=None, tokenizer=None):
+def build_engine(checkpoint: str, device: str, config=None, tokenizer=None, quantize: str = "none"):
     """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine
-    (tokenizer: an override spec, e.g. "gpt2")."""
+    (tokenizer: an override spec, e.g. "gpt2"; quantize: see gpt3lab.model.quant)."""
     from gpt3lab import load
     from gpt3lab.generate.engine import Engine
-    model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer)
+    model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer, quantize=quantize)
     return Engine(model, tok, config), Path(checkpoint).resolve()
 
 
@@ -158,7 +159,8 @@ def run(args) -> int:
     from gpt3lab.serve.service import CompletionService
 
     check_args(args)
-    engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args), getattr(args, "tokenizer", None))
+    engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args), getattr(args, "tokenizer", None),
+                                args.quantize)
     name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
                                 chat_template=chat_template(args))

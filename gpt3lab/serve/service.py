@@ -246,7 +246,14 @@ class CompletionService:
         if self._slots is None:
             self._slots = asyncio.Semaphore(self.max_concurrent)
         m = self.metrics
-        if self._slots.locked() and m.waiting >= self.max_queue:
+        if not self._slots.locked():
+            # a free slot is taken at once (acquire does not suspend), so it never counts as queued: raced
+            # through a task, a request holding a slot would still count as waiting for a loop turn, and a
+            # second request arriving then got a 429 although the queue was empty
+            await self._slots.acquire()
+            m.running += 1
+            return
+        if m.waiting >= self.max_queue:
             raise QueueFullError(f"the server is at capacity ({self.max_concurrent} running, {m.waiting} queued); "
                                  f"retry later")
         m.waiting += 1

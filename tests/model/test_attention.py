@@ -73,3 +73,19 @@ def test_token_outside_window_has_exactly_zero_gradient(pattern, expect_zero):
     else:
         assert outside[-1].abs().sum() > 0
     assert torch.count_nonzero(gx[0, t + 1:]) == 0          # causal: no future influence
+
+
+def test_training_after_inference_mode_reuses_the_cached_band_masks():
+    """The band masks are cached; one first built under inference_mode (generating, inspecting) must not
+    break a later training step ("Inference tensors cannot be saved for backward")."""
+    from gpt3lab.model import attention
+    attention._window_mask.cache_clear()
+    attention._band_mask.cache_clear()
+    q, k, v = (torch.randn(1, 2, 40, 8) for _ in range(3))
+    with torch.inference_mode():
+        attention.banded_attention(q, k, v, 16)
+        attention._band_mask(4, 16, torch.device("cpu"))
+    q.requires_grad_(True)
+    attention.banded_attention(q, k, v, 16).sum().backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all()
+    assert not attention._band_mask(4, 16, torch.device("cpu")).is_inference()
