@@ -155,7 +155,7 @@ def test_priming_panel_plots_the_curve(page):
     page.fill("#primeN", "3")
     page.click("#primeGo")
     page.wait_for_function("document.querySelectorAll('#primePlot circle').length === 3")
-    assert "k=2:" in page.inner_html("#primePlot") and page.inner_text("#primeExample").count("\n") == 2  # 2 examples + query
+    assert "k=2:" in page.inner_html("#primePlot") and len(page.inner_text("#primeExample").split(" ")[0]) == 2 * 3 + 2  # 2 examples + query
     page.select_option("#primeMetric", "answer_logprob")
     assert "log p(gold answer)" in page.text_content("#primePlot")
 
