@@ -18,11 +18,12 @@ among the examples.
 
 Induction heads form late on the mapping documents alone (a long plateau at the "some value of this
 document" solution: thousands of steps, more than 10 CPU minutes buy). So half of every training batch
-is the task that grows them fastest: a random string of printable symbols repeated with a random short
-period (5-12), scored after its first period. The circuit it forms (previous-token head in layer 1,
+is the task that grows them fastest: a random string of printable symbols repeated with a random
+period (5-24), scored after its first period. The circuit it forms (previous-token head in layer 1,
 match-and-copy head in layer 2) is the one the mappings need. A fixed period must be avoided: a
 fixed-offset positional head then solves the repeats without any induction (measured: the repeats'
-loss fell, the mappings' did not). Measured figures: docs/BENCHMARKS.md.
+loss fell, the mappings' did not); periods of only 5-12 grew a head that looks back a few lines only
+(k = 1 worked, k = 8 no better). Measured figures: docs/BENCHMARKS.md.
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ import torch
 
 KEYS, VALUES, NOISE = "abcdefgh", "ABCDEFGH", "0123456789"   # few symbols: learnt in few steps
 REPEAT_SYMBOLS = "".join(chr(c) for c in range(33, 127))   # printable ASCII but the space
-PERIODS = (5, 12)
+PERIODS = (5, 24)
 N_KEYS = 4
 SHOTS = (0, 1, 2, 4, 8)
 TRAIN_SEED, HELDOUT_SEED = 1, 10_000_000      # held-out mappings come from a seed range training never uses
@@ -71,7 +72,7 @@ def repeated_sequence(rng: random.Random, n_chars: int) -> tuple[str, int]:
     """A random string of printable symbols repeated up to n_chars, and its period: the task on which
     induction heads form fastest (after the first period, each symbol is the one that followed the same
     symbol before). The period is random per row (PERIODS), so no fixed look-back offset solves it, and
-    short, so each row has many copies to learn from; the wide alphabet makes a symbol's earlier
+    up to 24 so the head learns to look back as far as a k = 8 prompt needs; the wide alphabet makes a symbol's earlier
     occurrence unambiguous."""
     period = rng.randint(PERIODS[0], max(PERIODS[0], min(PERIODS[1], n_chars // 2)))     # 2+ periods
     s = "".join(rng.choice(REPEAT_SYMBOLS) for _ in range(period))

@@ -75,10 +75,9 @@ def test_an_untrained_model_is_at_chance_at_every_k():
 
 @pytest.mark.slow
 def test_priming_demo_learns_in_context(tmp_path):
-    """Trains the demo (its 9-minute budget) and checks k = 8 is well above k = 0 on held-out mappings.
-    The issue's goal is k = 8 >= 80%; measured 44.5% (k = 0 24.5%, docs/BENCHMARKS.md), so this asserts
-    the margin reached, not the goal."""
+    """Trains the demo (its 9-minute budget) and checks the goal on held-out mappings: k = 0 at chance,
+    k = 8 >= 80% (measured 24.0% and 88.0% with 4,890 steps, docs/BENCHMARKS.md)."""
     s = pd.train(tmp_path / "priming", budget_s=540, progress=False)
     r = pd.evaluate(s["model"].eval(), s["tokenizer"], shots=(0, 8), n_mappings=10, items=20)
     acc = {k: v["metrics"]["acc"] for k, v in r["key->value mappings (held-out)"]["shots"].items()}
-    assert acc["0"] < 0.4 and acc["8"] > acc["0"] + 0.12, acc
+    assert acc["0"] < 0.4 and acc["8"] >= 0.8, acc
