@@ -2,7 +2,8 @@
 
 1. prepare the bundled Shakespeare corpus with a BPE tokenizer trained on the train plays (cached in
    ./data/shakespeare-bpe4096 and reused when present; whole plays are held out for validation),
-2. train the "demo" preset into runs/demo, capped by its max_steps AND a wall-clock budget,
+2. train the "demo" preset into runs/demo for a wall-clock budget: a probe estimates the step count, the
+   run re-fits it as it goes (so the LR schedule ends with the budget), the preset's max_steps caps it,
 3. plot runs/demo/loss.png, report bits/byte over the whole held-out split, print a sample.
 """
 from __future__ import annotations
@@ -83,6 +84,33 @@ def fit_steps(data: Path, overrides: list[str], budget_s: float, **probe_kw) -> 
     return steps
 
 
+def _preset_train(overrides: list[str]):
+    from gpt3lab.config import TrainConfig, apply_overrides
+    from gpt3lab.presets import get_preset
+
+    return apply_overrides(TrainConfig(**get_preset("demo").train), overrides, "train")
+
+
+def _preset_max_steps(overrides: list[str]) -> int:
+    return _preset_train(overrides).max_steps
+
+
+def precision_overrides(overrides: list[str]) -> list[str]:
+    """["train.precision=bf16"] when the demo trains on a CPU that multiplies bf16 in hardware (there bf16
+    autocast trains ~1.3x faster at the same loss per step: docs/BENCHMARKS.md, issue 16) and the user set
+    no train.precision; else [] ("auto": fp32 on other CPUs, bf16 on GPUs)."""
+    from gpt3lab.devices import cpu_has_native_bf16
+    from gpt3lab.train.distributed import local_device
+
+    if any(o.split("=", 1)[0].strip() in ("precision", "train.precision") for o in overrides):
+        return []
+    if local_device(_preset_train(overrides).device).type != "cpu" or not cpu_has_native_bf16():
+        return []
+    print("demo: training under bf16 autocast (this CPU multiplies bf16 in hardware; "
+          "--set train.precision=fp32 for fp32)")
+    return ["train.precision=bf16"]
+
+
 DEMO_MARKER = "DEMO_RUN"   # written into the run dir: only such a dir may be replaced by the next demo
 
 
@@ -125,9 +153,13 @@ def run(args: argparse.Namespace) -> int:
     data = prepare_data(Path(args.data), progress=not args.no_progress)
     out = Path(args.out)
     clear_previous_demo(out)
-    max_steps = args.max_steps or fit_steps(data, args.set, args.time_budget)
-    s = train(data, out, preset="demo", overrides=args.set, max_steps=max_steps,
-              max_seconds=args.time_budget, progress=not args.no_progress)
+    # the probe's count is a first estimate: the run re-fits it to the budget as it goes (train/budget.py),
+    # at most the preset's max_steps; an explicit --max-steps is kept as given
+    overrides = args.set + precision_overrides(args.set)
+    max_steps = args.max_steps or fit_steps(data, overrides, args.time_budget)
+    ceiling = None if args.max_steps else _preset_max_steps(overrides)
+    s = train(data, out, preset="demo", overrides=overrides, max_steps=max_steps,
+              max_seconds=args.time_budget, progress=not args.no_progress, step_ceiling=ceiling)
     png = plot_run(out)
     model, tok = load(out)
     val = WindowLoader(data, "val", model.config.context, 16)

@@ -151,7 +151,8 @@ def train(out: Path, budget_s: float, max_steps: int | None = None, progress: bo
     cfg = TrainConfig(**{**TRAIN, "max_steps": steps})
     tr = Trainer(GPT(mcfg), mcfg, cfg, MappingStream(mcfg.context, TRAIN_SEED, repeat=REPEAT),
                  MappingStream(mcfg.context, TRAIN_SEED + 1),
-                 info=RunInfo(out_dir=None, progress=progress, max_seconds=budget_s))
+                 info=RunInfo(out_dir=None, progress=progress, max_seconds=budget_s,
+                              step_ceiling=None if max_steps else TRAIN["max_steps"]))
     t0 = time.perf_counter()
     rec = tr.fit()
     seconds = time.perf_counter() - t0

@@ -3,8 +3,14 @@
 `probe` times, with a Trainer built like the run's, the first step (warm-up: allocations, kernel
 choice), steady optimizer steps, one evaluation and one checkpoint save. `steps_within` then finds the
 largest step count whose run (the loop's evals and saves counted as `Trainer.fit` schedules them)
-takes TARGET of the budget: the middle of 90-100%, so a probe off by ±5% still lands inside. The loop's
-own wall-clock cap (RunInfo.max_seconds) stops a run that the box slows down later: a loaded box gets
+takes TARGET of the budget: the middle of 90-100%, so a probe off by ±5% still lands inside.
+
+A short probe is not the run: on a shared box the first seconds of a process run slower or faster than the
+minutes after them (measured: a probe at 0.24 s/step, then 100-step windows of 0.15-0.21 s). So a run
+started with RunInfo.step_ceiling re-fits its step count as it goes (`refit`: at every eval_every steps
+while under REFIT_UNTIL of the budget, from its own pace so far, evals and saves included), and the LR
+schedule ends with the budget instead of being cut off or ending early. The loop's wall-clock cap
+(RunInfo.max_seconds) still stops a run that the box slows down after the last re-fit: a loaded box gets
 fewer steps, never a longer run.
 """
 from __future__ import annotations
@@ -14,6 +20,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 TARGET = 0.95
+REFIT_UNTIL = 0.75      # re-fit the step count until this fraction of the budget has passed, then keep it
+REFIT_EVERY = 100       # steps between re-fits of a run without evaluations (eval_every = 0)
 
 
 @dataclass(frozen=True)
@@ -50,6 +58,15 @@ def steps_within(budget_s: float, costs: Costs, eval_every: int, save_every: int
     return n
 
 
+def refit(step: int, elapsed_s: float, budget_s: float, ceiling: int, target: float = TARGET) -> int:
+    """The step count (max_steps) with which a run that has done `step` steps in `elapsed_s` seconds (its
+    evaluations, saves and warm-up included) ends at `target` x `budget_s` if it keeps its pace so far;
+    at least step + 1 and at most `ceiling`."""
+    pace = elapsed_s / max(step, 1)
+    more = int((target * budget_s - elapsed_s) / pace) if pace > 0 else ceiling
+    return max(step + 1, min(ceiling, step + more))
+
+
 def probe(trainer, *, clock: Callable[[], float] = time.perf_counter, min_steps: int = 5,
           min_seconds: float = 5.0, max_steps: int = 200) -> Costs:
     """Time `trainer` (a fresh Trainer like the run's; its out_dir a scratch dir, as it saves once):
@@ -75,4 +92,4 @@ def probe(trainer, *, clock: Callable[[], float] = time.perf_counter, min_steps:
     return Costs(step_s=step_s, eval_s=eval_s, save_s=save_s, warmup_s=max(0.0, first - step_s))
 
 
-__all__ = ["Costs", "TARGET", "probe", "run_seconds", "steps_within"]
+__all__ = ["Costs", "REFIT_EVERY", "REFIT_UNTIL", "TARGET", "probe", "refit", "run_seconds", "steps_within"]

@@ -41,6 +41,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override model.* / train.* fields, e.g. --set train.lr=3e-4 --set model.n_layer=6")
     p.add_argument("--time-budget", type=positive_float, metavar="SECONDS", help="stop (and save) after this wall time")
+    p.add_argument("--fit-to-budget", action="store_true",
+                   help="with --time-budget: fit the step count to the budget as the run goes (re-fitted every "
+                        "train.eval_every steps from the pace so far, at most --max-steps / train.max_steps), so "
+                        "the LR schedule ends with the budget instead of being cut off")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar; print a plain line every train.log_every steps instead")
     p.add_argument("--print-config", action="store_true",
@@ -58,7 +62,11 @@ def run(args: argparse.Namespace) -> int:
         r = resolve_run(args.data, args.out, for_print=True, **kw)
         print(yaml.safe_dump({"model": asdict(r.mcfg), "train": asdict(r.tcfg)}, sort_keys=False), end="")
         return 0
-    s = train(args.data, args.out, max_seconds=args.time_budget, progress=not args.no_progress, **kw)
+    if args.fit_to_budget and (args.time_budget is None or args.resume):
+        raise ConfigError("--fit-to-budget fits a new run's steps to --time-budget: pass --time-budget SECONDS, "
+                          "and leave it off with --resume (a resumed run keeps its step count)")
+    s = train(args.data, args.out, max_seconds=args.time_budget, progress=not args.no_progress,
+              fit_to_budget=args.fit_to_budget, **kw)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0                                   # torchrun: rank 0 reports
     bpb = f", val bits/byte {s['val_bpb']:.3f}" if s.get("val_bpb") is not None else ""
@@ -223,8 +231,13 @@ def _resume_schedule(saved: dict, tcfg: TrainConfig, context: int, world: int, r
 
 def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | None = None,
           overrides: list[str] = (), max_steps: int | None = None, resume: bool = False,
-          max_seconds: float | None = None, progress: bool = True, reschedule: bool = False) -> dict:
-    """Build (or resume) a run and train it; returns a summary (checkpoint, step, loss, val_bpb, ...)."""
+          max_seconds: float | None = None, progress: bool = True, reschedule: bool = False,
+          fit_to_budget: bool = False, step_ceiling: int | None = None) -> dict:
+    """Build (or resume) a run and train it; returns a summary (checkpoint, step, loss, val_bpb, ...).
+
+    fit_to_budget (with max_seconds): the run's max_steps is only a ceiling; the loop fits the step count
+    to the budget as it goes (train/budget.py). step_ceiling: the same, starting from max_steps as a first
+    estimate (e.g. a probe's) with this ceiling."""
     from gpt3lab.data import WindowLoader
     from gpt3lab.train.distributed import from_env, local_device
     from gpt3lab.train.loop import RunInfo, Trainer
@@ -243,8 +256,10 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     kw = dict(seed=tcfg.seed, rank=dist.dp_rank, world_size=dist.dp_size)
     train_data = WindowLoader(data, "train", mcfg.context, tcfg.batch_size, **kw)
     eval_data = _val_loader(data, mcfg.context, tcfg.batch_size, kw)
+    if fit_to_budget and step_ceiling is None:
+        step_ceiling = tcfg.max_steps
     info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data.resolve())}, progress=progress,
-                   max_seconds=max_seconds)
+                   max_seconds=max_seconds, step_ceiling=step_ceiling if max_seconds is not None else None)
     trainer = Trainer(model, mcfg, tcfg, train_data, eval_data, info=info, dist=dist, device=device)
     if resume:
         trainer.resume(ckpt)

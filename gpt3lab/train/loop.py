@@ -19,7 +19,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.config import ModelConfig, TrainConfig
 from gpt3lab.errors import UserError
-from gpt3lab.train import perf
+from gpt3lab.train import budget, perf
 from gpt3lab.train.distributed import Distributed
 from gpt3lab.train.logger import make_logger, plain_line
 from gpt3lab.train.schedule import batch_tokens_at, lr_for, micro_tokens, scaled
@@ -78,6 +78,9 @@ class RunInfo:
     extra_config: dict | None = None   # more config.json keys, e.g. {"data": "data/shakespeare"}
     progress: bool = True
     max_seconds: float | None = None   # wall-clock budget: stop (and save) after this many seconds
+    # with max_seconds: cfg.max_steps is only a first estimate; the loop re-fits it to the budget as the run
+    # goes (train/budget.py: refit), never above this many steps. None: max_steps is kept as given
+    step_ceiling: int | None = None
 
 
 class NonFiniteError(UserError):
@@ -208,7 +211,7 @@ class Trainer:
     # ---- the loop --------------------------------------------------------------------------------
     def fit(self) -> dict:
         """Train until cfg.max_steps (or the time budget); returns the last log record."""
-        cfg, main = self.cfg, self.dist.is_main
+        cfg, main = self.cfg, self.dist.is_main      # max_steps: read self.cfg, a re-fit may change it
         peak = cfg.peak_flops or perf.measured_peak_flops(
             self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
         show_bar = main and self.info.progress
@@ -218,9 +221,12 @@ class Trainer:
                              {"model": asdict(self.model_cfg), "train": asdict(cfg)})
         start, record = time.perf_counter(), {}
         try:
-            while self.step < cfg.max_steps:
+            while self.step < self.cfg.max_steps:
                 record = self._one_step(peak, start)
-                last = self.step == cfg.max_steps or record.pop("_out_of_time")
+                if "max_steps" in record:              # re-fitted to the time budget
+                    bar.total = record["max_steps"]
+                out_of_time = record.pop("_out_of_time")      # (popped always: never logged)
+                last = self.step == self.cfg.max_steps or out_of_time
                 if main:
                     self.log(record)
                     logger.log(record)
@@ -228,7 +234,7 @@ class Trainer:
                     if self.step % cfg.log_every == 0 or last:
                         bar.set_postfix(_postfix(record), refresh=False)
                         if not show_bar:      # no bar: a plain line now and then, so the run is not silent
-                            print(plain_line(record, cfg.max_steps), file=sys.stderr, flush=True)
+                            print(plain_line(record, self.cfg.max_steps), file=sys.stderr, flush=True)
                 if self.step % cfg.save_every == 0 or last:
                     self.save()
                 if last:
@@ -256,7 +262,27 @@ class Trainer:
             record.update(self.evaluate())
         record["seconds"] = round(time.perf_counter() - start, 3)
         record["_out_of_time"] = out_of_time
+        if not last and self._refit_steps(start):
+            record["max_steps"] = self.cfg.max_steps
         return record
+
+    def _refit_steps(self, start: float) -> bool:
+        """With RunInfo.step_ceiling: at every eval_every steps in the first REFIT_UNTIL of the budget, set
+        max_steps (and so the LR schedule's end) to what the pace so far fits in the budget. All ranks use
+        the same (averaged) elapsed time, so they agree on the new count. True when max_steps changed."""
+        ceiling, budget_s = self.info.step_ceiling, self.info.max_seconds
+        if ceiling is None or budget_s is None or self.step % (self.cfg.eval_every or budget.REFIT_EVERY):
+            return False
+        elapsed = self.dist.all_reduce_mean(torch.tensor(time.perf_counter() - start, dtype=torch.float32,
+                                                         device=self.device)).item()
+        if elapsed > budget.REFIT_UNTIL * budget_s:
+            return False
+        n = budget.refit(self.step, elapsed, budget_s, ceiling)
+        if n == self.cfg.max_steps:
+            return False
+        self.cfg = replace(self.cfg, max_steps=n)
+        self.sched = scaled(self.cfg, self.model_cfg.context, self.dist.dp_size)
+        return True
 
     def _out_of_time(self, start: float) -> bool:
         """Whether the wall-clock budget is spent, agreed by all ranks (else some would wait forever

@@ -64,3 +64,29 @@ def test_demo_replaces_only_its_own_earlier_run(tmp_path):
     (demo / "log.jsonl").write_text("{}\n")        # an earlier demo run: replaced
     clear_previous_demo(demo)
     assert sorted(p.name for p in demo.iterdir()) == [DEMO_MARKER]
+
+
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path):
+    from gpt3lab.devices import cpu_has_native_bf16
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n")
+    assert not cpu_has_native_bf16(str(info))             # AVX-512 alone: bf16 is emulated (slower)
+    info.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_native_bf16(str(info))
+    info.write_text("flags\t\t: fpu amx_bf16 amx_tile\n")
+    assert cpu_has_native_bf16(str(info))
+    assert not cpu_has_native_bf16(str(tmp_path / "missing"))   # not Linux: fp32
+
+
+def test_the_demo_trains_bf16_only_on_a_native_bf16_cpu_unless_told(monkeypatch, capsys):
+    import gpt3lab.devices as devices
+    from gpt3lab.demo import precision_overrides
+
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    assert precision_overrides([]) == ["train.precision=bf16"]
+    assert "bf16 autocast" in capsys.readouterr().out
+    assert precision_overrides(["train.precision=fp32"]) == []          # the user's choice is kept
+    assert precision_overrides(["precision=fp32"]) == []
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)
+    assert precision_overrides([]) == []

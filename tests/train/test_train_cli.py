@@ -81,3 +81,24 @@ def test_train_config_rejects_wrong_types_naming_the_field(key, value, msg):
     with pytest.raises(ConfigError, match=msg):
         from_dict(TrainConfig, {key: value})
     assert from_dict(TrainConfig, {"lr": 1, "batch_tokens": None}).lr == 1     # an int is a valid float
+
+
+def test_fit_to_budget_needs_a_time_budget_and_a_new_run(tiny_data, tmp_path, capsys):
+    assert _train(tiny_data, tmp_path / "run", "--fit-to-budget") == 2
+    assert "--fit-to-budget fits a new run's steps to --time-budget" in capsys.readouterr().err
+    assert _train(tiny_data, tmp_path / "run") == 0
+    assert _train(tiny_data, tmp_path / "run", "--resume", "--time-budget", "5", "--fit-to-budget") == 2
+
+
+def test_fit_to_budget_refits_max_steps_and_saves_it(tiny_data, tmp_path):
+    """--max-steps is only the ceiling: the run re-fits the count to its 3 s (logged and saved, so a resume
+    continues the same schedule)."""
+    out = tmp_path / "run"
+    assert _train(tiny_data, out, "--max-steps", "1000000", "--time-budget", "3", "--fit-to-budget",
+                  "--set", "eval_every=5", "--set", "save_every=1000000") == 0
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    fitted = [r["max_steps"] for r in log if "max_steps" in r]
+    assert fitted and all(n < 1_000_000 for n in fitted)
+    assert not [k for r in log for k in r if k.startswith("_")]     # the loop's own flags are not logged
+    saved = json.loads(next((out / "checkpoints").iterdir()).joinpath("config.json").read_text())
+    assert saved["train"]["max_steps"] == fitted[-1] >= log[-1]["step"]
