@@ -72,12 +72,11 @@ PRESETS: dict[str, Preset] = {
                               attention_pattern="alternating", local_window=16),
                    train=dict(lr=1e-3, batch_size=4, warmup_steps=10, max_steps=100)),
     # the bundled demo (make demo): Shakespeare, BPE-4096; the demo fits the step count to its ~9-minute
-    # training budget by timing a few steps and re-fitting as it goes (max_steps is only a ceiling); batch
-    # 8 x 128 beat 16 x 128 and 8 x 256 at equal wall time (docs/BENCHMARKS.md, issue 16)
+    # training budget by timing a few steps (max_steps is only a ceiling); see docs/BENCHMARKS.md
     "demo": Preset(model=dict(vocab_size=4096, context=128, n_layer=4, d_model=128, n_head=4,
                               attention_pattern="dense"),
-                   train=dict(lr=3e-3, batch_size=8, warmup_steps=100, max_steps=40000, eval_every=400,
-                              eval_batches=20, save_every=800, weight_decay=0.1)),
+                   train=dict(lr=3e-3, batch_size=16, warmup_steps=50, max_steps=20000, eval_every=200,
+                              eval_batches=20, save_every=400, weight_decay=0.1)),
     # the CPU benchmark sizes of docs/BENCHMARKS.md
     "cpu-6l": Preset(model=dict(vocab_size=50257, context=256, n_layer=6, d_model=384, n_head=6)),
     "cpu-12l": Preset(model=dict(vocab_size=50257, context=256, n_layer=12, d_model=768, n_head=12)),
