@@ -12,6 +12,7 @@ from functools import lru_cache
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gpt3lab.config import ModelConfig
 from gpt3lab.model.matvec import linear
@@ -107,6 +108,23 @@ def _default_block(window: int) -> int:
     return window // 4 if window % 4 == 0 and window >= 16 else window
 
 
+# bf16 training on CPU at short contexts: torch 2.13's flash kernel backward is slower there than the math
+# kernel (fwd+bwd, bf16, causal: B16 H4 T128 D32 flash 20.9 ms vs math 8.9 ms; from T=256 flash wins,
+# 0.84x at T=256 and 0.13x at T=2048; fp32 flash wins at T=128 too; same error against fp32 either way;
+# docs/BENCHMARKS.md, issue 16)
+CPU_BF16_MATH_MAX_T = 128
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0) -> torch.Tensor:
+    """Dense causal attention, (B, nh, T, hs) -> (B, nh, T, hs): SDPA, with its math kernel where that
+    measured faster (CPU, bf16, with gradients, T <= CPU_BF16_MATH_MAX_T)."""
+    if (q.device.type == "cpu" and q.dtype == torch.bfloat16 and q.shape[-2] <= CPU_BF16_MATH_MAX_T
+            and q.requires_grad and torch.is_grad_enabled()):
+        with sdpa_kernel(SDPBackend.MATH):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+
+
 def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int,
                      dropout_p: float = 0.0, block: int | None = None) -> torch.Tensor:
     """Locally banded causal attention in O(T*W). q, k, v: (B, nh, T, hs) -> (B, nh, T, hs).
@@ -119,7 +137,7 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     B, nh, T, hs = q.shape
     W = window
     if W >= T:   # the band covers everything: plain causal attention
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        return causal_attention(q, k, v, dropout_p)
     Bq = block or _default_block(W)
     if (q.device.type == "cpu" and dropout_p == 0.0 and q.dtype in (torch.float32, torch.bfloat16)
             and W % Bq == 0 and q.dtype == k.dtype == v.dtype):
@@ -183,7 +201,7 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             y = cache.attend(self.layer_idx, q, k, v, self.window)
         elif self.window is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p)
+            y = causal_attention(q, k, v, dropout_p=p)
         else:
             y = banded_attention(q, k, v, self.window, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, -1)                              # (B, T, d_attn)

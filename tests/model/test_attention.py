@@ -89,3 +89,29 @@ def test_training_after_inference_mode_reuses_the_cached_band_masks():
     attention.banded_attention(q, k, v, 16).sum().backward()
     assert q.grad is not None and torch.isfinite(q.grad).all()
     assert not attention._band_mask(4, 16, torch.device("cpu")).is_inference()
+
+
+@pytest.mark.parametrize("T, grad, dtype, math_kernel", [
+    (128, True, torch.bfloat16, True),      # bf16 training at short context: the math kernel (faster there)
+    (129, True, torch.bfloat16, False),     # longer: flash
+    (128, False, torch.bfloat16, False),    # no gradients (inference): flash
+    (128, True, torch.float32, False),      # fp32: flash
+])
+def test_causal_attention_picks_the_kernel_measured_faster_and_agrees(monkeypatch, T, grad, dtype, math_kernel):
+    import gpt3lab.model.attention as attention
+
+    used = []
+    real = attention.sdpa_kernel
+    monkeypatch.setattr(attention, "sdpa_kernel", lambda b: used.append(b) or real(b))
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, T, 16) for _ in range(3))
+    qd, kd, vd = (t.to(dtype).requires_grad_(grad) for t in (q, k, v))
+    y = attention.causal_attention(qd, kd, vd)
+    assert bool(used) == math_kernel
+    want = attention.reference_attention(q.detach(), k.detach(), v.detach())
+    assert torch.allclose(y.float(), want, atol=3e-2 if dtype == torch.bfloat16 else 1e-5)
+    if grad:
+        y.float().pow(2).sum().backward()
+        q32 = q.detach().clone().requires_grad_()
+        attention.reference_attention(q32, k.detach(), v.detach()).pow(2).sum().backward()
+        assert torch.allclose(qd.grad.float(), q32.grad, atol=5e-2 if dtype == torch.bfloat16 else 1e-4)
