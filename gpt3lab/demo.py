@@ -26,7 +26,7 @@ DATA_DIR = Path("data") / "shakespeare-bpe4096"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=str(DATA_DIR), help="data dir (prepared here once, then reused)")
     p.add_argument("--out", default="runs/demo", help="run dir (replaced if it holds an earlier demo run)")
-    p.add_argument("--time-budget", type=positive_float, default=540.0, metavar="SECONDS",
+    p.add_argument("--time-budget", type=positive_float, default=525.0, metavar="SECONDS",
                    help="wall-clock cap on training (the preset's max_steps caps it too); the steps are "
                         "fitted to it by timing a few steps first")
     p.add_argument("--max-steps", type=positive_int, help="override the preset's max_steps")

@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(model=dict(vocab_size=256, context=64, n_layer=2, d_model=64, n_head=4,
                               attention_pattern="alternating", local_window=16),
                    train=dict(lr=1e-3, batch_size=4, warmup_steps=10, max_steps=100)),
-    # the bundled demo (make demo): Shakespeare, BPE-4096; the demo fits the step count to its ~9-minute
+    # the bundled demo (make demo): Shakespeare, BPE-4096; the demo fits the step count to its 525-s
     # training budget by timing a few steps (max_steps is only a ceiling); see docs/BENCHMARKS.md
     "demo": Preset(model=dict(vocab_size=4096, context=128, n_layer=4, d_model=128, n_head=4,
                               attention_pattern="dense"),
