@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"demo: {s['params'] / 1e6:.2f}M params, {s['step']} steps, {s['tokens'] / 1e6:.1f}M tokens in "
           f"{s['seconds']:.0f} s; checkpoint {s['checkpoint']}, plot {png}")
     print(f"demo: held-out val bits/byte {bpb:.3f} (all {val.num_tokens:,} val tokens, whole plays)")
-    print(f"demo: sample (temperature 0.8, top-k 50, seed 0):\n")
+    print("demo: sample (temperature 0.8, top-k 50, seed 0):\n")
     print(args.prompt + _sample(model, tok, args.prompt, args.sample_tokens))
     print(f"\ndemo: done in {time.perf_counter() - t0:.0f} s; load it with gpt3lab.load({str(out)!r})")
     return 0
