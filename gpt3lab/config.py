@@ -238,6 +238,11 @@ def apply_overrides(cfg: Any, overrides: list[str], prefix: str) -> Any:
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 
+def override_given(overrides: list[str], prefix: str, name: str) -> bool:
+    """Whether a `key=value` override sets `name` (as `name` or `prefix.name`)."""
+    return any(item.split("=", 1)[0].strip() in (name, f"{prefix}.{name}") for item in overrides)
+
+
 def check_overrides_known(overrides: list[str], *cfgs: tuple[str, Any]) -> None:
     """Raise if an override names a key that none of the (prefix, config) pairs has."""
     for item in overrides:
@@ -250,4 +255,4 @@ def check_overrides_known(overrides: list[str], *cfgs: tuple[str, Any]) -> None:
 
 
 __all__ = ["ModelConfig", "TrainConfig", "ATTENTION_PATTERNS", "from_dict",
-           "apply_overrides", "check_overrides_known", "field"]
+           "apply_overrides", "check_overrides_known", "field", "override_given"]

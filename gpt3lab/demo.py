@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="runs/demo", help="run dir (replaced if it holds an earlier demo run)")
     p.add_argument("--time-budget", type=positive_float, default=525.0, metavar="SECONDS",
                    help="wall-clock cap on training (the preset's max_steps caps it too); the steps are "
-                        "fitted to it by timing a few steps first")
+                        "fitted to it by timing a few steps first and re-fitted as the run goes")
     p.add_argument("--max-steps", type=positive_int, help="override the preset's max_steps")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="as for gpt3lab train")
     p.add_argument("--prompt", default="ROMEO:\n", help="prompt of the printed sample")
@@ -60,7 +60,7 @@ def fit_steps(data: Path, overrides: list[str], budget_s: float, **probe_kw) -> 
     cosine schedule then ends at the budget instead of being cut off mid-way."""
     import tempfile
 
-    from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides
+    from gpt3lab.config import ModelConfig, apply_overrides
     from gpt3lab.data import WindowLoader, load_data_tokenizer
     from gpt3lab.model import GPT
     from gpt3lab.presets import get_preset
@@ -70,7 +70,7 @@ def fit_steps(data: Path, overrides: list[str], budget_s: float, **probe_kw) -> 
 
     p, tok = get_preset("demo"), load_data_tokenizer(data)
     mcfg = apply_overrides(ModelConfig(**{**p.model, "vocab_size": tok.vocab_size}), overrides, "model")
-    cfg = apply_overrides(TrainConfig(**p.train), overrides, "train")
+    cfg = _preset_train(overrides)
     loader = lambda split: WindowLoader(data, split, mcfg.context, cfg.batch_size, seed=cfg.seed)
     with tempfile.TemporaryDirectory(prefix="gpt3lab-demo-probe-") as scratch:
         # time on the device (and so the precision) train() will use, not the Trainer's CPU default
@@ -84,31 +84,29 @@ def fit_steps(data: Path, overrides: list[str], budget_s: float, **probe_kw) -> 
     return steps
 
 
-def _preset_train(overrides: list[str]):
-    from gpt3lab.config import TrainConfig, apply_overrides
-    from gpt3lab.presets import get_preset
-
-    return apply_overrides(TrainConfig(**get_preset("demo").train), overrides, "train")
-
-
-def _preset_max_steps(overrides: list[str]) -> int:
-    return _preset_train(overrides).max_steps
-
-
 def precision_overrides(overrides: list[str]) -> list[str]:
     """["train.precision=bf16"] when the demo trains on a CPU that multiplies bf16 in hardware (there bf16
     autocast trains ~1.3x faster at the same loss per step: docs/BENCHMARKS.md, issue 16) and the user set
     no train.precision; else [] ("auto": fp32 on other CPUs, bf16 on GPUs)."""
+    from gpt3lab.config import override_given
     from gpt3lab.devices import cpu_has_native_bf16
     from gpt3lab.train.distributed import local_device
 
-    if any(o.split("=", 1)[0].strip() in ("precision", "train.precision") for o in overrides):
+    if override_given(overrides, "train", "precision"):
         return []
     if local_device(_preset_train(overrides).device).type != "cpu" or not cpu_has_native_bf16():
         return []
     print("demo: training under bf16 autocast (this CPU multiplies bf16 in hardware; "
           "--set train.precision=fp32 for fp32)")
     return ["train.precision=bf16"]
+
+
+def _preset_train(overrides: list[str]):
+    """The demo preset's TrainConfig with the train.* overrides applied."""
+    from gpt3lab.config import TrainConfig, apply_overrides
+    from gpt3lab.presets import get_preset
+
+    return apply_overrides(TrainConfig(**get_preset("demo").train), overrides, "train")
 
 
 DEMO_MARKER = "DEMO_RUN"   # written into the run dir: only such a dir may be replaced by the next demo
@@ -157,7 +155,7 @@ def run(args: argparse.Namespace) -> int:
     # at most the preset's max_steps; an explicit --max-steps is kept as given
     overrides = args.set + precision_overrides(args.set)
     max_steps = args.max_steps or fit_steps(data, overrides, args.time_budget)
-    ceiling = None if args.max_steps else _preset_max_steps(overrides)
+    ceiling = None if args.max_steps else _preset_train(overrides).max_steps
     s = train(data, out, preset="demo", overrides=overrides, max_steps=max_steps,
               max_seconds=args.time_budget, progress=not args.no_progress, step_ceiling=ceiling)
     png = plot_run(out)

@@ -21,7 +21,8 @@ import torch
 
 from gpt3lab import checkpoint as ckpt_io
 from gpt3lab.argtypes import positive_float, positive_int
-from gpt3lab.config import ModelConfig, TrainConfig, apply_overrides, check_overrides_known, from_dict
+from gpt3lab.config import (ModelConfig, TrainConfig, apply_overrides, check_overrides_known, from_dict,
+                            override_given)
 from gpt3lab.errors import CheckpointError, ConfigError, DataError
 
 RESUME_MAY_CHANGE = {"max_steps", "eval_every", "eval_batches", "log_every", "save_every", "keep_last",
@@ -88,7 +89,7 @@ def layer_configs(model_d: dict, train_d: dict, config_file: str | None, overrid
     mcfg = from_dict(ModelConfig, model_d, where="model config")
     tcfg = from_dict(TrainConfig, train_d, where="train config")
     check_overrides_known(overrides, ("model", mcfg), ("train", tcfg))
-    vocab_explicit |= any(o.split("=", 1)[0].strip() in ("vocab_size", "model.vocab_size") for o in overrides)
+    vocab_explicit |= override_given(overrides, "model", "vocab_size")
     mcfg, tcfg = apply_overrides(mcfg, overrides, "model"), apply_overrides(tcfg, overrides, "train")
     if max_steps is not None:
         tcfg = replace(tcfg, max_steps=max_steps)
@@ -119,7 +120,7 @@ def _resume_batch_size(saved: dict, tcfg: TrainConfig, overrides: list[str], wor
     """Per-process batch_size for resuming on `world` processes: the saved global micro-batch / world."""
     old_b, old_w = saved.get("train", {}).get("batch_size", tcfg.batch_size), int(saved.get("world_size", 1))
     glob = old_b * old_w
-    explicit = any(o.split("=", 1)[0].strip() in ("batch_size", "train.batch_size") for o in overrides)
+    explicit = override_given(overrides, "train", "batch_size")
     if explicit and tcfg.batch_size * world != glob:
         raise ConfigError(f"--set batch_size={tcfg.batch_size} on {world} process(es) gives a global micro-batch "
                           f"of {tcfg.batch_size * world}, the run used {glob} ({old_w} x {old_b}); drop the "
