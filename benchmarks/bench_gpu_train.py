@@ -54,19 +54,22 @@ def gpu_peak(args) -> tuple[float, str]:
     sys.exit(f"unknown GPU {torch.cuda.get_device_name()!r}: pass --gpu {{{','.join(GPUS)}}} or --peak-tflops N")
 
 
-def bench(context: int, batch: int, compile_: bool, args) -> dict:
-    """Median tokens/s of optimizer steps (one micro-batch each) of gpt3-small at `context`."""
+def bench(context: int, batch: int, compile_: bool, args, attention: str = "alternating") -> dict:
+    """Median tokens/s of optimizer steps (one micro-batch each) of gpt3-small at `context`; the first step's
+    time (compilation included when compiled) is reported as `first_step_s`."""
     torch.manual_seed(0)
-    mcfg = get_preset("gpt3-small").model_config(context=context)
+    mcfg = get_preset("gpt3-small").model_config(context=context, attention_pattern=attention)
     tcfg = TrainConfig(batch_size=batch, precision="bf16", compile=compile_, max_steps=10**6, lr=6e-4,
                        warmup_steps=10, activation_checkpointing=args.checkpointing)
     trainer = Trainer(GPT(mcfg), mcfg, tcfg, RandomTokens(mcfg.vocab_size, context), device="cuda")
-    times = []
+    times, first = [], None
     for i in range(args.warmup + args.steps):
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         trainer.train_step()
         torch.cuda.synchronize()
+        if i == 0:
+            first = time.perf_counter() - t0
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     tok_s = batch * context / statistics.median(times)
@@ -75,7 +78,7 @@ def bench(context: int, batch: int, compile_: bool, args) -> dict:
     del trainer
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
-    return {"tokens_per_s": tok_s, "flops_per_token": flops, "max_mem_gib": mem}
+    return {"tokens_per_s": tok_s, "flops_per_token": flops, "max_mem_gib": mem, "first_step_s": first}
 
 
 def main() -> int:
@@ -85,6 +88,9 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--no-compile", action="store_true", help="eager only (skip the torch.compile rows)")
+    ap.add_argument("--compile-only", action="store_true", help="compiled rows only")
+    ap.add_argument("--attention", nargs="+", default=["alternating"], choices=["dense", "alternating", "banded"],
+                    help="attention patterns to time (gpt3-small is alternating, as GPT-3)")
     ap.add_argument("--checkpointing", action="store_true", help="activation checkpointing")
     ap.add_argument("--gpu", help=f"peak from gpt3lab.sizing.GPUS: {', '.join(GPUS)}")
     ap.add_argument("--peak-tflops", type=float, help="dense bf16 peak in TFLOP/s (overrides --gpu)")
@@ -95,14 +101,17 @@ def main() -> int:
         return 1
     peak, where = gpu_peak(args)
     print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, peak {peak / 1e12:.0f} TFLOP/s ({where})")
-    print(f"{'T':>5} {'batch':>5} {'compile':>7} {'tokens/s':>10} {'MFU':>6} {'max mem GiB':>11}")
+    print(f"{'T':>5} {'batch':>5} {'attention':>11} {'compile':>7} {'tokens/s':>10} {'MFU':>6} {'max mem GiB':>11} "
+          f"{'1st step s':>10}")
+    modes = [False] if args.no_compile else [True] if args.compile_only else [False, True]
     for T in args.context:
         B = args.batch or max(1, 16 * 1024 // T)
-        for compile_ in ([False] if args.no_compile else [False, True]):
-            r = bench(T, B, compile_, args)
-            mfu = r["tokens_per_s"] * r["flops_per_token"] / peak
-            print(f"{T:>5} {B:>5} {str(compile_):>7} {r['tokens_per_s']:>10.0f} {100 * mfu:>5.1f}% "
-                  f"{r['max_mem_gib']:>11.1f}", flush=True)
+        for attention in args.attention:
+            for compile_ in modes:
+                r = bench(T, B, compile_, args, attention)
+                mfu = r["tokens_per_s"] * r["flops_per_token"] / peak
+                print(f"{T:>5} {B:>5} {attention:>11} {str(compile_):>7} {r['tokens_per_s']:>10.0f} {100 * mfu:>5.1f}% "
+                      f"{r['max_mem_gib']:>11.1f} {r['first_step_s']:>10.1f}", flush=True)
     return 0
 
 
