@@ -1,8 +1,9 @@
 """Banded vs dense attention on CUDA at GPT-3's shape: forward + backward per layer, bf16.
 
 Times, interleaved round by round (medians, CUDA events):
-  * the attention op alone: dense causal SDPA (flash), gpt3lab.model.banded_attention (what a banded layer
-    runs), and FlexAttention with a causal sliding-window block mask (compiled) as a reference kernel;
+  * the attention op alone: dense causal SDPA (flash), gpt3lab.model.banded_attention (what an eager banded
+    layer runs: FlexAttention in 16 bits on CUDA), its portable unfold path (what torch.compile traces), and
+    FlexAttention called directly;
   * a whole decoder layer (gpt3lab.model.gpt.Block: LN, QKV, attention, proj, MLP), dense vs banded.
 The goal of issue 22: a banded layer at T=2048 is no slower than a dense one.
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from gpt3lab.config import ModelConfig
 from gpt3lab.model import banded_attention
+from gpt3lab.model.attention import _banded_unfold, _default_block
 from gpt3lab.model.gpt import Block
 
 
@@ -68,12 +70,13 @@ def main() -> int:
                for _ in range(3))
     dy = torch.randn_like(q)
     ops = {"dense (SDPA causal)": lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True),
-           "banded (gpt3lab)": lambda: banded_attention(q, k, v, W)}
+           "banded (gpt3lab)": lambda: banded_attention(q, k, v, W),
+           "banded (unfold path)": lambda: _banded_unfold(q, k, v, W, _default_block(W), 0.0)}
     fx = flex_banded(T, W)
     if fx is not None:
         ops["banded (FlexAttention)"] = lambda: fx(q, k, v)
         ref = banded_attention(q, k, v, W).float()
-        print(f"  FlexAttention vs gpt3lab banded: max |diff| {float((fx(q, k, v).float() - ref).abs().max()):.3g}")
+        print(f"  FlexAttention vs gpt3lab banded: max |diff| {float((fx(q, k, v).float() - ref).abs().max().detach()):.3g}")
     res = {name: cuda_ms(lambda f=f: f().backward(dy), args.rounds) for name, f in ops.items()}
     for name, ms in res.items():
         print(f"  attention op  {name:24s} {ms:7.3f} ms   dense/this {res['dense (SDPA causal)'] / ms:5.2f}x")

@@ -46,11 +46,11 @@ def gpu_peak(args) -> tuple[float, str]:
         return args.peak_tflops * 1e12, "--peak-tflops"
     if args.gpu:
         g = get_gpu(args.gpu)
-        return g.peak_flops, g.note
+        return g.peak_flops, g.label
     name = torch.cuda.get_device_name().lower()
     for key, g in GPUS.items():
         if key in name:
-            return g.peak_flops, f"{g.note} (matched {torch.cuda.get_device_name()!r})"
+            return g.peak_flops, f"{g.label} (matched {torch.cuda.get_device_name()!r})"
     sys.exit(f"unknown GPU {torch.cuda.get_device_name()!r}: pass --gpu {{{','.join(GPUS)}}} or --peak-tflops N")
 
 

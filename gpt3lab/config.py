@@ -101,7 +101,7 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 500
     keep_last: int = 2
-    peak_flops: float | None = None  # FLOP/s used for MFU; None = measured matmul peak
+    peak_flops: float | None = None  # FLOP/s for MFU; None = a known GPU's bf16 datasheet peak, else measured
     # GPT-3 batch-size ramp: grow linearly from ramp_start_tokens to batch_tokens over ramp_tokens tokens
     ramp_tokens: int = 0
     ramp_start_tokens: int | None = None

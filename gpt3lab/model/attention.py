@@ -138,11 +138,36 @@ def banded_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: 
     W = window
     if W >= T:   # the band covers everything: plain causal attention
         return causal_attention(q, k, v, dropout_p)
+    if (q.device.type == "cuda" and dropout_p == 0.0 and q.dtype in (torch.bfloat16, torch.float16)
+            and block is None and not torch.compiler.is_compiling() and _flex() is not None):
+        return _flex()(q, k, v, block_mask=_flex_band(T, W, q.device))
     Bq = block or _default_block(W)
     if (q.device.type == "cpu" and dropout_p == 0.0 and q.dtype in (torch.float32, torch.bfloat16)
             and W % Bq == 0 and q.dtype == k.dtype == v.dtype):
         return _BandedCPU.apply(q, k, v, W, Bq)
     return _banded_unfold(q, k, v, W, Bq, dropout_p)
+
+
+@lru_cache(maxsize=1)
+def _flex():
+    """FlexAttention, compiled once (None where this torch has none). Eager CUDA training in 16 bits runs the
+    banded layers on it: at T=2048, W=256 on an H200 it was 1.6x faster than the unfold path (fwd+bwd,
+    docs/BENCHMARKS.md, issue 22). Inside torch.compile the unfold path is traced instead (inductor fuses it)."""
+    try:
+        from torch.nn.attention.flex_attention import flex_attention
+    except ImportError:
+        return None
+    return torch.compile(flex_attention, dynamic=False)
+
+
+@lru_cache(maxsize=32)
+def _flex_band(T: int, window: int, device: torch.device):
+    """The causal band (query i sees keys i-window+1 .. i) as a FlexAttention block mask: blocks wholly
+    outside the band are skipped, so the work grows with T * window."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    return create_block_mask(lambda b, h, qi, ki: (ki <= qi) & (qi - ki < window), None, None, T, T,
+                             device=device)
 
 
 def _banded_unfold(q, k, v, W: int, Bq: int, dropout_p: float) -> torch.Tensor:
@@ -160,7 +185,7 @@ def _banded_unfold(q, k, v, W: int, Bq: int, dropout_p: float) -> torch.Tensor:
     qb = q[:, :, W:].reshape(B, nh * nb, Bq, hs)                                   # (B, nh*nb, Bq, hs)
     y = F.scaled_dot_product_attention(qb, kk, vv, attn_mask=_band_mask(Bq, W, q.device),
                                        dropout_p=dropout_p)
-    return torch.cat([head, y.view(B, nh, nb * Bq, hs)], dim=2)[:, :, :T]
+    return torch.cat([head, y.reshape(B, nh, nb * Bq, hs)], dim=2)[:, :, :T]
 
 
 def reference_attention(q, k, v, window: int | None = None, q_pos=None, k_pos=None) -> torch.Tensor:

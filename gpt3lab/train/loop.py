@@ -212,7 +212,7 @@ class Trainer:
     def fit(self) -> dict:
         """Train until cfg.max_steps (or the time budget); returns the last log record."""
         cfg, main = self.cfg, self.dist.is_main      # max_steps: read self.cfg, a re-fit may change it
-        peak = cfg.peak_flops or perf.measured_peak_flops(
+        peak = cfg.peak_flops or perf.peak_flops(
             self.device, torch.bfloat16 if self.precision == "bf16" else torch.float32)
         show_bar = main and self.info.progress
         bar = tqdm(total=cfg.max_steps, initial=self.step, desc="train", unit="step", file=sys.stderr,

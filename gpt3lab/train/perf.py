@@ -46,6 +46,23 @@ def measured_peak_flops(device: torch.device | str = "cpu", dtype: torch.dtype =
     return _PEAK_CACHE[key]
 
 
+def peak_flops(device: torch.device | str, dtype: torch.dtype) -> float:
+    """The FLOP/s that MFU is measured against: a known GPU's datasheet dense 16-bit peak (gpt3lab.sizing.GPUS,
+    matched by device name) for bf16/fp16 training, else the best measured matmul (CPUs, unknown GPUs, fp32).
+
+    A 1024^3 matmul is far from a datacenter GPU's peak (58 TFLOP/s measured on an H200 against its 989), so
+    on CUDA the measured fallback uses 4096^3."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        if dtype in (torch.bfloat16, torch.float16):
+            name = torch.cuda.get_device_name(device).lower()
+            for key, gpu in sizing.GPUS.items():
+                if key in name:
+                    return gpu.peak_flops
+        return measured_peak_flops(device, dtype, n=4096)
+    return measured_peak_flops(device, dtype)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
