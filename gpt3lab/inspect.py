@@ -60,16 +60,14 @@ def attention_weights(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """One attention module's weights for its input x (T, d_model), as the module computes them.
 
     -> (probs (nh, T, T) fp32, v (nh, T, hs)): row i is query i's softmax over keys; key j gets weight
-    only when j <= i and, for a banded layer with window W, i - j < W.
+    only where the layer's AttentionSpec allows it (j <= i and, for a banded layer with window W, i - j < W).
     """
     T = x.shape[0]
     q, k, v = matvec.linear(attn.c_attn, x).split(attn.d_attn, dim=-1)             # 3 x (T, d_attn)
     q, k, v = (t.view(T, attn.n_head, attn.d_head).transpose(0, 1) for t in (q, k, v))  # (nh, T, hs)
     scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(attn.d_head)     # (nh, T, T)
     i = torch.arange(T, device=x.device)
-    allowed = i[None, :] <= i[:, None]
-    if attn.window is not None:
-        allowed &= (i[:, None] - i[None, :]) < attn.window
+    allowed = attn.spec.allowed(i[:, None], i[None, :])                              # (T, T)
     return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1), v
 
 
@@ -143,7 +141,7 @@ def inspect(model, tokenizer, text_or_ids, *, top_k: int = 5, layers=None, max_t
                 probs, _ = attention_weights(attn, inputs[l])                     # (nh, n, n) padded
                 full = _plain(probs[:, :T, :T], decimals)
                 weights.append([[row[:i + 1] for i, row in enumerate(head)] for head in full])
-                windows.append(attn.window)
+                windows.append(attn.spec.describe())
             positions = _positions(tokenizer, ids, logits, top_k, decimals)
     finally:
         if was_training:

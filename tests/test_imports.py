@@ -10,7 +10,7 @@ import gpt3lab
 
 ROOT = Path(gpt3lab.__file__).parent
 # what gpt3lab.model may import from the rest of the package, and the I/O libraries it may not import
-MODEL_MAY_IMPORT = ("gpt3lab.model", "gpt3lab.config", "gpt3lab.errors")
+MODEL_MAY_IMPORT = ("gpt3lab.model", "gpt3lab.config", "gpt3lab.errors", "gpt3lab.attention_spec")
 IO_LIBRARIES = ("pathlib", "os", "shutil", "tempfile", "safetensors", "io", "pickle")
 
 
