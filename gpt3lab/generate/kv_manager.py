@@ -30,9 +30,13 @@ class KVManager:
     def blocks_per_seq(self, total: int) -> int:
         """Most blocks one sequence of `total` tokens holds at once (a layer with a horizon keeps only its window
         plus the chunk being prefilled)."""
-        bs, C = self.block_size, self.max_batch_tokens
+        return self.blocks_for(self.specs, self.block_size, self.max_batch_tokens, total)
+
+    @staticmethod
+    def blocks_for(specs: list[AttentionSpec], block_size: int, max_batch_tokens: int, total: int) -> int:
+        bs, C = block_size, max_batch_tokens
         full = -(-total // bs)
-        return sum(full if spec.window is None else min(full, (spec.window + C) // bs + 2) for spec in self.specs)
+        return sum(full if spec.window is None else min(full, (spec.window + C) // bs + 2) for spec in specs)
 
     def blocks_needed(self, req) -> int:
         """Worst-case blocks of a request: every choice at its full length."""
