@@ -266,9 +266,6 @@ class EngineLike(Protocol):
     tokenizer: object                              # encode/decode/eot_id/vocab_size
     context: int                                   # model context window in tokens
 
-    def inspector(self) -> object:
-        """A read-only look inside the model (gpt3lab.inspect.Inspector) for the server's /v1/inspect."""
-
     def submit(self, prompt: list[int], params: SamplingParams,
                request_id: str | None = None) -> RequestHandle:
         """Validate (raising the errors above at once) and enqueue; events stream as decoding runs."""

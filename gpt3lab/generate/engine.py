@@ -110,11 +110,6 @@ class Engine:
             self._thread = threading.Thread(target=self._loop, daemon=True, name="gpt3lab-engine")
             self._thread.start()
 
-    def inspector(self):
-        """The read-only look inside the engine's model that the server's /v1/inspect uses (gpt3lab.inspect)."""
-        from gpt3lab.inspect import Inspector
-        return Inspector(self.model, self.tokenizer)
-
     def _num_blocks(self, dtype: torch.dtype) -> int:
         """The KV budget in blocks, capped at what max_running full contexts could ever hold at once."""
         cfg = self.cfg
