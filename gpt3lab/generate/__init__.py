@@ -16,7 +16,8 @@ stop string and everything after it.
 sliding_window=True lets max_tokens run past the context window (attention_spec.slide): once prompt +
 generated tokens fill the context, each next token is predicted from the last `context` tokens, recomputed
 at positions 0..context-1. Without it, prompt + max_tokens > context is an error.
-compile=True (or a torch.compile mode) compiles the decode step (gpt3lab.generate.core).
+compile=True (or a torch.compile mode) compiles the decode step (gpt3lab.generate.core); None follows the
+model (gpt3lab.load(..., compile=True)).
 """
 from __future__ import annotations
 
@@ -64,7 +65,7 @@ def sampling_params(max_tokens: int = 64, temperature: float = 1.0, top_k: int |
                           sliding_window=sliding_window, **options)
 
 
-def offline_engine(model, tokenizer, params: SamplingParams, prompt_tokens: int, compile=False):
+def offline_engine(model, tokenizer, params: SamplingParams, prompt_tokens: int, compile=None):
     """An Engine without a thread, its KV pool sized to this one request (the whole context when compiled,
     so every call of a compiled model sees the same pool shape)."""
     from gpt3lab.generate.core import model_specs
@@ -73,7 +74,8 @@ def offline_engine(model, tokenizer, params: SamplingParams, prompt_tokens: int,
 
     cfg = EngineConfig(enable_prefix_caching=False, max_running=params.best_of or params.n)
     C = model.config.context
-    total = C if compile else min(prompt_tokens + params.max_tokens, C)
+    compiled = getattr(model, "compile_mode", None) if compile is None else compile
+    total = C if compiled else min(prompt_tokens + params.max_tokens, C)
     cfg.num_blocks = cfg.max_running * KVManager.blocks_for(model_specs(model), cfg.block_size,
                                                             cfg.max_batch_tokens, total)
     return Engine(model, tokenizer, cfg, compile=compile, background=False)
@@ -83,7 +85,7 @@ def stream(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, t
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
            stop: str | list[str] | None = None, n: int = 1, sliding_window: bool = False,
            presence_penalty: float = 0.0, frequency_penalty: float = 0.0, logit_bias: dict | None = None,
-           stop_token_ids: list[int] | None = None, compile=False) -> Iterator[StreamEvent]:
+           stop_token_ids: list[int] | None = None, compile=None) -> Iterator[StreamEvent]:
     """Yield a StreamEvent per sampled token (samples interleaved by `index` when n > 1).
 
     Text deltas are whole UTF-8 characters; a sample's deltas concatenate to its final text.
@@ -118,7 +120,7 @@ def generate(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
              stop: str | list[str] | None = None, n: int = 1, sliding_window: bool = False,
              presence_penalty: float = 0.0, frequency_penalty: float = 0.0, logit_bias: dict | None = None,
-             stop_token_ids: list[int] | None = None, compile=False) -> Generation | list[Generation]:
+             stop_token_ids: list[int] | None = None, compile=None) -> Generation | list[Generation]:
     """Complete `prompt` (text or token ids). n == 1 -> a Generation; n > 1 -> a list of n of them."""
     events = stream(model, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
                     top_p=top_p, seed=seed, stop=stop, n=n, sliding_window=sliding_window,

@@ -84,8 +84,10 @@ def compiled_step(model, mode: str):
 class DecodeCore:
     """The model and its paged KV pool; `forward` runs one packed step, compiled for decode-only steps."""
 
-    def __init__(self, model, pool: BlockPool, compile=False):
+    def __init__(self, model, pool: BlockPool, compile=None):
+        """compile: None follows the model (gpt3lab.load(..., compile=) sets model.compile_mode); False: eager."""
         self.model, self.pool = model, pool
+        compile = getattr(model, "compile_mode", None) if compile is None else compile
         self.device = pool.k.device
         self.n_layer = model.config.n_layer
         self.max_blocks = -(-model.config.context // pool.block_size)   # a compiled step's fixed table width
@@ -131,7 +133,7 @@ class Session:
         s.reset()                        # empty again (the blocks go back)
     """
 
-    def __init__(self, model, max_len: int, compile=False, block_size: int = 16):
+    def __init__(self, model, max_len: int, compile=None, block_size: int = 16):
         self.model = model
         cfg = model.config
         w = model.transformer.wte.weight

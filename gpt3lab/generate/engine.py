@@ -76,13 +76,13 @@ class Engine:
     sampler: a BatchSampler (or subclass) picking each step's tokens. on_step: called with the engine
     on the scheduler thread before every step (to slow steps down or inject a failure in tests, or to
     observe the engine); an exception it raises fails the running requests like a device error would.
-    compile: compile the decode step (core.DecodeCore). background=False: no thread; `drive(handle)` runs
+    compile: compile the decode step (core.DecodeCore; None: as the model says). background=False: no thread; `drive(handle)` runs
     the steps in the caller's thread as its events are read (generate()'s offline engine, like vLLM's LLM).
     """
 
     def __init__(self, model, tokenizer, config: EngineConfig | None = None, *,
                  sampler: BatchSampler | None = None, on_step: Callable[["Engine"], None] | None = None,
-                 compile=False, background: bool = True, **overrides):
+                 compile=None, background: bool = True, **overrides):
         self.cfg = cfg = config or EngineConfig(**overrides)
         self.model = model.eval()
         prepare_for_inference(self.model)  # its layout/quantization now, never while other threads read it

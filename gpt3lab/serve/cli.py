@@ -117,8 +117,9 @@ def build_engine(checkpoint: str, device: str, config=None, tokenizer=None, quan
     from gpt3lab import load
     from gpt3lab.generate.engine import Engine
     from gpt3lab.inspect import Inspector
-    model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer, quantize=quantize)
-    return Engine(model, tok, config, compile=compile), Inspector(model, tok), Path(checkpoint).resolve()
+    model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer, quantize=quantize,
+                      compile=compile)
+    return Engine(model, tok, config), Inspector(model, tok), Path(checkpoint).resolve()
 
 
 def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_timeout: float = 30.0,
