@@ -3,8 +3,8 @@ the matmuls cost next to nothing, so what is left is Python, dispatch and cache 
 
     python benchmarks/bench_step_overhead.py [--tokens 200] [--repeats 5] [--compile]
 
-Paths timed side by side, alternating run by run (medians, 1 thread): generate() (batch 1, greedy),
-the engine with one request, and (when gpt3lab.generate.core exists) the bare decode step.
+Paths timed one after the other in one process (medians of process CPU time, 1 thread): generate() (batch 1,
+greedy), the engine with one request (its thread), and with --compile generate() over the compiled step.
 """
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ BYTES = Tokenizer({bytes([i]): i for i in range(256)}, name="bytes")
 
 
 def per_token(run, n: int, repeats: int) -> float:
-    """(time of n tokens - time of 1 token) / (n - 1), medians of `repeats` runs: the prefill is excluded."""
+    """(CPU time of n tokens - CPU time of 1 token) / (n - 1), medians of `repeats` runs: the prefill is
+    excluded. CPU time of the process (all its threads), so time spent preempted on a loaded box is not counted."""
     run(2)
     a, b = [], []
     for _ in range(repeats):
-        t = time.perf_counter(); run(n); a.append(time.perf_counter() - t)
-        t = time.perf_counter(); run(1); b.append(time.perf_counter() - t)
+        t = time.process_time(); run(n); a.append(time.process_time() - t)
+        t = time.process_time(); run(1); b.append(time.process_time() - t)
     return (statistics.median(a) - statistics.median(b)) / (n - 1)
 
 

@@ -47,6 +47,8 @@ class BatchSampler:
         """One token per row of the adjusted logits (S, V), with each sequence's settings and generator."""
         ps = [s.req.params for s in seqs]
         hot = [p for p in ps if p.temperature > 0]
+        if not hot:                    # every row greedy: what sampling.choose gives them, without its set-up
+            return logits.argmax(dim=-1)
         return choose(logits, torch.tensor([p.temperature for p in ps], dtype=logits.dtype),
                       torch.tensor([p.top_k for p in ps]) if any(p.top_k for p in hot) else None,
                       torch.tensor([p.top_p for p in ps]) if any(p.top_p < 1 for p in hot) else None,

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from gpt3lab.attention_spec import AttentionSpec
-from gpt3lab.generate.paged_cache import BlockPool, PagedDecode, PagedStep, Segment, decode_tables
+from gpt3lab.generate.paged_cache import BlockPool, PagedDecode, PagedStep, Segment, TableCache, decode_tables
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -91,6 +91,7 @@ class DecodeCore:
         self.device = pool.k.device
         self.n_layer = model.config.n_layer
         self.max_blocks = -(-model.config.context // pool.block_size)   # a compiled step's fixed table width
+        self.tables = TableCache()                                       # decode tables, kept across steps
         self.mode = compile_mode(compile, self.device)
         self.compiled = compiled_step(model, self.mode) if self.mode else None
         if self.compiled is not None and self.device.type == "cuda":
@@ -107,7 +108,7 @@ class DecodeCore:
                       f"decoding eagerly", file=sys.stderr)
                 self.compiled = None
                 _COMPILED.pop((id(self.model), self.mode), None)
-        step = PagedStep(self.pool, segments)
+        step = PagedStep(self.pool, segments, self.tables)
         x = self.model.hidden(torch.tensor([ids], device=self.device), cache=step)[0]     # (N, d) ln_f output
         if len(rows) < len(ids):  # only the rows that sample (or echo) reach the unembedding
             x = x[torch.tensor(rows, dtype=torch.long, device=self.device)]            # (R, d)
@@ -119,7 +120,7 @@ class DecodeCore:
         Dp = 1 << (D - 1).bit_length()
         pad = Segment([[] for _ in range(self.n_layer)], 0, 1)
         tables, write_at, pos = decode_tables(segments + [pad] * (Dp - D), self.n_layer, self.pool.block_size,
-                                              self.pool.scratch, self.device, nb=self.max_blocks)
+                                              self.pool.scratch, self.device, nb=self.max_blocks, cache=self.tables)
         idt = torch.tensor(ids + [0] * (Dp - D), device=self.device)
         return self.compiled(self.model, self.pool.k, self.pool.v, idt, pos, write_at, tables)[:D].float()
 

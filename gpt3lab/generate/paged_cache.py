@@ -183,17 +183,33 @@ class PagedDecode:
         return y[:, :, 0]
 
 
-def decode_tables(segs: list[Segment], n_layer: int, block_size: int, scratch: int, device, nb: int | None = None):
-    """The decode rows' (tables (L, D, NB), write_at (L, D), pos (D,)): one tensor built per step.
+class TableCache:
+    """The decode rows' block tables as one (L, D, NB) tensor, rebuilt only when a table changed (a new block
+    every block_size tokens, a block given back, another set of rows), not every step."""
+
+    def __init__(self):
+        self.key, self.tables = None, None
+
+    def get(self, segs: list[Segment], n_layer: int, nb: int, scratch: int, device) -> torch.Tensor:
+        key = (nb, tuple(tuple(t) for s in segs for t in s.tables))
+        if key != self.key:
+            rows = [[(t[:nb] + [-1] * (nb - len(t))) for s in segs for t in [s.tables[layer]]]
+                    for layer in range(n_layer)]
+            tables = torch.tensor(rows, device=device)                                   # (L, D, NB)
+            self.key, self.tables = key, tables.masked_fill_(tables < 0, scratch)
+        return self.tables
+
+
+def decode_tables(segs: list[Segment], n_layer: int, block_size: int, scratch: int, device, nb: int | None = None,
+                  cache: TableCache | None = None):
+    """The decode rows' (tables (L, D, NB), write_at (L, D), pos (D,)).
 
     NB: the longest table (or `nb`, fixed, when a compiled step wants one shape); blocks a row does not
     hold (never taken, or given back outside a band) read the scratch block, which the spec's mask hides.
     """
     bs = block_size
     nb = nb or max(-(-(s.start + 1) // bs) for s in segs)
-    rows = [[(t[:nb] + [-1] * (nb - len(t))) for s in segs for t in [s.tables[layer]]] for layer in range(n_layer)]
-    tables = torch.tensor(rows, device=device)                                       # (L, D, NB)
-    tables = tables.masked_fill_(tables < 0, scratch)
+    tables = (cache or TableCache()).get(segs, n_layer, nb, scratch, device)                # (L, D, NB)
     pos = torch.tensor([s.start for s in segs], device=device)                        # (D,)
     write_at = tables.gather(2, (pos // bs)[None, :, None].expand(n_layer, -1, 1))[..., 0] * bs + pos % bs
     return tables, write_at, pos
@@ -206,7 +222,7 @@ class PagedStep:
     blocks, with the mask of the layer's AttentionSpec (gpt3lab/attention_spec.py).
     """
 
-    def __init__(self, pool: BlockPool, segments: list[Segment]):
+    def __init__(self, pool: BlockPool, segments: list[Segment], tables: TableCache | None = None):
         self.pool, self.segs = pool, segments
         bs, dev, L = pool.block_size, pool.k.device, pool.cfg.n_layer
         self.n_dec = next((i for i, s in enumerate(segments) if s.length != 1), len(segments))
@@ -214,7 +230,7 @@ class PagedStep:
         self.dec = None
         pos, writes = [], []
         if self.n_dec:
-            tables, w, p = decode_tables(segments[:self.n_dec], L, bs, pool.scratch, dev)
+            tables, w, p = decode_tables(segments[:self.n_dec], L, bs, pool.scratch, dev, cache=tables)
             self.dec = PagedDecode(pool.k, pool.v, p, w, tables)
             pos.append(p)
             writes.append(w)
@@ -222,8 +238,8 @@ class PagedStep:
             p = torch.arange(s.start, s.start + s.length, device=dev)
             pos.append(p)
             writes.append(torch.tensor(s.tables, device=dev)[:, p // bs] * bs + p % bs)   # (L, length)
-        self.pos = torch.cat(pos)                                                          # (N,)
-        self.write_at = torch.cat(writes, 1)                                               # (L, N)
+        self.pos = pos[0] if len(pos) == 1 else torch.cat(pos)                             # (N,)
+        self.write_at = writes[0] if len(writes) == 1 else torch.cat(writes, 1)            # (L, N)
 
     @property
     def decode_only(self) -> bool:
@@ -264,4 +280,5 @@ class PagedStep:
         return F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=allowed)
 
 
-__all__ = ["BlockPool", "PagedDecode", "PagedStep", "Segment", "block_hash", "decode_tables", "prefix_hashes"]
+__all__ = ["BlockPool", "PagedDecode", "PagedStep", "Segment", "TableCache", "block_hash", "decode_tables",
+           "prefix_hashes"]
