@@ -244,13 +244,24 @@ class EventStream:
         i = 0
         while True:
             ev.clear()            # cleared before reading: a put after the read sets it again
-            while i < len(self._buf):
-                item = self._item(i)
-                i += 1
-                if item is self._END:
-                    return
+            items, i, ended = self._take(i)
+            for item in items:
                 yield item
+            if ended:
+                return
             await ev.wait()
+
+    def _take(self, i: int) -> tuple[list, int, bool]:
+        """The events buffered from index i on (an exception put in the stream is raised) -> (events, the next
+        index, whether the stream ended)."""
+        out = []
+        while i < len(self._buf):
+            item = self._item(i)
+            i += 1
+            if item is self._END:
+                return out, i, True
+            out.append(item)
+        return out, i, False
 
 
 class RequestHandle(Protocol):

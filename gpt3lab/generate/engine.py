@@ -207,12 +207,10 @@ class Engine:
         """
         i = 0
         while True:
-            while i < len(handle._buf):
-                item = handle._item(i)
-                i += 1
-                if item is handle._END:
-                    return
-                yield item
+            items, i, ended = handle._take(i)
+            yield from items
+            if ended:
+                return
             try:
                 progressed = self._iteration(wait=False)
             except Exception as e:
