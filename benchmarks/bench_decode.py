@@ -1,9 +1,13 @@
 """Decode speed at batch 1: gpt3lab.generate vs transformers, CTranslate2 and llama.cpp, same weights, greedy.
 
     python benchmarks/bench_decode.py [--configs small,124m] [--new-tokens 128] [--threads 2] [--bf16]
-        [--quantize none,int8] [--peers hf,ct2,llama] [--llama-cpp-src DIR]
+        [--quantize none,int8] [--peers hf,ct2,llama] [--llama-cpp-src DIR] [--compile [MODE]]
+    python benchmarks/bench_decode.py --device cuda --compile --peers hf --quantize none,bf16   # on a GPU
 
-gpt3lab runs with each --quantize mode (gpt3lab.model.quant). Peers (optional extra `peers`: pip install
+gpt3lab runs with each --quantize mode (gpt3lab.model.quant); --compile adds each mode again with the
+compiled decode step (gpt3lab.generate.core; warmed up first, cold and warm compile times printed).
+Exactness: every peer's (and gpt3lab mode's) greedy agreement with gpt3lab fp32, and the max |logit - fp32
+logit| over the prompt + fp32's greedy tokens, where the peer exposes logits (llama.cpp, CTranslate2). Peers (optional extra `peers`: pip install
 -e .[peers]; each is skipped with a message when it is not installed), all on the very same random GPT-2
 weights exported with gpt3lab.convert.to_hf (what `gpt3lab convert --to-hf` writes):
   hf     transformers GPT2LMHeadModel, fp32
@@ -32,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gpt3lab.config import ModelConfig
@@ -74,10 +79,14 @@ def to_hf(model: GPT):
     return hf
 
 
+CLOCK = time.perf_counter      # --clock cpu: time.process_time (CPU time of this process: on a loaded box,
+                                # time spent preempted is not counted; every peer runs in this process)
+
+
 def once(fn) -> float:
-    t = time.perf_counter()
+    t = CLOCK()
     fn()
-    return time.perf_counter() - t
+    return CLOCK() - t
 
 
 def step_times(runs: dict, new_tokens: int, repeats: int) -> dict[str, float]:
@@ -105,9 +114,9 @@ def load_avg() -> str:
 
 # ---- peers: each returns {label: run(n) -> the n greedy token ids after the prompt} or a skip message ----
 
-def hf_peer(model: GPT, prompt: list[int], eot: int, **_) -> dict:
-    hf = to_hf(model)
-    x = torch.tensor([prompt])
+def hf_peer(model: GPT, prompt: list[int], eot: int, device: str = "cpu", **_) -> dict:
+    hf = to_hf(model).to(device)
+    x = torch.tensor([prompt], device=device)
 
     def run(n):
         with torch.inference_mode():
@@ -134,6 +143,11 @@ def ct2_peer(hf_dir: Path, work: Path, prompt: list[int], threads: int, **_) -> 
             r = gen.generate_batch([start], max_length=n, min_length=n, sampling_topk=1,
                                    include_prompt_in_result=False)
             return r[0].sequences_ids[0]
+
+        def logits(ids, gen=gen):
+            lp = gen.forward_batch([[vocab[i] for i in ids]])
+            return torch.as_tensor(np.asarray(lp))[0].float()          # (T, V)
+        run.logits = logits
         runs[f"CTranslate2 {ct.replace('float32', 'fp32')}"] = run
     return runs
 
@@ -153,7 +167,7 @@ def llama_peer(hf_dir: Path, work: Path, prompt: list[int], threads: int, src: s
         subprocess.run([sys.executable, str(script), str(hf_dir), "--outfile", str(gguf), "--outtype", outtype],
                        check=True, capture_output=True)
         llm = Llama(model_path=str(gguf), n_ctx=512, n_batch=64, n_threads=threads, n_threads_batch=threads,
-                    verbose=False)
+                    verbose=False, logits_all=True)
 
         def run(n, llm=llm):
             out = []
@@ -161,6 +175,12 @@ def llama_peer(hf_dir: Path, work: Path, prompt: list[int], threads: int, src: s
                 out.append(t)
                 if len(out) == n:
                     return out
+
+        def logits(ids, llm=llm):
+            llm.reset()
+            llm.eval(ids)
+            return torch.as_tensor(np.asarray(llm.scores[:len(ids)])).float()   # (T, V)
+        run.logits = logits
         runs[f"llama.cpp {outtype}"] = run
     return runs
 
@@ -181,16 +201,23 @@ def bench_config(name: str, args, tok: Tokenizer, bw: float) -> None:
     torch.manual_seed(0)
     model = GPT(ModelConfig(vocab_size=50257, context=1024, **CONFIGS[name])).eval()
     prompt = torch.randint(0, 50000, (args.prompt_tokens,), generator=torch.Generator().manual_seed(1)).tolist()
-    ours = lambda m: (lambda n: generate(m, tok, prompt, max_tokens=n, temperature=0).tokens)
-    models = {mode: prepare_for_inference(copy.deepcopy(model), mode) for mode in args.quantize.split(",")}
+    ours = lambda m, c=False: (lambda n: generate(m, tok, prompt, max_tokens=n, temperature=0, compile=c).tokens)
+    models = {mode: prepare_for_inference(copy.deepcopy(model).to(args.device), mode)
+              for mode in args.quantize.split(",")}
     runs = {f"gpt3lab {mode.replace('none', 'fp32')}": ours(m) for mode, m in models.items()}
+    if args.compile:
+        for mode, m in models.items():
+            label = f"gpt3lab {mode.replace('none', 'fp32')} compiled"
+            runs[label] = ours(m, args.compile)
+            t = once(lambda: runs[label](2))                  # compiles the decode step (cold, or from the disk cache)
+            print(f"  {label}: first decode (compile) {t:.1f} s")
     with tempfile.TemporaryDirectory() as tmp:
         from gpt3lab.convert import to_hf as export_hf
 
         hf_dir = export_hf(model, Path(tmp) / "hf", tokenizer=tok)          # what `convert --to-hf` writes
         for peer in args.peers.split(","):
             got = PEERS[peer](model=model, prompt=prompt, eot=tok.eot_id, hf_dir=hf_dir, work=Path(tmp),
-                              threads=torch.get_num_threads(), src=args.llama_cpp_src)
+                              threads=torch.get_num_threads(), src=args.llama_cpp_src, device=args.device)
             if isinstance(got, str):
                 print(f"  {got}")
             else:
@@ -201,6 +228,11 @@ def bench_config(name: str, args, tok: Tokenizer, bw: float) -> None:
             toks = list(run(args.new_tokens))
             agree[label] = next((i for i, (p, q) in enumerate(zip(ref, toks)) if p != q), min(len(ref), len(toks)))
         st = step_times(runs, args.new_tokens, args.repeats)
+        ids = prompt + ref
+        with torch.inference_mode():
+            l32 = model(torch.tensor([ids]))[0][0]                                          # (T, V) fp32
+        diffs = {label: float((run.logits(ids)[:, :l32.shape[1]] - l32).abs().max())
+                 for label, run in runs.items() if hasattr(run, "logits")}
     floor = (model.num_params() - model.transformer.wpe.weight.numel()) * 4 / bw
     print(f"{name}: {model.num_params() / 1e6:.1f}M params, threads {torch.get_num_threads()}, load avg {load_avg()}; "
           f"fp32 weight-read floor {floor * 1e3:.2f} ms/token")
@@ -209,10 +241,11 @@ def bench_config(name: str, args, tok: Tokenizer, bw: float) -> None:
         vs = f"  {base / t:5.2f}x llama.cpp q8_0 speed" if base else ""
         print(f"  {label:20s} {t * 1e3:7.2f} ms/token ({1 / t:6.1f} tok/s)  greedy = {first}'s for "
               f"{agree[label]}/{args.new_tokens}{vs}")
-    ids = prompt + ref
     for mode, m in models.items():
         if mode != "none":
-            print(f"  gpt3lab {mode}: {quality(models.get('none', model), m, tok, ids)}")
+            print(f"  gpt3lab {mode}: {quality(model, m.cpu(), tok, ids)}")
+    for label, d in diffs.items():
+        print(f"  {label}: max |logit - gpt3lab fp32 logit| {d:.3g} over the prompt + fp32's greedy tokens")
 
 
 def main() -> None:
@@ -226,7 +259,14 @@ def main() -> None:
     ap.add_argument("--peers", default="hf,ct2,llama", help="peers to time: hf, ct2, llama")
     ap.add_argument("--llama-cpp-src", default=os.environ.get("LLAMA_CPP_SRC"),
                     help="llama.cpp source dir holding convert_hf_to_gguf.py (default $LLAMA_CPP_SRC)")
+    ap.add_argument("--compile", nargs="?", const=True, default=False,
+                    help="also time gpt3lab with the compiled decode step (optionally a torch.compile mode)")
+    ap.add_argument("--device", default="cpu", help="gpt3lab's and transformers' device (cuda: peers hf only)")
+    ap.add_argument("--clock", default="wall", choices=("wall", "cpu"),
+                    help="wall time, or the process's CPU time (a loaded box; needs --threads 1 to compare)")
     args = ap.parse_args()
+    global CLOCK
+    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     if args.threads:
         torch.set_num_threads(args.threads)
     tok = Tokenizer.gpt2()

@@ -70,3 +70,7 @@ def add_quantize_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize", default="none", choices=QUANTIZE_MODES,
                    help="weights for inference: none (fp32 as trained, default), bf16, or int8 (CPU only; "
                         "per-channel int8, ~3x faster decoding)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode step (torch.compile: inductor with freezing on CPU, CUDA graphs on "
+                        "GPU; the first start compiles, later starts read the on-disk cache; falls back to eager "
+                        "with one line if compilation fails)")

@@ -60,16 +60,14 @@ def attention_weights(attn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     """One attention module's weights for its input x (T, d_model), as the module computes them.
 
     -> (probs (nh, T, T) fp32, v (nh, T, hs)): row i is query i's softmax over keys; key j gets weight
-    only when j <= i and, for a banded layer with window W, i - j < W.
+    only where the layer's AttentionSpec allows it (j <= i and, for a banded layer with window W, i - j < W).
     """
     T = x.shape[0]
     q, k, v = matvec.linear(attn.c_attn, x).split(attn.d_attn, dim=-1)             # 3 x (T, d_attn)
     q, k, v = (t.view(T, attn.n_head, attn.d_head).transpose(0, 1) for t in (q, k, v))  # (nh, T, hs)
     scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(attn.d_head)     # (nh, T, T)
     i = torch.arange(T, device=x.device)
-    allowed = i[None, :] <= i[:, None]
-    if attn.window is not None:
-        allowed &= (i[:, None] - i[None, :]) < attn.window
+    allowed = attn.spec.allowed(i[:, None], i[None, :])                              # (T, T)
     return torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1), v
 
 
@@ -143,7 +141,7 @@ def inspect(model, tokenizer, text_or_ids, *, top_k: int = 5, layers=None, max_t
                 probs, _ = attention_weights(attn, inputs[l])                     # (nh, n, n) padded
                 full = _plain(probs[:, :T, :T], decimals)
                 weights.append([[row[:i + 1] for i, row in enumerate(head)] for head in full])
-                windows.append(attn.window)
+                windows.append(attn.spec.describe())
             positions = _positions(tokenizer, ids, logits, top_k, decimals)
     finally:
         if was_training:
@@ -236,40 +234,67 @@ class _eval_mode:
 
 def next_step(model, tokenizer, text_or_ids, *, temperature: float = 1.0, top_k: int | None = None,
               top_p: float | None = None, seed: int | None = None, show: int = 10,
-              max_tokens: int = MAX_TOKENS) -> dict:
-    """One step of the generation loop: the next-token distribution after temperature / top-k / top-p
-    (the sampler's own filters), and one token drawn from it by the sampler (gpt3lab.generate.sampling).
+              max_tokens: int = MAX_TOKENS, logit_bias: dict | None = None) -> dict:
+    """One step of the generation loop, as generate() and the engine take it: the decode core's logits for
+    the prompt (gpt3lab.generate.core.Session), the engine's sampler (logit_bias, then temperature / top-k /
+    top-p and the seeded draw of choice 0), so the token equals the first one generate() would give.
 
     -> {"top": [{"id", "text", "prob" (after the filters), "model_prob" (raw softmax)}] (the `show` most
     likely), "kept" (tokens left after the filters), "token": {"id", "text", "prob", "model_prob"}}.
     """
-    from gpt3lab.generate import sampling
-    from gpt3lab.generate.api import SamplingParams
+    import collections
+    from types import SimpleNamespace
+
+    from gpt3lab.generate import sampling, sampling_params
+    from gpt3lab.generate.batch_sampler import BatchSampler
+    from gpt3lab.generate.core import Session
 
     # the one request check (raises InvalidRequestError naming the field), as for every generation
-    SamplingParams(max_tokens=0, temperature=temperature, top_k=top_k or 0, top_p=top_p if top_p is not None else 1.0,
-                   seed=seed).validate(tokenizer.vocab_size, model.config.context)
+    params = sampling_params(0, temperature, top_k, top_p, seed, logit_bias=logit_bias)
+    params.validate(tokenizer.vocab_size, model.config.context)
     ids = prompt_ids(tokenizer, text_or_ids, min(max_tokens, model.config.context))
+    prepare_for_inference(model)     # a no-op on a served (already prepared) model
     with _eval_mode(model), torch.inference_mode():
-        resid = residuals(model, ids)[-1:, -1:]                                     # (1, 1, d)
-        logits = lens_logits(model, resid)[0]                                       # (1, V)
-        x = logits / temperature if temperature > 0 else logits
-        x = sampling.top_p_filter(sampling.top_k_filter(x, top_k), top_p)
-        if temperature == 0:                                                        # greedy: all mass on argmax
-            x = torch.full_like(logits, float("-inf")).scatter(1, logits.argmax(-1, keepdim=True), 0.0)
-        tok, _ = sampling.sample(logits, temperature, top_k, top_p, sampling.sample_generator(seed))
-        probs, model_p = x.softmax(-1)[0], logits.softmax(-1)[0]                    # (V,)
+        logits = Session(model, len(ids)).feed(ids)[None]                              # (1, V) fp32
+        seq = SimpleNamespace(req=SimpleNamespace(params=params), counts=collections.Counter(),
+                              generator=sampling.sample_generator(seed, 0))
+        adjusted = logits.clone()
+        toks, _, raw = BatchSampler(tokenizer.vocab_size)([seq], adjusted)            # adjusts in place
+        x = sampling.filtered(adjusted, temperature, top_k, top_p)
+        probs, model_p = x.softmax(-1)[0], raw.exp()[0]                                # (V,)
         order = probs.topk(min(show, probs.shape[0])).indices.tolist()
         kept = int(torch.isfinite(x).sum())
 
     def entry(t):
         return {"id": t, "text": tokenizer.decode([t]), "prob": float(probs[t]), "model_prob": float(model_p[t])}
-    return {"top": [entry(t) for t in order], "kept": kept, "token": entry(int(tok[0]))}
+    return {"top": [entry(t) for t in order], "kept": kept, "token": entry(toks[0])}
+
+
+class Inspector:
+    """The read-only look inside one model that the server's /v1/inspect calls (Engine.inspector() makes it):
+    the server never holds the model itself."""
+
+    InspectError = InspectError
+
+    def __init__(self, model, tokenizer):
+        self._model, self.tokenizer = model, tokenizer
+
+    def inspect(self, text_or_ids, **kw) -> dict:
+        return inspect(self._model, self.tokenizer, text_or_ids, **kw)
+
+    def lens(self, text_or_ids, **kw) -> dict:
+        return lens(self._model, self.tokenizer, text_or_ids, **kw)
+
+    def next_step(self, text_or_ids, **kw) -> dict:
+        return next_step(self._model, self.tokenizer, text_or_ids, **kw)
+
+    def priming(self, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, seed: int = 0) -> dict:
+        return priming(self._model, self.tokenizer, task, shots, n, seed)
 
 
 # ---- priming: zero / one / few-shot ------------------------------------------------------------------
 
-PRIMING_TASK = "mapping"      # the priming demo's held-out key->value mappings (gpt3lab.priming_demo)
+PRIMING_TASK = "mapping"      # the priming demo's held-out key->value mappings (gpt3lab.eval.mapping)
 
 
 def priming_tasks() -> list[str]:
@@ -280,7 +305,7 @@ def priming_tasks() -> list[str]:
 
 def _priming_task(name: str, n: int, seed: int):
     from gpt3lab.eval.tasks import builtin_task
-    from gpt3lab.priming_demo import heldout_task
+    from gpt3lab.eval.mapping import heldout_task
 
     if name not in priming_tasks():
         raise InspectError(f"task {name!r} is not a built-in task; choose one of {', '.join(priming_tasks())}",

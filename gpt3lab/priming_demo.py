@@ -34,12 +34,13 @@ from pathlib import Path
 
 import torch
 
-KEYS, VALUES, NOISE = "abcdefgh", "ABCDEFGH", "0123456789"   # few symbols: learnt in few steps
+from gpt3lab.eval.mapping import (HELDOUT_SEED, KEYS, N_KEYS, NOISE, VALUES, heldout_task,  # noqa: F401
+                                  mapping_format, random_mapping)
+
 REPEAT_SYMBOLS = "".join(chr(c) for c in range(33, 127))   # printable ASCII but the space
 PERIODS = (5, 24)
-N_KEYS = 4
 SHOTS = (0, 1, 2, 4, 8)
-TRAIN_SEED, HELDOUT_SEED = 1, 10_000_000      # held-out mappings come from a seed range training never uses
+TRAIN_SEED = 1                                # held-out mappings: eval.mapping.HELDOUT_SEED on
 MODEL = dict(context=64, n_layer=2, d_model=128, n_head=4, attention_pattern="dense")  # two layers: the least an induction head needs
 TRAIN = dict(lr=3e-3, batch_size=32, warmup_steps=50, max_steps=8000, eval_every=500, eval_batches=4,
              save_every=100_000, weight_decay=0.0, log_every=50, precision="fp32", device="cpu")
@@ -50,15 +51,6 @@ def byte_tokenizer():
     """One token per byte (plus <|endoftext|>): every character of the corpus is its own token."""
     from gpt3lab.tokenizer import Tokenizer
     return Tokenizer({bytes([i]): i for i in range(256)}, name="bytes256")
-
-
-def mapping_format():
-    from gpt3lab.eval.prompts import PromptFormat
-    return PromptFormat(delimiter="", separator="")      # 3-character lines back to back: 7cH2bE0cH...
-
-
-def random_mapping(rng: random.Random) -> dict[str, str]:
-    return dict(zip(rng.sample(KEYS, N_KEYS), rng.sample(VALUES, N_KEYS)))
 
 
 def document(rng: random.Random, n_chars: int) -> str:
@@ -104,21 +96,6 @@ class MappingStream:
         for i, (_, half) in enumerate(reps, start=len(rows)):
             y[i, :half] = -100                          # the first copy and its echo's first symbol are random
         return x, y
-
-
-def heldout_task(index: int):
-    """The eval task of held-out mapping `index`: all 40 `<digit><key>` queries, the 4 values as choices;
-    the pool is the task's own items (the query itself is never among its examples)."""
-    from gpt3lab.eval.prompts import Item
-    from gpt3lab.eval.tasks import Task
-
-    rng = random.Random(HELDOUT_SEED + index)
-    m = random_mapping(rng)
-    choices = sorted(m.values())
-    items = [Item(d + k, choices=choices, answer=choices.index(v)) for k, v in m.items() for d in NOISE]
-    rng.shuffle(items)
-    return Task(name=f"mapping-{index}", kind="multiple_choice", items=items, fmt=mapping_format(),
-                source="gpt3lab.priming_demo")
 
 
 def evaluate(model, tokenizer, shots=SHOTS, n_mappings: int = 40, items: int = 5, seed: int = 0) -> dict:

@@ -28,6 +28,7 @@ import math
 from dataclasses import dataclass
 
 from gpt3lab.config import ModelConfig
+from gpt3lab.attention_spec import layer_specs
 from gpt3lab.errors import ConfigError
 
 HOURS_PER_YEAR = 365 * 24          # Lambda's 355 GPU-years uses 365-day years
@@ -105,8 +106,7 @@ def mean_attended_keys(seq_len: int, window: int | None = None) -> float:
 def attention_flops_per_token(cfg: ModelConfig, seq_len: int | None = None) -> float:
     """Forward FLOPs per token of QKᵀ and AV over all layers (the part 2N leaves out)."""
     T = cfg.context if seq_len is None else seq_len
-    keys = sum(mean_attended_keys(T, cfg.local_window if cfg.is_banded(i) else None)
-               for i in range(cfg.n_layer))
+    keys = sum(mean_attended_keys(T, spec.window) for spec in layer_specs(cfg))
     return 4.0 * cfg.d_attn * keys
 
 
@@ -158,7 +158,7 @@ def activation_bytes(cfg: ModelConfig, micro_batch: int = 1, checkpointing: bool
     that block is recomputed during backward.
     """
     tokens = micro_batch * cfg.context
-    per_layer = [layer_activation_bytes(cfg, cfg.is_banded(i), tp) for i in range(cfg.n_layer)]
+    per_layer = [layer_activation_bytes(cfg, spec.kernel == "banded", tp) for spec in layer_specs(cfg)]
     if checkpointing:
         blocks = cfg.n_layer * 4 * cfg.d_model + max(per_layer)
     else:

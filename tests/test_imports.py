@@ -10,7 +10,7 @@ import gpt3lab
 
 ROOT = Path(gpt3lab.__file__).parent
 # what gpt3lab.model may import from the rest of the package, and the I/O libraries it may not import
-MODEL_MAY_IMPORT = ("gpt3lab.model", "gpt3lab.config", "gpt3lab.errors")
+MODEL_MAY_IMPORT = ("gpt3lab.model", "gpt3lab.config", "gpt3lab.errors", "gpt3lab.attention_spec")
 IO_LIBRARIES = ("pathlib", "os", "shutil", "tempfile", "safetensors", "io", "pickle")
 
 
@@ -93,3 +93,53 @@ def test_the_model_package_does_no_io():
             bad = sorted(n for n in ours if not n.startswith(MODEL_MAY_IMPORT))
             io = sorted(n for n in names if n.split(".")[0] in IO_LIBRARIES)
             assert not bad and not io, f"{m} imports {bad + io}"
+
+
+def reaches(edges: dict[str, set[str]], start: str) -> set[str]:
+    """Every module `start` imports, directly or through others."""
+    seen, todo = set(), [start]
+    while todo:
+        for w in edges[todo.pop()]:
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def engine_model_reads(f: Path) -> list[int]:
+    """Lines of `f` that read `<...engine>.model` (the server must talk to the engine and the inspector only)."""
+    out = []
+    for node in ast.walk(ast.parse(f.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr == "model":
+            v = node.value
+            name = v.id if isinstance(v, ast.Name) else v.attr if isinstance(v, ast.Attribute) else ""
+            if "engine" in name:
+                out.append(node.lineno)
+    return out
+
+
+def test_the_server_never_reaches_the_model():
+    """serve/ knows the engine's contract and an inspector object: it imports no model code (serve/cli.py, which
+    builds the engine and the inspector, excepted) and never reads engine.model."""
+    mods, edges = modules(), graph()
+    for m, f in mods.items():
+        if not m.startswith("gpt3lab.serve"):
+            continue
+        assert not engine_model_reads(f), f"{m} reads engine.model at lines {engine_model_reads(f)}"
+        if m == "gpt3lab.serve.cli":
+            continue
+        bad = sorted(t for t in edges[m] if t.startswith(("gpt3lab.model", "gpt3lab.inspect", "gpt3lab.generate.engine",
+                                                          "gpt3lab.generate.core")))
+        assert not bad, f"{m} imports {bad}"
+
+
+def test_the_checker_finds_an_engine_model_read(tmp_path):
+    f = tmp_path / "x.py"
+    f.write_text("def f(self):\n    return self.engine.model\n")
+    assert engine_model_reads(f) == [2]
+
+
+def test_inspect_needs_no_trainer():
+    """The explainer (inspect, its priming task) runs without the training loop being importable."""
+    got = reaches(graph(), "gpt3lab.inspect")
+    assert not any(m.startswith("gpt3lab.train") or m == "gpt3lab.priming_demo" for m in got), sorted(got)

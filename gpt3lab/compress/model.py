@@ -3,7 +3,7 @@
 Determinism: the decoder must rebuild exactly the frequency table the encoder used, or it decodes
 garbage. Both sides therefore run the very same code path here: one token per forward pass (batch 1,
 fp32 KV cache, CPU), the same sliding-window prefills, the same thread count (fixed while coding,
-recorded in the file), and `quantise` computes the table with elementwise fp32 ops whose rounding
+recorded in the file; the same decode step as generation, generate.core), and `quantise` computes the table with elementwise fp32 ops whose rounding
 does not depend on anything but the inputs. What is *not* guaranteed to match is a different
 checkpoint, torch version or CPU type (kernels may round differently); the file records those and
 the original's SHA-256, so a mismatch is reported, never returned as silent garbage.
@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 import torch
 
-from gpt3lab.model import KVCache
+from gpt3lab.generate.core import Session
 
 TOTAL_BITS = 24
 TOTAL = 1 << TOTAL_BITS   # every table sums to this; a floor of 1 per token keeps every token codable
@@ -51,7 +51,8 @@ def find_symbol(cum: torch.Tensor, target: int) -> int:
 
 
 class Predictor:
-    """Next-token logits for a growing token sequence, with a KV cache that slides when full.
+    """Next-token logits for a growing token sequence, through the decode core (generate.core.Session: the
+    engine's own step), with a KV cache that slides when full.
 
     The sequence starts with `start_id` (the end-of-text token) so the first real token has a context.
     When the cache holds `context` tokens it is rebuilt from the last context // 2 tokens (one prefill),
@@ -59,12 +60,12 @@ class Predictor:
     same tokens because they call `feed` with the same sequence.
     """
 
-    def __init__(self, model, start_id: int):
+    def __init__(self, model, start_id: int, compile=False):
         self.model = model
         self.cfg = model.config
         self.keep = max(1, self.cfg.context // 2)
         self.history = [start_id]
-        self.cache = None
+        self.session = Session(model, self.cfg.context, compile=compile)
 
     @torch.inference_mode()
     def first(self) -> torch.Tensor:
@@ -75,17 +76,14 @@ class Predictor:
     def feed(self, token: int) -> torch.Tensor:
         """Append `token`; logits (V,) of the token after it."""
         self.history.append(token)
-        if self.cache.pos >= self.cache.max_len:
+        if self.session.length >= self.session.max_len:
             self.history = self.history[-self.keep:]
             return self._prefill()
-        logits, _ = self.model(torch.tensor([[token]]), cache=self.cache, last_only=True)  # (1, 1, V)
-        return logits[0, -1]
+        return self.session.feed([token])
 
     def _prefill(self) -> torch.Tensor:
-        dtype = self.model.transformer.wte.weight.dtype           # fp32, or bf16 for quantize="bf16"
-        self.cache = KVCache(self.cfg, 1, self.cfg.context, device="cpu", dtype=dtype)
-        logits, _ = self.model(torch.tensor([self.history]), cache=self.cache, last_only=True)  # (1, 1, V)
-        return logits[0, -1]
+        self.session.reset()
+        return self.session.feed(self.history)
 
 
 @contextmanager

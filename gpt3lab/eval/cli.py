@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = [get_task(s, n=args.n, seed=args.seed, text=text) for s in specs]   # bad tasks fail before loading
 
     from gpt3lab import load
-    model, tok = load(args.checkpoint, device=resolve_device(args.device), quantize=args.quantize)
+    model, tok = load(args.checkpoint, device=resolve_device(args.device), quantize=args.quantize,
+                    compile=args.compile)
     if args.perplexity:
         _perplexity(model, tok, args)
     if not tasks:

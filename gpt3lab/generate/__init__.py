@@ -1,31 +1,30 @@
-"""Text generation: prefill the prompt once, then decode one token at a time against a KV cache.
+"""Text generation for one prompt: the engine's offline entry (as vLLM's LLM is over the engine it serves with).
 
     gen = generate(model, tokenizer, "ROMEO:", max_tokens=50, temperature=0.8, seed=1)
     gen.text, gen.tokens, gen.logprobs, gen.finish_reason      # 'stop' | 'length'
     for ev in stream(model, tokenizer, "ROMEO:"): print(ev.text, end="", flush=True)
 
-`n` samples share one prefill: the cache of the prompt is copied into n rows and decoded as a batch.
-A sample ends at <|endoftext|> or a stop string (finish_reason 'stop') or after max_tokens ('length').
-`tokens`/`logprobs` are exactly what was sampled (the final <|endoftext|> included when it ended the
-sample); `text` excludes <|endoftext|>, the stop string and everything after it.
+Each call runs an `Engine` without a thread (engine.drive): the steps run in the caller's thread as events
+are read (a consumer that stops early costs nothing more), through the same scheduler, decode core and
+sampler as the server, so every sampling option (temperature, top-k/p, presence/frequency penalties,
+logit_bias, stop strings and stop token ids, seed, n, sliding_window) behaves exactly as it does there.
+`n` samples share one prefill (the choices fork the prompt's blocks). A sample ends at <|endoftext|> or a
+stop token id or a stop string (finish_reason 'stop') or after max_tokens ('length'). `tokens`/`logprobs`
+are exactly what was sampled (the token that ended the sample included); `text` excludes <|endoftext|>, the
+stop string and everything after it.
 
-sliding_window=True lets max_tokens run past the context window: once prompt + generated tokens fill
-the context, each next token is predicted from the last `context` tokens, recomputed at positions
-0..context-1 (the learned position embeddings shift, so no cached key/value can be reused: a full
-forward per token from then on). Without it, prompt + max_tokens > context is an error.
+sliding_window=True lets max_tokens run past the context window (attention_spec.slide): once prompt +
+generated tokens fill the context, each next token is predicted from the last `context` tokens, recomputed
+at positions 0..context-1. Without it, prompt + max_tokens > context is an error.
+compile=True (or a torch.compile mode) compiles the decode step (gpt3lab.generate.core); None follows the
+model (gpt3lab.load(..., compile=True)).
 """
 from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import torch
-
-from gpt3lab.generate.api import SamplingParams, check_token_ids
-from gpt3lab.generate.sampling import sample, sample_generator
-from gpt3lab.generate.text import TextStream
-from gpt3lab.model.kv_cache import KVCache
-from gpt3lab.model.quant import prepare_for_inference
+from gpt3lab.generate.api import SamplingParams, check_token_ids, start_tokens
 
 
 @dataclass
@@ -52,37 +51,41 @@ def prompt_ids(tokenizer, prompt: str | list[int]) -> list[int]:
     """Token ids of the prompt; an empty prompt starts from <|endoftext|> (a document boundary)."""
     ids = tokenizer.encode(prompt) if isinstance(prompt, str) else [int(t) for t in prompt]
     check_token_ids(ids, tokenizer.vocab_size)
-    return ids or [tokenizer.eot_id]
+    return start_tokens(ids, tokenizer.eot_id)
 
 
-def _decode(model, ids: list[int], n: int, max_tokens: int, gen: list[torch.Generator], **params):
-    """Yield (tokens (n,), logprobs (n,)) per step; the model runs only when the next step is asked for.
+def sampling_params(max_tokens: int = 64, temperature: float = 1.0, top_k: int | None = None,
+                    top_p: float | None = None, seed: int | None = None, stop: str | list[str] | None = None,
+                    n: int = 1, sliding_window: bool = False, **options) -> SamplingParams:
+    """generate()'s keywords (None = off for top_k/top_p, one stop string allowed) -> SamplingParams."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    options = {k: v for k, v in options.items() if v is not None}
+    return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=0 if top_k is None else top_k,
+                          top_p=1.0 if top_p is None else top_p, n=n, seed=seed, stop=stops,
+                          sliding_window=sliding_window, **options)
 
-    Past the context (sliding_window), each step recomputes the last `context` tokens without a cache."""
-    device = model.transformer.wte.weight.device
-    dtype = model.transformer.wte.weight.dtype
+
+def offline_engine(model, tokenizer, params: SamplingParams, prompt_tokens: int, compile=None):
+    """An Engine without a thread, its KV pool sized to this one request (the whole context when compiled,
+    so every call of a compiled model sees the same pool shape)."""
+    from gpt3lab.generate.core import model_specs
+    from gpt3lab.generate.engine import Engine, EngineConfig
+    from gpt3lab.generate.kv_manager import KVManager
+
+    cfg = EngineConfig(enable_prefix_caching=False, max_running=params.best_of or params.n)
     C = model.config.context
-    cache = KVCache(model.config, 1, max_len=min(len(ids) + max_tokens, C), device=device, dtype=dtype)
-    logits, _ = model(torch.tensor([ids], device=device), cache=cache, last_only=True)   # (1, 1, V)
-    if n > 1:   # one prefill, n sample rows
-        cache.reorder(torch.zeros(n, dtype=torch.long, device=device))
-        logits = logits.expand(n, -1, -1)
-    hist = torch.tensor([ids], device=device).expand(n, -1)                               # (n, L)
-    for step in range(max_tokens):
-        tok, lp = sample(logits[:, -1], generator=gen, **params)                          # (n,), (n,)
-        yield tok.tolist(), lp.tolist()
-        if step + 1 == max_tokens:
-            break
-        hist = torch.cat([hist, tok[:, None]], dim=1)
-        if hist.shape[1] <= C:
-            logits, _ = model(tok[:, None], cache=cache, last_only=True)                   # (n, 1, V)
-        else:       # sliding window: positions shift, nothing cached is valid any more
-            logits, _ = model(hist[:, -C:], last_only=True)                               # (n, 1, V)
+    compiled = getattr(model, "compile_mode", None) if compile is None else compile
+    total = C if compiled else min(prompt_tokens + params.max_tokens, C)
+    cfg.num_blocks = cfg.max_running * KVManager.blocks_for(model_specs(model), cfg.block_size,
+                                                            cfg.max_batch_tokens, total)
+    return Engine(model, tokenizer, cfg, compile=compile, background=False)
 
 
 def stream(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, temperature: float = 1.0,
            top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-           stop: str | list[str] | None = None, n: int = 1, sliding_window: bool = False) -> Iterator[StreamEvent]:
+           stop: str | list[str] | None = None, n: int = 1, sliding_window: bool = False,
+           presence_penalty: float = 0.0, frequency_penalty: float = 0.0, logit_bias: dict | None = None,
+           stop_token_ids: list[int] | None = None, compile=None) -> Iterator[StreamEvent]:
     """Yield a StreamEvent per sampled token (samples interleaved by `index` when n > 1).
 
     Text deltas are whole UTF-8 characters; a sample's deltas concatenate to its final text.
@@ -90,55 +93,39 @@ def stream(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, t
     Bad settings raise here, before any decoding, exactly as the engine and the server refuse them
     (SamplingParams.validate: InvalidRequestError / ContextLengthError).
     """
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
     ids = prompt_ids(tokenizer, prompt)
-    SamplingParams(max_tokens=max_tokens, temperature=temperature, top_k=0 if top_k is None else top_k,
-                   top_p=1.0 if top_p is None else top_p, n=n, seed=seed, stop=stops, sliding_window=sliding_window,
-                   ).validate(tokenizer.vocab_size, model.config.context, len(ids))
-    prepare_for_inference(model)     # keeps the mode a quantized model has; the fp32 decode layout otherwise
-    gen = [sample_generator(seed, j, model.transformer.wte.weight.device) for j in range(n)]
-    params = dict(temperature=temperature, top_k=top_k, top_p=top_p)
-    return _events(model, tokenizer, ids, max_tokens, n, gen, stops, params)
-
-
-def _events(model, tokenizer, ids, max_tokens, n, gen, stops, params) -> Iterator[StreamEvent]:
-    texts = [TextStream(tokenizer, stops) for _ in range(n)]
-    done = [False] * n
+    params = sampling_params(max_tokens, temperature, top_k, top_p, seed, stop, n, sliding_window,
+                             presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                             logit_bias=logit_bias, stop_token_ids=stop_token_ids)
+    params.validate(tokenizer.vocab_size, model.config.context, len(ids))
     was_training = model.training
-    model.eval()
+    engine = offline_engine(model, tokenizer, params, len(ids), compile)     # model.eval(), prepared for inference
+    handle = engine.submit(ids, params)
+    return _events(engine, handle, model, was_training)
+
+
+def _events(engine, handle, model, was_training: bool) -> Iterator[StreamEvent]:
     try:
-        with torch.inference_mode():
-            steps = _decode(model, ids, n, max_tokens, gen, **params)
-            for step, (toks, lps) in enumerate(steps):
-                for i, (tok, lp) in enumerate(zip(toks, lps)):
-                    if not done[i]:
-                        ev = _event(i, tok, lp, texts[i], tokenizer.eot_id, last=step + 1 == max_tokens)
-                        done[i] = ev.finish_reason is not None
-                        yield ev
-                if all(done):
-                    break
+        for ev in engine.drive(handle):
+            if ev.tokens:
+                yield StreamEvent(ev.index, ev.tokens[0], ev.text, ev.logprobs[0], ev.finish_reason)
+            elif ev.stop_token is not None:
+                yield StreamEvent(ev.index, ev.stop_token, ev.text, ev.stop_logprob, ev.finish_reason)
     finally:
+        handle.cancel()
         model.train(was_training)
-
-
-def _event(i: int, tok: int, lp: float, text: TextStream, eot: int, last: bool) -> StreamEvent:
-    if tok == eot:
-        return StreamEvent(i, tok, text.flush(), lp, "stop")
-    delta, stopped = text.push(tok)
-    if stopped:
-        return StreamEvent(i, tok, delta, lp, "stop")
-    if last:
-        return StreamEvent(i, tok, delta + text.flush(), lp, "length")
-    return StreamEvent(i, tok, delta, lp)
 
 
 def generate(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64, temperature: float = 1.0,
              top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-             stop: str | list[str] | None = None, n: int = 1,
-             sliding_window: bool = False) -> Generation | list[Generation]:
+             stop: str | list[str] | None = None, n: int = 1, sliding_window: bool = False,
+             presence_penalty: float = 0.0, frequency_penalty: float = 0.0, logit_bias: dict | None = None,
+             stop_token_ids: list[int] | None = None, compile=None) -> Generation | list[Generation]:
     """Complete `prompt` (text or token ids). n == 1 -> a Generation; n > 1 -> a list of n of them."""
     events = stream(model, tokenizer, prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                    top_p=top_p, seed=seed, stop=stop, n=n, sliding_window=sliding_window)
+                    top_p=top_p, seed=seed, stop=stop, n=n, sliding_window=sliding_window,
+                    presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, logit_bias=logit_bias,
+                    stop_token_ids=stop_token_ids, compile=compile)
     ids = prompt_ids(tokenizer, prompt)
     gens = [Generation(prompt_tokens=list(ids)) for _ in range(n)]
     parts: list[list[str]] = [[] for _ in gens]
@@ -154,4 +141,4 @@ def generate(model, tokenizer, prompt: str | list[int], *, max_tokens: int = 64,
     return gens[0] if n == 1 else gens
 
 
-__all__ = ["generate", "stream", "Generation", "StreamEvent", "prompt_ids"]
+__all__ = ["generate", "stream", "Generation", "StreamEvent", "prompt_ids", "sampling_params"]

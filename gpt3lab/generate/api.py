@@ -120,6 +120,11 @@ MAX_LOGPROBS = 5                      # most alternatives reported per token
 MAX_STOP = 4                          # most stop strings
 
 
+def start_tokens(ids: list[int], eot_id: int) -> list[int]:
+    """The tokens a prompt starts generation from: an empty prompt starts from <|endoftext|> (a document boundary)."""
+    return ids or [eot_id]
+
+
 def check_token_ids(ids, vocab_size: int, param: str = "prompt") -> None:
     """InvalidRequestError naming `param` unless every id is an integer in 0..vocab_size-1."""
     for t in ids:
@@ -177,6 +182,8 @@ class TokenEvent:
     top_logprobs: list[dict[str, float] | None] | None = None  # when logprobs >= 1: token text -> logprob
     text_offset: list[int] = field(default_factory=list)
     finish_reason: str | None = None
+    stop_token: int | None = None                # the token id that ended the choice (not in `tokens`, as in
+    stop_logprob: float | None = None            # the OpenAI API; generate() reports it), and its logprob
 
 
 class EventStream:
@@ -237,13 +244,24 @@ class EventStream:
         i = 0
         while True:
             ev.clear()            # cleared before reading: a put after the read sets it again
-            while i < len(self._buf):
-                item = self._item(i)
-                i += 1
-                if item is self._END:
-                    return
+            items, i, ended = self._take(i)
+            for item in items:
                 yield item
+            if ended:
+                return
             await ev.wait()
+
+    def _take(self, i: int) -> tuple[list, int, bool]:
+        """The events buffered from index i on (an exception put in the stream is raised) -> (events, the next
+        index, whether the stream ended)."""
+        out = []
+        while i < len(self._buf):
+            item = self._item(i)
+            i += 1
+            if item is self._END:
+                return out, i, True
+            out.append(item)
+        return out, i, False
 
 
 class RequestHandle(Protocol):
@@ -258,7 +276,6 @@ class RequestHandle(Protocol):
 class EngineLike(Protocol):
     tokenizer: object                              # encode/decode/eot_id/vocab_size
     context: int                                   # model context window in tokens
-    model: object                                  # the GPT, read-only: the server's /v1/inspect runs it
 
     def submit(self, prompt: list[int], params: SamplingParams,
                request_id: str | None = None) -> RequestHandle:

@@ -104,7 +104,7 @@ def run(args) -> int:
 
     prompts = read_prompts(args)
     model, tokenizer = load(args.checkpoint, device=resolve_device(args.device), tokenizer=args.tokenizer,
-                            quantize=args.quantize)                                 # LoRA too
+                            quantize=args.quantize, compile=args.compile)                                 # LoRA too
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k or 0,
                             top_p=1.0 if args.top_p is None else args.top_p, n=args.n, seed=args.seed,
                             stop=list(args.stop), sliding_window=args.sliding_window)

@@ -29,12 +29,15 @@ from dataclasses import dataclass
 
 import torch
 
+from gpt3lab.attention_spec import slide
 from gpt3lab.generate import events
 from gpt3lab.generate.api import (EngineClosedError, EngineInternalError, EventStream, InvalidRequestError,
                                   QueueFullError, SamplingParams, TokenEvent, check_token_ids)
+from gpt3lab.generate.api import start_tokens
 from gpt3lab.generate.batch_sampler import BatchSampler
+from gpt3lab.generate.core import DecodeCore, model_specs
 from gpt3lab.generate.kv_manager import KVManager
-from gpt3lab.generate.paged_cache import BlockPool, PagedStep
+from gpt3lab.generate.paged_cache import BlockPool
 from gpt3lab.generate.sampling import sample_generator
 from gpt3lab.generate.scheduler import Batch, Request, Scheduler, Seq
 from gpt3lab.generate.text import TextStream
@@ -63,6 +66,8 @@ class EngineConfig:
     max_running: int = 64                 # sequences decoding at once
     max_waiting: int = 1024               # requests queued before QueueFullError
     enable_prefix_caching: bool = True
+    num_blocks: int | None = None         # the pool's exact size in blocks (generate() sizes it per request);
+                                          # None: from kv_memory_bytes
 
 
 class Engine:
@@ -71,11 +76,13 @@ class Engine:
     sampler: a BatchSampler (or subclass) picking each step's tokens. on_step: called with the engine
     on the scheduler thread before every step (to slow steps down or inject a failure in tests, or to
     observe the engine); an exception it raises fails the running requests like a device error would.
+    compile: compile the decode step (core.DecodeCore; None: as the model says). background=False: no thread; `drive(handle)` runs
+    the steps in the caller's thread as its events are read (generate()'s offline engine, like vLLM's LLM).
     """
 
     def __init__(self, model, tokenizer, config: EngineConfig | None = None, *,
                  sampler: BatchSampler | None = None, on_step: Callable[["Engine"], None] | None = None,
-                 **overrides):
+                 compile=None, background: bool = True, **overrides):
         self.cfg = cfg = config or EngineConfig(**overrides)
         self.model = model.eval()
         prepare_for_inference(self.model)  # its layout/quantization now, never while other threads read it
@@ -86,7 +93,9 @@ class Engine:
         self.device = w.device
         self.pool = BlockPool(self.mcfg, self._num_blocks(w.dtype), cfg.block_size, w.device, w.dtype,
                               cfg.enable_prefix_caching)
-        self.kv = KVManager(self.pool, self.mcfg, cfg.max_batch_tokens, cfg.enable_prefix_caching)
+        self.kv = KVManager(self.pool, self.mcfg, cfg.max_batch_tokens, cfg.enable_prefix_caching,
+                            specs=model_specs(model))
+        self.core = DecodeCore(self.model, self.pool, compile)
         self.scheduler = Scheduler(self.kv, cfg.max_running, cfg.max_batch_tokens)
         self.sampler = sampler or BatchSampler(tokenizer.vocab_size)
         self.on_step = on_step
@@ -96,12 +105,16 @@ class Engine:
         self._closed = False
         self._ids = itertools.count()
         self.counters = collections.Counter()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="gpt3lab-engine")
-        self._thread.start()
+        self._thread = None
+        if background:
+            self._thread = threading.Thread(target=self._loop, daemon=True, name="gpt3lab-engine")
+            self._thread.start()
 
     def _num_blocks(self, dtype: torch.dtype) -> int:
         """The KV budget in blocks, capped at what max_running full contexts could ever hold at once."""
         cfg = self.cfg
+        if cfg.num_blocks is not None:
+            return cfg.num_blocks
         per_block = BlockPool.bytes_per_block(self.mcfg, cfg.block_size, dtype)
         cap = cfg.max_running * self.mcfg.n_layer * -(-self.context // cfg.block_size)
         return max(1, min(cap, cfg.kv_memory_bytes // per_block))
@@ -111,7 +124,7 @@ class Engine:
         """Validate (raising InvalidRequestError/ContextLengthError/QueueFullError at once) and enqueue."""
         if self._closed:
             raise EngineClosedError("the engine is shut down; it accepts no new requests")
-        prompt = [int(t) for t in prompt] or [self.tokenizer.eot_id]
+        prompt = start_tokens([int(t) for t in prompt], self.tokenizer.eot_id)
         best_of = self._validate(prompt, params)
         h = EngineHandle(request_id or f"req-{next(self._ids)}", self)
         h.usage.prompt_tokens = len(prompt)
@@ -142,7 +155,7 @@ class Engine:
                 sch = self.scheduler
                 self._cancels += [r.handle for r in self._inbox + list(sch.waiting) + sch.running]
             self._cv.notify()
-        if threading.current_thread() is not self._thread:
+        if self._thread is not None and threading.current_thread() is not self._thread:
             self._thread.join()
 
     def _cancel(self, handle: EngineHandle) -> None:
@@ -169,22 +182,48 @@ class Engine:
     def _loop(self) -> None:
         while True:
             try:
-                if not self._intake():
+                if not self._iteration(wait=True):
                     return
-                self.scheduler.admit(self._start)
-                if self.scheduler.running:
-                    if self.on_step is not None:
-                        self.on_step(self)
-                    with torch.inference_mode():
-                        self._step()
             except Exception as e:      # a bug or a device failure: fail the requests, keep the thread alive
                 self._fail_all(e)
 
-    def _intake(self) -> bool:
-        """Take in new requests and cancellations; sleep while idle. False once shut down and drained."""
+    def _iteration(self, wait: bool) -> bool:
+        """Intake, admission and (when anything runs) one step. False once shut down and drained."""
+        if not self._intake(wait):
+            return False
+        self.scheduler.admit(self._start)
+        if self.scheduler.running:
+            if self.on_step is not None:
+                self.on_step(self)
+            with torch.inference_mode():
+                self._step()
+        return True
+
+    def drive(self, handle: EngineHandle):
+        """Offline (background=False): yield `handle`'s events, running steps in this thread as they are needed.
+
+        Other requests submitted to this engine are batched with it and advance too. An exception in a step
+        ends every request (EngineInternalError) and is raised here.
+        """
+        i = 0
+        while True:
+            items, i, ended = handle._take(i)
+            yield from items
+            if ended:
+                return
+            try:
+                progressed = self._iteration(wait=False)
+            except Exception as e:
+                self._fail_all(e)
+                raise
+            if not progressed:
+                return
+
+    def _intake(self, wait: bool = True) -> bool:
+        """Take in new requests and cancellations; sleep while idle (if `wait`). False once shut down and drained."""
         sch = self.scheduler
         with self._cv:
-            while not (self._inbox or self._cancels or sch.running or sch.waiting or self._closed):
+            while wait and not (self._inbox or self._cancels or sch.running or sch.waiting or self._closed):
                 self._cv.wait()
             new, self._inbox = self._inbox, []
             cancels, self._cancels = self._cancels, []
@@ -248,13 +287,9 @@ class Engine:
             self._sample_and_emit(seqs, logits)
 
     def _forward(self, batch: Batch) -> torch.Tensor:
-        """The model's trunk over the packed tokens (1, N); the unembedding only on the batch's rows -> (R, V)."""
-        step = PagedStep(self.pool, batch.segments)
+        """The decode core over the packed tokens; the logits of the batch's rows -> (R, V) fp32."""
         ids = [t for s, c in batch.plan for t in s.tokens[s.computed:s.computed + c]]
-        x = self.model.hidden(torch.tensor([ids], device=self.device), cache=step)[0]   # (N, d) ln_f output
-        if len(batch.rows) < len(ids):  # only the rows that sample (or echo) reach the unembedding
-            x = x[torch.tensor(batch.rows, dtype=torch.long, device=self.device)]     # (R, d)
-        return self.model.lm_head(x).float()                                        # (R, V)
+        return self.core.forward(batch.segments, ids, batch.rows)
 
     def _advance(self, plan, logits: torch.Tensor) -> tuple[list[Seq], list[int]]:
         """Move sequences forward; -> (sequences that sample now, the row of `logits` each samples from)."""
@@ -315,11 +350,11 @@ class Engine:
                 self._finish(s, ev)
 
     def _slide(self, s: Seq) -> None:
-        """sliding_window: once the next token would sit past the context, drop the cache and recompute the
-        last `context` tokens at positions 0..context-1 (prefilled like a prompt) to predict it."""
+        """sliding_window (attention_spec.slide): once the next token would sit past the context, drop the cache
+        and recompute the last `context` tokens at positions 0..context-1 (prefilled like a prompt)."""
         if len(s.tokens) > self.context and s.req.params.sliding_window:
             self.kv.release_seq(s)
-            s.tokens, s.computed, s.hashes = s.tokens[-self.context:], 0, []
+            s.tokens, s.computed, s.hashes = slide(s.tokens, self.context), 0, []
             self.counters["window_slides"] += 1
 
     def _finish(self, s: Seq, ev: TokenEvent) -> None:

@@ -29,7 +29,7 @@ def token_event(s, tok: int, lp: float, top: dict | None, eot_id: int, decode) -
     """Record sampled token `tok` in sequence s -> its event; finish_reason set when s is done."""
     p = s.req.params
     if tok == eot_id or tok in p.stop_token_ids:
-        return TokenEvent(s.index, s.stream.flush(), finish_reason="stop")
+        return TokenEvent(s.index, s.stream.flush(), finish_reason="stop", stop_token=tok, stop_logprob=lp)
     s.tokens.append(tok)
     s.out.append(tok)
     s.counts[tok] += 1

@@ -10,6 +10,7 @@ paged_cache.BlockPool.
 """
 from __future__ import annotations
 
+from gpt3lab.attention_spec import AttentionSpec, layer_specs
 from gpt3lab.config import ModelConfig
 from gpt3lab.generate.paged_cache import BlockPool, block_hash, prefix_hashes
 
@@ -17,18 +18,25 @@ from gpt3lab.generate.paged_cache import BlockPool, block_hash, prefix_hashes
 class KVManager:
     """Reservations and block tables over one BlockPool."""
 
-    def __init__(self, pool: BlockPool, mcfg: ModelConfig, max_batch_tokens: int, prefix_caching: bool = True):
+    def __init__(self, pool: BlockPool, mcfg: ModelConfig, max_batch_tokens: int, prefix_caching: bool = True,
+                 specs: list[AttentionSpec] | None = None):
+        """specs: the model's per-layer attention specs (which blocks a layer may give back); cfg's by default."""
         self.pool, self.mcfg = pool, mcfg
+        self.specs = specs or layer_specs(mcfg)
         self.block_size, self.max_batch_tokens = pool.block_size, max_batch_tokens
         self.prefix_caching = prefix_caching
         self.reserved = 0                 # blocks promised to running requests, not yet taken
 
     def blocks_per_seq(self, total: int) -> int:
-        """Most blocks one sequence of `total` tokens holds at once (banded layers keep only their window)."""
-        bs, W, C = self.block_size, self.mcfg.local_window, self.max_batch_tokens
+        """Most blocks one sequence of `total` tokens holds at once (a layer with a horizon keeps only its window
+        plus the chunk being prefilled)."""
+        return self.blocks_for(self.specs, self.block_size, self.max_batch_tokens, total)
+
+    @staticmethod
+    def blocks_for(specs: list[AttentionSpec], block_size: int, max_batch_tokens: int, total: int) -> int:
+        bs, C = block_size, max_batch_tokens
         full = -(-total // bs)
-        return sum(min(full, (W + C) // bs + 2) if self.mcfg.is_banded(l) else full
-                   for l in range(self.mcfg.n_layer))
+        return sum(full if spec.window is None else min(full, (spec.window + C) // bs + 2) for spec in specs)
 
     def blocks_needed(self, req) -> int:
         """Worst-case blocks of a request: every choice at its full length."""
@@ -53,29 +61,31 @@ class KVManager:
     def match_prefix(self, prompt: list[int], echo: bool = False):
         """Longest cached prefix of the prompt (whole blocks, at least one prompt token left to run).
 
-        -> (cached tokens P, per-layer tables, block hashes, hit block ids). Banded layers need only
-        the blocks that the window of position P reaches. Echo needs every prompt logit: no reuse.
+        -> (cached tokens P, per-layer tables, block hashes, hit block ids). A layer with a horizon needs only
+        the blocks its spec still reaches from position P. Echo needs every prompt logit: no reuse.
         """
-        L, bs, banded = self.mcfg.n_layer, self.block_size, self.mcfg.is_banded
+        L, bs, specs = self.mcfg.n_layer, self.block_size, self.specs
         if echo or not self.prefix_caching:
             return 0, [[] for _ in range(L)], [], []
         hashes = prefix_hashes(prompt[:-1], bs)
         m = 0
-        while m < len(hashes) and all(self.pool.lookup(hashes[m], l) is not None for l in range(L) if not banded(l)):
+        while m < len(hashes) and all(self.pool.lookup(hashes[m], l) is not None
+                                      for l in range(L) if specs[l].window is None):
             m += 1
         while m and not all(self.pool.lookup(hashes[j], l) is not None
-                            for l in range(L) if banded(l) for j in range(self.band_lo(m * bs), m)):
+                            for l in range(L) if specs[l].window is not None
+                            for j in range(self.first_block(l, m * bs), m)):
             m -= 1
         tables, hits = [], []
         for l in range(L):
-            lo = self.band_lo(m * bs) if banded(l) else 0
+            lo = self.first_block(l, m * bs)
             tables.append([self.pool.lookup(hashes[j], l) if j >= lo else -1 for j in range(m)])
             hits += [b for b in tables[-1] if b >= 0]
         return m * bs, tables, hashes[:m], hits
 
-    def band_lo(self, pos: int) -> int:
-        """First block a banded layer's window still reaches from a query at `pos`."""
-        return max(0, pos - self.mcfg.local_window + 1) // self.block_size
+    def first_block(self, layer: int, pos: int) -> int:
+        """First block of `layer` that a query at `pos` or later still reaches (its spec's horizon)."""
+        return self.specs[layer].first_kept(pos) // self.block_size
 
     def alloc(self, req) -> int:
         """A new block for `req`, taken from its reservation."""
@@ -112,14 +122,12 @@ class KVManager:
                     self.pool.register(t[j], h, layer)
 
     def free_outside_window(self, s) -> None:
-        """Banded layers: give back blocks no future query of this sequence can see."""
-        upto = self.band_lo(s.computed)
+        """Layers with a horizon: give back blocks no future query of this sequence can see."""
         for layer, t in enumerate(s.tables):
-            if self.mcfg.is_banded(layer):
-                for j in range(min(upto, len(t))):
-                    if t[j] >= 0:
-                        self.give_back(s.req, t[j])
-                        t[j] = -1
+            for j in range(min(self.first_block(layer, s.computed), len(t))):
+                if t[j] >= 0:
+                    self.give_back(s.req, t[j])
+                    t[j] = -1
 
     def share(self, req, table: list[int], n_tokens: int) -> list[int]:
         """A fork's copy of `table`: full blocks shared by reference, the partial last one copied."""

@@ -11,6 +11,7 @@ Blocks nobody references stay cached, oldest-released first out (LRU), until the
 `PagedStep` is what the model sees during one forward pass over a packed batch (1, N) of several
 sequences' tokens: it implements the model's cache protocol (positions / attend / advance) by
 writing each token's k, v into its sequence's blocks and attending per sequence over gathered blocks.
+`PagedDecode` is its decode-rows part, over tensors only (the compiled decode step runs it alone).
 """
 from __future__ import annotations
 
@@ -141,43 +142,108 @@ class Segment:
     length: int
 
 
+class PagedDecode:
+    """The model's cache for decode rows only: one new token per sequence, everything a tensor.
+
+    pos (D,) positions of the new tokens; write_at (L, D) the flat slot (block * bs + offset) each one's
+    k, v go to; tables (L, D, NB) each row's block table (blocks it does not hold -> the scratch block).
+    Heads go as SDPA's batch dim and sequences as its head dim, so the gathered keys need no transpose; the
+    mask is the layer's spec over the positions 0..NB*bs-1 the table covers. Nothing here builds a tensor
+    from Python values, so the whole step can be compiled (or captured as a CUDA graph) at fixed D and NB.
+    """
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor, write_at: torch.Tensor,
+                 tables: torch.Tensor):
+        self.k, self.v, self.pos, self.write_at, self.tables = k, v, pos, write_at, tables
+        nb, bs = tables.shape[2], k.shape[2]
+        self.k_pos = torch.arange(nb * bs, device=pos.device)                            # (NB*bs,)
+
+    def positions(self, T: int) -> torch.Tensor:
+        return self.pos[None, :]                                                         # (1, D)
+
+    def advance(self, T: int) -> None:
+        pass    # the caller moves each sequence forward after the step
+
+    def attend(self, layer: int, q, k, v, spec) -> torch.Tensor:
+        """q, k, v (1, nh, D, hs) -> (1, nh, D, hs), after storing k, v into the rows' blocks."""
+        y = self.attend_rows(layer, q[0], k[0], v[0], spec)                              # (nh, D, hs)
+        return y[None]
+
+    def attend_rows(self, layer: int, q, k, v, spec) -> torch.Tensor:
+        nh, D, hs = q.shape
+        flat_k, flat_v = self.k.view(nh, -1, hs), self.v.view(nh, -1, hs)                # (nh, slots, hs)
+        flat_k.index_copy_(1, self.write_at[layer], k.to(flat_k.dtype))
+        flat_v.index_copy_(1, self.write_at[layer], v.to(flat_v.dtype))
+        ids = self.tables[layer].reshape(-1)                                             # (D*NB,)
+        keys = self.k.index_select(1, ids).view(nh, D, -1, hs)                           # (nh, D, NB*bs, hs)
+        vals = self.v.index_select(1, ids).view(nh, D, -1, hs)
+        allowed = spec.allowed(self.pos[:, None], self.k_pos[None, :])                   # (D, NB*bs)
+        y = F.scaled_dot_product_attention(q[:, :, None], keys.to(q.dtype), vals.to(q.dtype),
+                                           attn_mask=allowed[None, :, None, :])          # (nh, D, 1, hs)
+        return y[:, :, 0]
+
+
+class TableCache:
+    """The decode rows' block tables as one (L, D, NB) tensor, rebuilt only when a table changed (a new block
+    every block_size tokens, a block given back, another set of rows), not every step."""
+
+    def __init__(self):
+        self.key, self.tables = None, None
+
+    def get(self, segs: list[Segment], n_layer: int, nb: int, scratch: int, device) -> torch.Tensor:
+        key = (nb, tuple(tuple(t) for s in segs for t in s.tables))
+        if key != self.key:
+            rows = [[(t[:nb] + [-1] * (nb - len(t))) for s in segs for t in [s.tables[layer]]]
+                    for layer in range(n_layer)]
+            tables = torch.tensor(rows, device=device)                                   # (L, D, NB)
+            self.key, self.tables = key, tables.masked_fill_(tables < 0, scratch)
+        return self.tables
+
+
+def decode_tables(segs: list[Segment], n_layer: int, block_size: int, scratch: int, device, nb: int | None = None,
+                  cache: TableCache | None = None):
+    """The decode rows' (tables (L, D, NB), write_at (L, D), pos (D,)).
+
+    NB: the longest table (or `nb`, fixed, when a compiled step wants one shape); blocks a row does not
+    hold (never taken, or given back outside a band) read the scratch block, which the spec's mask hides.
+    """
+    bs = block_size
+    nb = nb or max(-(-(s.start + 1) // bs) for s in segs)
+    tables = (cache or TableCache()).get(segs, n_layer, nb, scratch, device)                # (L, D, NB)
+    pos = torch.tensor([s.start for s in segs], device=device)                        # (D,)
+    write_at = tables.gather(2, (pos // bs)[None, :, None].expand(n_layer, -1, 1))[..., 0] * bs + pos % bs
+    return tables, write_at, pos
+
+
 class PagedStep:
     """The model's cache for one packed forward pass (1, N): decode segments (length 1) first, then chunks.
 
-    Decode rows attend as one batch over their gathered, padded block tables with a length mask
-    (heads as SDPA's batch dim, sequences as its head dim, so the gathered keys need no transpose);
-    each longer chunk (prefill) attends alone with a causal (and, for banded layers, window) mask.
+    Decode rows attend as one batch (PagedDecode); each longer chunk (prefill) attends alone over its
+    blocks, with the mask of the layer's AttentionSpec (gpt3lab/attention_spec.py).
     """
 
-    def __init__(self, pool: BlockPool, segments: list[Segment]):
+    def __init__(self, pool: BlockPool, segments: list[Segment], tables: TableCache | None = None):
         self.pool, self.segs = pool, segments
-        bs, dev = pool.block_size, pool.k.device
+        bs, dev, L = pool.block_size, pool.k.device, pool.cfg.n_layer
         self.n_dec = next((i for i, s in enumerate(segments) if s.length != 1), len(segments))
         self.N = sum(s.length for s in segments)
-        pos = [p for s in segments for p in range(s.start, s.start + s.length)]
-        self.pos = torch.tensor(pos, device=dev)                                        # (N,)
-        L = pool.cfg.n_layer
-        # where each token's k, v go: slot = block * bs + offset in the flattened (NB+1)*bs axis
-        blocks = [self._decode_tables(segments[:self.n_dec], L, bs, dev)]                # (L, D)
+        self.dec = None
+        pos, writes = [], []
+        if self.n_dec:
+            tables, w, p = decode_tables(segments[:self.n_dec], L, bs, pool.scratch, dev, cache=tables)
+            self.dec = PagedDecode(pool.k, pool.v, p, w, tables)
+            pos.append(p)
+            writes.append(w)
         for s in segments[self.n_dec:]:   # tables are per-sequence lists: one tensor each, indexed in torch
             p = torch.arange(s.start, s.start + s.length, device=dev)
-            blocks.append(torch.tensor(s.tables, device=dev)[:, p // bs])                # (L, length)
-        self.write_at = torch.cat(blocks, 1) * bs + self.pos % bs                        # (L, N)
+            pos.append(p)
+            writes.append(torch.tensor(s.tables, device=dev)[:, p // bs] * bs + p % bs)   # (L, length)
+        self.pos = pos[0] if len(pos) == 1 else torch.cat(pos)                             # (N,)
+        self.write_at = writes[0] if len(writes) == 1 else torch.cat(writes, 1)            # (L, N)
 
-    def _decode_tables(self, dec: list[Segment], L: int, bs: int, dev) -> torch.Tensor:
-        """Padded block tables of the decode rows (missing blocks -> scratch); -> their write blocks (L, D)."""
-        if not dec:
-            return torch.zeros(L, 0, dtype=torch.long, device=dev)
-        nb = max(-(-(s.start + 1) // bs) for s in dec)
-        rows = [[t[:nb] + [-1] * (nb - len(t)) for s in dec for t in [s.tables[l]]] for l in range(L)]
-        tables = torch.tensor(rows, device=dev)                                          # (L, D, nb)
-        self.dec_tables = tables.masked_fill(tables < 0, self.pool.scratch)
-        last = torch.tensor([s.start // bs for s in dec], device=dev)                   # (D,) block being written
-        k_pos = torch.arange(nb * bs, device=dev)[None, :]                               # (1, nb*bs)
-        q_pos = torch.tensor([s.start for s in dec], device=dev)[:, None]               # (D, 1)
-        self.dec_causal = k_pos <= q_pos                                                 # (D, nb*bs)
-        self.dec_qpos = q_pos
-        return tables.gather(2, last[None, :, None].expand(L, -1, 1))[..., 0]            # (L, D)
+    @property
+    def decode_only(self) -> bool:
+        return self.n_dec == len(self.segs)
 
     def positions(self, T: int) -> torch.Tensor:
         return self.pos[None, :]                                                         # (1, N)
@@ -185,47 +251,34 @@ class PagedStep:
     def advance(self, T: int) -> None:
         pass    # the engine moves each sequence forward after the step
 
-    def attend(self, layer: int, q, k, v, window: int | None) -> torch.Tensor:
+    def attend(self, layer: int, q, k, v, spec) -> torch.Tensor:
         """q, k, v (1, nh, N, hs) -> (1, nh, N, hs); stores k, v into the sequences' blocks first."""
-        pool, where = self.pool, self.write_at[layer]
-        nh, _, _, hs = pool.k.shape
-        pool.k.view(nh, -1, hs).index_copy_(1, where, k[0].to(pool.k.dtype))               # (nh, N, hs) into slots
-        pool.v.view(nh, -1, hs).index_copy_(1, where, v[0].to(pool.v.dtype))
+        pool, D = self.pool, self.n_dec
         outs = []
-        if self.n_dec:
-            outs.append(self._attend_decode(layer, q[0, :, :self.n_dec], window))
-        at = self.n_dec
-        for s in self.segs[self.n_dec:]:
-            outs.append(self._attend_chunk(layer, s, q[0, :, at:at + s.length], window))
+        if D:
+            outs.append(self.dec.attend_rows(layer, q[0, :, :D], k[0, :, :D], v[0, :, :D], spec))
+        if D < self.N:
+            nh, _, _, hs = pool.k.shape
+            where = self.write_at[layer, D:]
+            pool.k.view(nh, -1, hs).index_copy_(1, where, k[0, :, D:].to(pool.k.dtype))   # (nh, N-D, hs) into slots
+            pool.v.view(nh, -1, hs).index_copy_(1, where, v[0, :, D:].to(pool.v.dtype))
+        at = D
+        for s in self.segs[D:]:
+            outs.append(self._attend_chunk(layer, s, q[0, :, at:at + s.length], spec))
             at += s.length
         return (outs[0] if len(outs) == 1 else torch.cat(outs, dim=1))[None]
 
-    def _attend_decode(self, layer: int, q, window: int | None) -> torch.Tensor:
-        """q (nh, D, hs): one new token per sequence -> (nh, D, hs)."""
-        tables = self.dec_tables[layer]                                        # (D, nb)
-        nh, D, hs = q.shape
-        keys, vals = self.pool.gather(tables.reshape(-1))                      # (nh, D*nb*bs, hs)
-        keys, vals = keys.view(nh, D, -1, hs), vals.view(nh, D, -1, hs)       # (nh, D, nb*bs, hs)
-        allowed = self.dec_causal
-        if window is not None:
-            k_pos = torch.arange(allowed.shape[1], device=q.device)[None, :]
-            allowed = allowed & (self.dec_qpos - k_pos < window)
-        y = F.scaled_dot_product_attention(q[:, :, None], keys.to(q.dtype), vals.to(q.dtype),
-                                           attn_mask=allowed[None, :, None, :])  # (nh, D, 1, hs)
-        return y[:, :, 0]
-
-    def _attend_chunk(self, layer: int, s: Segment, q, window: int | None) -> torch.Tensor:
+    def _attend_chunk(self, layer: int, s: Segment, q, spec) -> torch.Tensor:
         """q (nh, T, hs) of positions start..start+T-1 -> (nh, T, hs), over keys 0..start+T-1."""
         bs, end = self.pool.block_size, s.start + s.length
-        lo = 0 if window is None else max(0, s.start - window + 1) // bs       # first block the band reaches
+        lo = spec.first_kept(s.start) // bs                                    # first block the spec reaches
         ids = [b if b >= 0 else self.pool.scratch for b in s.tables[layer][lo:-(-end // bs)]]
         keys, vals = self.pool.gather(torch.tensor(ids, device=q.device))      # (nh, nb*bs, hs)
         k_pos = torch.arange(lo * bs, lo * bs + keys.shape[1], device=q.device)[None, :]
         q_pos = torch.arange(s.start, end, device=q.device)[:, None]
-        allowed = k_pos <= q_pos
-        if window is not None:
-            allowed &= q_pos - k_pos < window
+        allowed = spec.allowed(q_pos, k_pos)
         return F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=allowed)
 
 
-__all__ = ["BlockPool", "PagedStep", "Segment", "block_hash", "prefix_hashes"]
+__all__ = ["BlockPool", "PagedDecode", "PagedStep", "Segment", "TableCache", "block_hash", "decode_tables",
+           "prefix_hashes"]

@@ -87,6 +87,16 @@ def uniforms(B: int, generator, device=None) -> torch.Tensor:
     return torch.rand(B, generator=generator, device=device)
 
 
+def filtered(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = None, top_p: Param = None) -> torch.Tensor:
+    """The logits `choose` draws from (B, V): tempered, then top-k and top-p filtered (-inf outside); for
+    temperature 0 (greedy) all mass on the argmax. What inspect's step mode shows."""
+    B = logits.shape[0]
+    t = _rows(temperature, B, logits, logits.dtype)                                        # (B, 1)
+    x = top_p_filter(top_k_filter(logits / t.clamp(min=1e-30), top_k), top_p)
+    greedy = torch.full_like(logits, float("-inf")).scatter(1, logits.argmax(-1, keepdim=True), 0.0)
+    return torch.where(t > 0, x, greedy)
+
+
 def choose(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = None, top_p: Param = None,
            generator: torch.Generator | Sequence[torch.Generator | None] | None = None) -> torch.Tensor:
     """One token per row of logits (B, V) -> (B,) long: argmax where temperature is 0, else an inverse-CDF
@@ -134,13 +144,15 @@ def sample(logits: torch.Tensor, temperature: Param = 1.0, top_k: Param = None, 
     return tok, logits.gather(1, tok[:, None]).squeeze(1) - logits.logsumexp(dim=-1)
 
 
-def apply_logit_bias(logits: torch.Tensor, biases: Sequence[dict[int, float] | None]) -> torch.Tensor:
-    """Add each row's {token id: bias} to logits (B, V); OpenAI's logit_bias (-100 bans, +100 forces)."""
+def apply_logit_bias(logits: torch.Tensor, biases: Sequence[dict[int, float] | None],
+                     inplace: bool = False) -> torch.Tensor:
+    """Add each row's {token id: bias} to logits (B, V); OpenAI's logit_bias (-100 bans, +100 forces).
+    The one implementation (the engine's sampler, generate(), inspect's step); in place if `inplace`."""
     rows = [(i, t, b) for i, bias in enumerate(biases) for t, b in (bias or {}).items()]
     if not rows:
         return logits
     r, t, b = zip(*rows)
-    out = logits.clone()
+    out = logits if inplace else logits.clone()
     out[list(r), list(t)] += torch.tensor(b, device=logits.device, dtype=logits.dtype)
     return out
 
@@ -158,5 +170,5 @@ def apply_penalties(logits: torch.Tensor, counts: torch.Tensor, presence: Param,
     return logits - pres * (counts > 0).to(logits.dtype) - freq * counts
 
 
-__all__ = ["choose", "sample", "draw", "uniforms", "top_k_filter", "top_p_filter", "apply_logit_bias",
+__all__ = ["choose", "filtered", "sample", "draw", "uniforms", "top_k_filter", "top_p_filter", "apply_logit_bias",
            "apply_penalties"]

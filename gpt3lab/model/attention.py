@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from gpt3lab.config import ModelConfig
+from gpt3lab.attention_spec import AttentionSpec, layer_spec
 from gpt3lab.model.matvec import linear
 
 
@@ -188,6 +189,18 @@ def _banded_unfold(q, k, v, W: int, Bq: int, dropout_p: float) -> torch.Tensor:
     return torch.cat([head, y.reshape(B, nh, nb * Bq, hs)], dim=2)[:, :, :T]
 
 
+def spec_attention(spec: AttentionSpec, q, k, v, dropout_p: float = 0.0) -> torch.Tensor:
+    """Attention of a whole sequence (no cache) under `spec`, (B, nh, T, hs) -> (B, nh, T, hs): the spec's own
+    kernel (dense: SDPA causal; banded: the O(T*W) band), else SDPA with the mask of spec.allowed."""
+    if spec.kernel == "causal":
+        return causal_attention(q, k, v, dropout_p)
+    if spec.kernel == "banded":
+        return banded_attention(q, k, v, spec.window, dropout_p=dropout_p)
+    pos = torch.arange(q.shape[-2], device=q.device)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=spec.allowed(pos[:, None], pos[None, :]),
+                                          dropout_p=dropout_p)
+
+
 def reference_attention(q, k, v, window: int | None = None, q_pos=None, k_pos=None) -> torch.Tensor:
     """Naive masked attention (materialises the full T x T scores): the test oracle.
 
@@ -207,15 +220,20 @@ def reference_attention(q, k, v, window: int | None = None, q_pos=None, k_pos=No
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention; GPT-2 parameter names (c_attn = fused QKV, c_proj = output)."""
 
-    def __init__(self, cfg: ModelConfig, layer_idx: int):
+    def __init__(self, cfg: ModelConfig, layer_idx: int, spec: AttentionSpec | None = None):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head, self.d_head, self.d_attn = cfg.n_head, cfg.d_head, cfg.d_attn
-        self.window = cfg.local_window if cfg.is_banded(layer_idx) else None
+        self.spec = spec or layer_spec(cfg, layer_idx)       # which keys a query may see (attention_spec.py)
         self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_attn, bias=cfg.bias)
         self.c_proj = nn.Linear(cfg.d_attn, cfg.d_model, bias=cfg.bias)
         self.dropout = cfg.dropout
         self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    @property
+    def window(self) -> int | None:
+        """The spec's horizon (None: dense)."""
+        return self.spec.window
 
     def forward(self, x: torch.Tensor, cache=None) -> torch.Tensor:
         B, T, _ = x.shape
@@ -224,10 +242,8 @@ class CausalSelfAttention(nn.Module):
         q, k, v = (t.view(B, T, -1, self.d_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
         p = self.dropout if self.training else 0.0
         if cache is not None:
-            y = cache.attend(self.layer_idx, q, k, v, self.window)
-        elif self.window is None:
-            y = causal_attention(q, k, v, dropout_p=p)
+            y = cache.attend(self.layer_idx, q, k, v, self.spec)
         else:
-            y = banded_attention(q, k, v, self.window, dropout_p=p)
+            y = spec_attention(self.spec, q, k, v, dropout_p=p)
         y = y.transpose(1, 2).reshape(B, T, -1)                              # (B, T, d_attn)
         return self.resid_dropout(linear(self.c_proj, y))

@@ -3,11 +3,12 @@
 The model talks to a cache through three calls, so other layouts (the engine's paged cache) can
 stand in for this one without the model knowing:
   positions(T)                     -> (T,) absolute positions of the next T tokens
-  attend(layer, q, k, v, window)   -> (B, nh, T, hs) attention output, after storing k, v
+  attend(layer, q, k, v, spec)     -> (B, nh, T, hs) attention output, after storing k, v
   advance(T)                       after a forward pass of T tokens
 
-Dense layers keep every past key. Banded layers keep only their last `window` keys in a ring buffer
-(slot = position % window): their memory is O(window), whatever the sequence length.
+Which keys a query sees is the layer's AttentionSpec (attention_spec.py): its mask, and its horizon
+`window`. A layer without one keeps every past key; a layer with one keeps only its last `window` keys in
+a ring buffer (slot = position % window): its memory is O(window), whatever the sequence length.
 """
 from __future__ import annotations
 
@@ -16,23 +17,27 @@ import torch.nn.functional as F
 
 from gpt3lab.config import ModelConfig
 from gpt3lab.errors import ContextOverflowError
+from gpt3lab.attention_spec import AttentionSpec, layer_specs
 
 
 class KVCache:
     """Contiguous cache: all `batch_size` rows share the same position (one prompt, or n samples of it)."""
 
     def __init__(self, cfg: ModelConfig, batch_size: int, max_len: int | None = None,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 specs: list[AttentionSpec] | None = None):
+        """specs: the model's per-layer attention specs (gpt3lab.generate.core.model_specs); cfg's by default."""
         self.cfg = cfg
+        self.specs = specs or layer_specs(cfg)
         self.max_len = min(max_len or cfg.context, cfg.context)
         self.pos = 0
         shape = (batch_size, cfg.n_head, 0, cfg.d_head)
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
         self.ring: list[bool] = []
-        for layer in range(cfg.n_layer):
-            banded = cfg.is_banded(layer) and cfg.local_window < self.max_len
-            size = cfg.local_window if banded else self.max_len
+        for spec in self.specs:
+            size = spec.held(self.max_len)
+            banded = size < self.max_len
             s = shape[:2] + (size,) + shape[3:]
             self.k.append(torch.zeros(s, device=device, dtype=dtype))
             self.v.append(torch.zeros(s, device=device, dtype=dtype))
@@ -53,8 +58,8 @@ class KVCache:
         self.k = [t.index_select(0, rows) for t in self.k]
         self.v = [t.index_select(0, rows) for t in self.v]
 
-    def attend(self, layer: int, q, k, v, window: int | None) -> torch.Tensor:
-        """Store this step's k, v (B, nh, T, hs) for `layer`, then attend q over what the layer may see."""
+    def attend(self, layer: int, q, k, v, spec: AttentionSpec) -> torch.Tensor:
+        """Store this step's k, v (B, nh, T, hs) for `layer`, then attend q over what `spec` lets it see."""
         T, p0 = q.shape[2], self.pos
         if not self.ring[layer]:
             self.k[layer][:, :, p0:p0 + T] = k
@@ -63,18 +68,13 @@ class KVCache:
             k_pos = torch.arange(p0 + T, device=q.device)
         else:
             keys, vals, k_pos = self._ring_update(layer, k, v)
-        if T == 1 and (window is None or self.ring[layer]):
-            # one new token: everything kept is visible (ring holds exactly the last `window` keys)
-            return F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype))
         q_pos = torch.arange(p0, p0 + T, device=q.device)
-        allowed = k_pos[None, :] <= q_pos[:, None]
-        if window is not None:
-            allowed &= (q_pos[:, None] - k_pos[None, :]) < window
+        allowed = spec.allowed(q_pos[:, None], k_pos[None, :])                        # (T, Tk)
         return F.scaled_dot_product_attention(q, keys.to(q.dtype), vals.to(q.dtype), attn_mask=allowed)
 
     def _ring_update(self, layer: int, k, v):
         """Banded layer: keys visible to this chunk = the kept window before p0 + the new ones."""
-        W, T, p0 = self.cfg.local_window, k.shape[2], self.pos
+        W, T, p0 = self.k[layer].shape[2], k.shape[2], self.pos
         old_pos = torch.arange(max(0, p0 - W + 1), p0, device=k.device)
         old_k = self.k[layer].index_select(2, old_pos % W)
         old_v = self.v[layer].index_select(2, old_pos % W)
@@ -91,10 +91,9 @@ class KVCache:
 
 
 def cache_bytes(cfg: ModelConfig, batch_size: int, seq_len: int, bytes_per_el: int = 2) -> int:
-    """Memory the cache needs for `seq_len` tokens (banded layers cap at their window)."""
+    """Memory the cache needs for `seq_len` tokens (layers with a horizon cap at their window)."""
     per_tok = 2 * cfg.n_head * cfg.d_head * bytes_per_el * batch_size
-    return sum(per_tok * (min(seq_len, cfg.local_window) if cfg.is_banded(i) else seq_len)
-               for i in range(cfg.n_layer))
+    return sum(per_tok * spec.held(seq_len) for spec in layer_specs(cfg))
 
 
 __all__ = ["KVCache", "cache_bytes"]

@@ -109,13 +109,17 @@ def engine_config(args):
                         enable_prefix_caching=not args.no_prefix_caching)
 
 
-def build_engine(checkpoint: str, device: str, config=None, tokenizer=None, quantize: str = "none"):
-    """(engine, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the engine
-    (tokenizer: an override spec, e.g. "gpt2"; quantize: see gpt3lab.model.quant)."""
+def build_engine(checkpoint: str, device: str, config=None, tokenizer=None, quantize: str = "none",
+                 compile=False):
+    """(engine, inspector, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the
+    engine, and the read-only inspector over the same model that /v1/inspect uses (tokenizer: an override
+    spec, e.g. "gpt2"; quantize: see gpt3lab.model.quant; compile: the decode step, gpt3lab.generate.core)."""
     from gpt3lab import load
     from gpt3lab.generate.engine import Engine
-    model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer, quantize=quantize)
-    return Engine(model, tok, config), Path(checkpoint).resolve()
+    from gpt3lab.inspect import Inspector
+    model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer, quantize=quantize,
+                      compile=compile)
+    return Engine(model, tok, config), Inspector(model, tok), Path(checkpoint).resolve()
 
 
 def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_timeout: float = 30.0,
@@ -159,11 +163,12 @@ def run(args) -> int:
     from gpt3lab.serve.service import CompletionService
 
     check_args(args)
-    engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args), getattr(args, "tokenizer", None),
-                                args.quantize)
+    engine, inspector, ckpt = build_engine(args.checkpoint, args.device, engine_config(args),
+                                           getattr(args, "tokenizer", None), args.quantize,
+                                           getattr(args, "compile", False))
     name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
-                                chat_template=chat_template(args))
+                                chat_template=chat_template(args), inspector=inspector)
     keys = api_keys(args.api_key, args.api_key_file)
     app = create_app(service, keys, args.max_body_bytes, on_shutdown=lambda: engine.shutdown(cancel_running=True),
                      body_timeout=args.body_timeout)

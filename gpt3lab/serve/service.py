@@ -5,8 +5,8 @@ prompt tokens, the request becomes a CompletionRequest, and the completion's cho
 stream chunks are reshaped into the chat form; sampling, admission and streaming are shared.
 
 Knows the HTTP-facing contract (OpenAI's legacy Completions API) and the engine's contract
-(gpt3lab.generate.api); imports no model code (POST /v1/inspect goes through gpt3lab.inspect, the
-one module that reads the model). Admission control lives here: at most
+(gpt3lab.generate.api); imports no model code and never holds the model (POST /v1/inspect goes through
+the inspector object it is given, gpt3lab.inspect.Inspector; tests/test_imports.py enforces both). Admission control lives here: at most
 `max_concurrent` requests hold a slot, at most `max_queue` wait for one, the rest get 429. A client
 that goes away (polled through `is_disconnected`) has its generations cancelled at once.
 """
@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from gpt3lab.errors import UserError
-from gpt3lab.generate.api import (EngineError, QueueFullError, SamplingParams, TokenEvent,
+from gpt3lab.generate.api import (EngineError, InvalidRequestError, QueueFullError, SamplingParams, TokenEvent,
                                   check_token_ids)
 from gpt3lab.serve.metrics import Metrics
 from gpt3lab.serve.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InspectRequest,
@@ -98,8 +98,11 @@ class CompletionService:
     """Turns validated requests into engine work; one instance per server."""
 
     def __init__(self, engine, model_name: str, max_concurrent: int = 64, max_queue: int = 256,
-                 metrics: Metrics | None = None, chat_template: str | None = None):
+                 metrics: Metrics | None = None, chat_template: str | None = None, inspector=None):
+        """inspector: what /v1/inspect reads (gpt3lab.inspect.Inspector over the engine's model; serve/cli.py
+        builds both); None: the inspect routes answer 404."""
         self.engine = engine
+        self.inspector = inspector
         self.chat_template = chat_template          # None: gpt3lab.chat's plain default for base models
         self.tokenizer = engine.tokenizer
         self.model_name = model_name
@@ -139,46 +142,45 @@ class CompletionService:
     async def inspect(self, req: InspectRequest) -> dict:
         """POST /v1/inspect: probabilities and attention for one prompt (gpt3lab.inspect), floats to 4 places.
 
-        A separate read-only forward pass on the engine's model object, in a worker thread so the event
-        loop keeps streaming; inspections run one at a time (the lock), the engine keeps decoding.
+        A separate read-only forward pass through the inspector (never the model itself), in a worker
+        thread so the event loop keeps streaming; inspections run one at a time (the lock), the engine keeps
+        decoding.
         """
-        from gpt3lab import inspect as look   # the one module here that touches the model
-
         self.check_model(req.model)
         if self._inspect_lock is None:
             self._inspect_lock = asyncio.Lock()
         async with self._inspect_lock:
             try:
-                info = await asyncio.to_thread(self._inspect_all, look, req)
-            except look.InspectError as e:
+                info = await asyncio.to_thread(self._inspect_all, self._look(), req)
+            except InvalidRequestError as e:      # inspect.InspectError and the sampling checks
                 raise ServeError(400, str(e), param=e.param, code=e.code) from None
         return {"model": self.model_name, **info}
 
+    def _look(self):
+        if self.inspector is None:
+            raise ServeError(404, "this server was started without an inspector; /v1/inspect is not available")
+        return self.inspector
+
     def _inspect_all(self, look, req: InspectRequest) -> dict:
-        m, tok = self.engine.model, self.tokenizer
-        info = look.inspect(m, tok, req.prompt, top_k=req.top_k, layers=req.layers if req.attention else [],
-                            decimals=4)
+        info = look.inspect(req.prompt, top_k=req.top_k, layers=req.layers if req.attention else [], decimals=4)
         if req.lens:
-            lens = look.lens(m, tok, req.prompt, top_k=req.lens_top_k, decimals=4)
+            lens = look.lens(req.prompt, top_k=req.lens_top_k, decimals=4)
             info["lens"] = {k: lens[k] for k in ("rows", "norms", "cells")}
         if req.step is not None:
             s = req.step
-            info["step"] = look.next_step(m, tok, req.prompt, temperature=s.temperature, top_k=s.top_k or None,
+            info["step"] = look.next_step(req.prompt, temperature=s.temperature, top_k=s.top_k or None,
                                           top_p=s.top_p, seed=s.seed, show=s.show)
         return info
 
     async def priming(self, req) -> dict:
-        """POST /v1/inspect/priming: the harness's metric vs k for one built-in task (gpt3lab.inspect)."""
-        from gpt3lab import inspect as look
-
+        """POST /v1/inspect/priming: the harness's metric vs k for one built-in task (the inspector)."""
         self.check_model(req.model)
         if self._inspect_lock is None:
             self._inspect_lock = asyncio.Lock()
         async with self._inspect_lock:
             try:
-                out = await asyncio.to_thread(look.priming, self.engine.model, self.tokenizer, req.task,
-                                              req.shots, req.n, req.seed)
-            except look.InspectError as e:
+                out = await asyncio.to_thread(self._look().priming, req.task, req.shots, req.n, req.seed)
+            except InvalidRequestError as e:      # inspect.InspectError
                 raise ServeError(400, str(e), param=e.param, code=e.code) from None
             except UserError as e:          # e.g. more examples asked for than the task's pool holds
                 raise ServeError(400, str(e), param="shots") from None

@@ -188,9 +188,9 @@ class Recording(BatchSampler):
 
     def adjust(self, seqs, logits):
         raw = logits.clone()
-        out, undo = super().adjust(seqs, logits)
+        out = super().adjust(seqs, logits)
         self.log.append(([list(s.out) for s in seqs], raw, out.clone()))
-        return out, undo
+        return out
 
 
 def test_penalties_follow_openai_definition(make_engine):

@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from gpt3lab.attention_spec import Dense
 from gpt3lab.config import ModelConfig
 from gpt3lab.errors import ConfigError
 from gpt3lab.generate import generate, stream
@@ -14,23 +15,25 @@ from gen_helpers import BYTES, tiny
 
 
 class Scripted(nn.Module):
-    """A stand-in model that emits `script` token by token (whatever the prompt), through a real KVCache."""
+    """A stand-in model that emits `script` token by token after a one-token prompt, through the engine's
+    model contract (hidden over the cache's positions, then lm_head)."""
 
     def __init__(self, script: list[int], vocab_size: int = 257):
         super().__init__()
         self.config = ModelConfig(vocab_size=vocab_size, context=256, n_layer=1, n_head=1, d_model=4)
-        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(vocab_size, 4)))
-        self.script, self.n_prompt = script, 0
+        block = nn.Module()
+        block.attn = nn.Module()
+        block.attn.spec = Dense()                             # one layer of KV blocks, never read
+        self.transformer = nn.ModuleDict(dict(wte=nn.Embedding(vocab_size, 4), h=nn.ModuleList([block])))
+        self.script = script
 
-    def forward(self, idx, targets=None, *, cache=None, last_only=False):
-        B, T = idx.shape
-        if cache.pos == 0:
-            self.n_prompt = T
-        i = cache.pos + T - self.n_prompt              # tokens generated so far
-        cache.advance(T)
-        logits = torch.full((B, 1, self.config.vocab_size), -20.0)
-        logits[:, :, self.script[min(i, len(self.script) - 1)]] = 20.0
-        return logits, None
+    def hidden(self, idx, cache=None):
+        pos = cache.positions(idx.shape[1])                   # (1, N): position p predicts script[p]
+        return pos.float()[..., None]                         # (1, N, 1)
+
+    def lm_head(self, x):
+        t = torch.tensor(self.script)[x[..., 0].long().clamp(max=len(self.script) - 1)]
+        return torch.full((*t.shape, self.config.vocab_size), -20.0).scatter(-1, t[..., None], 20.0)
 
 
 def full_recompute_greedy(model, ids: list[int], steps: int) -> tuple[list[int], list[float]]:

@@ -19,7 +19,9 @@ def main(argv: list[str]) -> None:
     ckpt, delay = argv[0], float(argv[1])
     model, tok = load(ckpt)
     engine = FakeEngine(model, tok, step_delay=delay)
-    service = CompletionService(engine, Path(ckpt).name, max_concurrent=64, max_queue=1024)
+    from gpt3lab.inspect import Inspector
+    service = CompletionService(engine, Path(ckpt).name, max_concurrent=64, max_queue=1024,
+                                inspector=Inspector(model, tok))
     app = create_app(service, argv[3:4] if argv[2:3] == ["--api-key"] else [],
                      on_shutdown=lambda: engine.shutdown(cancel_running=True))
     serve_app(app, "127.0.0.1", 0, shutdown_timeout=10, announce=lambda line: print(line, flush=True))
