@@ -48,6 +48,9 @@ def main() -> int:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--concurrent", type=int, default=16)
     ap.add_argument("--no-engine", action="store_true")
+    ap.add_argument("--engine-only", action="store_true", help="only the engine's 16-vs-1 rows")
+    ap.add_argument("--compile", action="store_true", help="also the engine with its decode step compiled "
+                    "(CUDA graphs; batch-1 compiled rows: bench_decode.py --device cuda --compile)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("bench_gpu_decode: no CUDA GPU visible", file=sys.stderr)
@@ -59,7 +62,7 @@ def main() -> int:
     print(f"device {torch.cuda.get_device_name()}, torch {torch.__version__}, {args.config} "
           f"({base.num_params() / 1e6:.0f}M params), batch 1, greedy, {args.new_tokens} new tokens")
     runs = {}
-    for dt in args.dtypes.split(","):
+    for dt in ([] if args.engine_only else args.dtypes.split(",")):
         ours = prepare_for_inference(copy.deepcopy(base).cuda(), "none" if dt == "fp32" else dt)
         runs[f"gpt3lab {dt}"] = (lambda m: lambda n: generate(m, tok, prompt, max_tokens=n, temperature=0).tokens)(ours)
         hf = to_hf(base).to("cuda", dtype=torch.float32 if dt == "fp32" else torch.bfloat16)
@@ -72,7 +75,7 @@ def main() -> int:
             return out[0, len(prompt):].tolist()
         runs[f"transformers {dt}"] = hf_run
     ref = runs["gpt3lab fp32"](args.new_tokens) if "gpt3lab fp32" in runs else None
-    st = step_times(runs, args.new_tokens, args.repeats)
+    st = step_times(runs, args.new_tokens, args.repeats) if runs else {}
     for label, t in st.items():
         same = ""
         if ref is not None:
@@ -81,13 +84,17 @@ def main() -> int:
         peer = st.get(label.replace("gpt3lab", "transformers"))
         vs = f"  {peer / t:5.2f}x transformers" if label.startswith("gpt3lab") and peer else ""
         print(f"  {label:20s} {t * 1e3:7.2f} ms/token ({1 / t:7.1f} tok/s){vs}{same}")
-    if not args.no_engine:
-        engine = Engine(copy.deepcopy(base).cuda(), tok, max_batch_tokens=512)
+    for compiled in ([] if args.no_engine else [False, True] if args.compile else [False]):
+        engine = Engine(copy.deepcopy(base).cuda(), tok, max_batch_tokens=512, compile=compiled)
+        t = time.perf_counter()
         engine_throughput(engine, 2, 4, seed=99)
+        engine_throughput(engine, args.concurrent, 4, seed=98)         # every row bucket compiled once
+        warm = time.perf_counter() - t
         one = [engine_throughput(engine, 1, 64, seed=r) for r in range(3)]
         many = [engine_throughput(engine, args.concurrent, 64, seed=100 + r) for r in range(3)]
         m1, mc = statistics.median(one), statistics.median(many)
-        print(f"  engine fp32: 1 request {m1:.1f} tok/s, {args.concurrent} concurrent {mc:.1f} tok/s, ratio {mc / m1:.2f}x")
+        print(f"  engine fp32{' compiled' if compiled else ''}: warm-up {warm:.1f} s, 1 request {m1:.1f} tok/s "
+              f"({1e3 / m1:.2f} ms/token), {args.concurrent} concurrent {mc:.1f} tok/s, ratio {mc / m1:.2f}x", flush=True)
         engine.shutdown()
     return 0
 
