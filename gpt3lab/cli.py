@@ -47,8 +47,9 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         help_ = action.help or ""
         d = action.default
-        if (not action.option_strings or d in (None, False, argparse.SUPPRESS) or d == [] or "default" in help_
-                or "%(default)" in help_):
+        # `is`, not `in`: 0 and 0.0 equal False but are real defaults worth showing
+        if (not action.option_strings or d is None or d is False or d is argparse.SUPPRESS or d == []
+                or "default" in help_ or "%(default)" in help_):
             return help_
         return f"{help_} (default: %(default)s)"
 

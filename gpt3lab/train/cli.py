@@ -106,8 +106,10 @@ def read_config_file(path: str) -> object:
         raise ConfigError(f"--config {path}: cannot read it ({e})") from None
     if Path(path).suffix.lower() in (".yaml", ".yml"):
         import yaml
+
+        from gpt3lab.yaml12 import safe_load
         try:
-            return yaml.safe_load(text)
+            return safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"--config {path}: invalid YAML ({str(e).splitlines()[0]})") from None
     try:
