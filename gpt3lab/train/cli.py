@@ -266,6 +266,12 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     trainer = Trainer(model, mcfg, tcfg, train_data, eval_data, info=info, dist=dist, device=device)
     if resume:
         trainer.resume(ckpt)
+    if dist.is_main:
+        import sys
+
+        from gpt3lab.launcher import chosen
+        from gpt3lab.train.summary import summary_lines
+        print("\n".join(summary_lines(trainer, out, data, chosen())), file=sys.stderr, flush=True)
     try:
         if trainer.step >= tcfg.max_steps:
             raise ConfigError(f"{ckpt} is already at step {trainer.step} >= max_steps {tcfg.max_steps}; "
