@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("gpt3lab.tokenizer_cli", "encode/decode/train tokenizers"),
     "train": ("gpt3lab.train.cli", "pretrain a GPT (one loop: CPU, GPU, torchrun)"),
     "generate": ("gpt3lab.generate.cli", "sample text from a checkpoint"),
+    "download": ("gpt3lab.download", "download a pretrained GPT-2 (gpt2 ... gpt2-xl, or a hub id) as a checkpoint"),
     "convert": ("gpt3lab.convert", "import/export Hugging Face GPT-2 checkpoints"),
     "plot": ("gpt3lab.train.plot", "plot a run's loss curves to PNG"),
     "size": ("gpt3lab.sizing_cli", "parameters, FLOPs, memory, GPU-time and cost"),
