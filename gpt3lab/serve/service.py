@@ -86,6 +86,15 @@ def _event_logprobs(ev: TokenEvent, with_logprobs: bool) -> dict | None:
             "text_offset": ev.text_offset}
 
 
+def _join_logprobs(a: dict, b: dict) -> dict:
+    """Two events' logprobs (parallel lists, as _event_logprobs) as one."""
+    def tops(lp):
+        return lp["top_logprobs"] if lp["top_logprobs"] is not None else [None] * len(lp["tokens"])
+    both_none = a["top_logprobs"] is None and b["top_logprobs"] is None
+    return {"tokens": a["tokens"] + b["tokens"], "token_logprobs": a["token_logprobs"] + b["token_logprobs"],
+            "top_logprobs": None if both_none else tops(a) + tops(b), "text_offset": a["text_offset"] + b["text_offset"]}
+
+
 def _usage(handles) -> dict:
     prompt = sum(h.usage.prompt_tokens for h in handles)
     completion = sum(h.usage.completion_tokens for h in handles)
@@ -409,6 +418,10 @@ class CompletionStream:
     def _shape(self, choice: dict) -> dict:
         return choice
 
+    def _hold(self, choice: dict) -> dict | None:
+        """The choice to send now, or None to send nothing yet (completions send every token event)."""
+        return choice
+
     async def _merged(self) -> AsyncIterator[tuple[int, TokenEvent]]:
         """Events of all prompts' handles as they come: (prompt index, event)."""
         q: asyncio.Queue = asyncio.Queue()
@@ -446,8 +459,10 @@ class CompletionStream:
                 if first and ev.tokens:
                     self.service.metrics.observe(ttft=time.perf_counter() - self.t0)
                     first = False
-                yield self._chunk([{"text": ev.text, "index": i * n + ev.index,
-                                    "logprobs": _event_logprobs(ev, with_lp), "finish_reason": ev.finish_reason}])
+                c = self._hold({"text": ev.text, "index": i * n + ev.index,
+                                "logprobs": _event_logprobs(ev, with_lp), "finish_reason": ev.finish_reason})
+                if c is not None:
+                    yield self._chunk([c])
         except EngineError as e:
             yield f"data: {json.dumps(ServeError.from_engine(e).body())}\n\n"
             return
@@ -478,10 +493,24 @@ class ChatStream(CompletionStream):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._started: set[int] = set()
+        self._pending: dict[int, dict] = {}       # logprobs of held-back tokens, per choice
+
+    def _hold(self, c: dict) -> dict | None:
+        """No chunk without text: tokens held back (a stop string may be starting) send nothing; their
+        logprobs go out with the next chunk of that choice. A last chunk without text has an empty delta."""
+        pending = self._pending.pop(c["index"], None)
+        if pending is not None and c["logprobs"] is not None:
+            c = {**c, "logprobs": _join_logprobs(pending, c["logprobs"])}
+        if c["text"] or c["finish_reason"]:
+            return c
+        if c["logprobs"] is not None:
+            self._pending[c["index"]] = c["logprobs"]
+        return None
 
     def _shape(self, c: dict) -> dict:
         first = c["index"] not in self._started
-        delta = {"role": "assistant", "content": c["text"]} if first else {"content": c["text"]}
+        delta = {"content": c["text"]} if c["text"] else {}
+        delta = {"role": "assistant", **delta} if first else delta
         self._started.add(c["index"])
         return {"index": c["index"], "delta": delta, "logprobs": chat_logprobs(c["logprobs"]),
                 "finish_reason": c["finish_reason"]}
