@@ -193,9 +193,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(service: CompletionService, api_keys: list[str] | None = None,
-               max_body_bytes: int = 4 * 1024 * 1024, on_shutdown=None, body_timeout: float = 10.0) -> FastAPI:
+               max_body_bytes: int = 4 * 1024 * 1024, on_shutdown=None, body_timeout: float = 10.0,
+               access_log=None, peers=()) -> FastAPI:
     """The ASGI app over `service`. on_shutdown() runs after the server stops taking requests;
-    a request body not received within body_timeout seconds gets a 408."""
+    a request body not received within body_timeout seconds gets a 408. access_log: True (stderr) or a
+    stream gets one line per request (serve/access_log.py). peers: the services of the other models this
+    server serves (LoRA adapters, serve/lora_modules.py), listed by GET /v1/models."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -207,13 +210,16 @@ def create_app(service: CompletionService, api_keys: list[str] | None = None,
     app = FastAPI(title="gpt3lab", version="0.1.0", lifespan=lifespan, redoc_url=None,
                   description="OpenAI-compatible Completions and Chat Completions APIs over a gpt3lab checkpoint.")
     install_error_handlers(app)
-    add_routes(app, service)
+    add_routes(app, service, peers)
     app.add_middleware(Guard, api_keys=list(api_keys or []), max_body_bytes=max_body_bytes,
                        metrics=service.metrics, body_timeout=body_timeout)
+    if access_log:                      # outermost: refused (401/413) requests are logged too
+        from gpt3lab.serve.access_log import AccessLog
+        app.add_middleware(AccessLog, stream=None if access_log is True else access_log)
     return app
 
 
-def add_routes(app: FastAPI, service: CompletionService) -> None:
+def add_routes(app: FastAPI, service: CompletionService, peers=()) -> None:
     m = service.metrics
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -230,7 +236,7 @@ def add_routes(app: FastAPI, service: CompletionService) -> None:
 
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS)
     async def models():
-        return {"object": "list", "data": [service.model_card()]}
+        return {"object": "list", "data": [service.model_card(), *(p.model_card() for p in peers)]}
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
     async def model(model_id: str):

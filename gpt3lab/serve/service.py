@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from gpt3lab.errors import UserError
 from gpt3lab.generate.api import (EngineError, QueueFullError, SamplingParams, TokenEvent,
                                   check_token_ids)
+from gpt3lab.serve.access_log import note_usage
 from gpt3lab.serve.metrics import Metrics
 from gpt3lab.serve.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InspectRequest,
                                     TokenizeRequest, token_id_key)
@@ -288,6 +289,7 @@ class CompletionService:
         return handles
 
     def _account(self, usage: dict, t0: float) -> None:
+        note_usage(usage)                                   # the request's access-log line
         self.metrics.tokens(usage["prompt_tokens"], usage["completion_tokens"],
                             usage["prompt_tokens_details"]["cached_tokens"])
         self.metrics.observe(latency=time.perf_counter() - t0)
