@@ -66,14 +66,15 @@ def snapshot(repo_id: str, revision: str | None = None, progress: bool = True) -
     try:
         import huggingface_hub as hub
         from huggingface_hub import errors as hub_errors
+        from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
     except ModuleNotFoundError:
         raise CheckpointError(f"downloading {repo_id} needs huggingface_hub: pip install huggingface_hub; "
                               f"or {LOCAL_HINT}") from None
     endpoint = os.environ.get("HF_ENDPOINT") or None
     where = endpoint or "https://huggingface.co"
-    quiet = not progress and not hub.utils.are_progress_bars_disabled()
+    quiet = not progress and not are_progress_bars_disabled()
     if quiet:
-        hub.utils.disable_progress_bars()
+        disable_progress_bars()
     try:
         path = Path(hub.snapshot_download(repo_id, revision=revision, allow_patterns=ALLOW_PATTERNS,
                                           cache_dir=_cache_dir(), endpoint=endpoint))
@@ -94,7 +95,7 @@ def snapshot(repo_id: str, revision: str | None = None, progress: bool = True) -
                               f"resumes where this one stopped; offline, {LOCAL_HINT}") from None
     finally:
         if quiet:
-            hub.utils.enable_progress_bars()
+            enable_progress_bars()
     if not (path / "config.json").is_file() or not any(path.glob("*.safetensors")):
         raise CheckpointError(f"{repo_id} on {where} has no config.json + *.safetensors weights (gpt3lab never "
                               f"loads pickled .bin files); {LOCAL_HINT}")
