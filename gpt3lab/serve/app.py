@@ -45,6 +45,33 @@ def _error(status: int, message: str, type: str = "invalid_request_error", param
     return JSONResponse(ServeError(status, message, type, param, code).body(), status_code=status)
 
 
+async def read_body(receive, limit: int) -> bytes:
+    """A request's body from ASGI `receive`, read to its end or until it exceeds `limit` bytes (then the caller
+    sees len(body) > limit and refuses it; the caller also bounds the time)."""
+    chunks, size, more = [], 0, True
+    while more and size <= limit:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            break
+        chunks.append(msg.get("body", b""))
+        size += len(chunks[-1])
+        more = msg.get("more_body", False)
+    return b"".join(chunks)
+
+
+def replaying(body: bytes, receive):
+    """An ASGI receive() that hands out `body` once, then defers to the server's (so `http.disconnect` arrives)."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
+
+
 class Guard:
     """ASGI middleware: API-key check (Bearer token) and a request-body size limit, before any routing.
 
@@ -74,37 +101,14 @@ class Guard:
         if declared > self.max_body_bytes:
             return await self._too_large(scope, receive, send)
         try:
-            body = await asyncio.wait_for(self._read_body(receive), self.body_timeout)
+            body = await asyncio.wait_for(read_body(receive, self.max_body_bytes), self.body_timeout)
         except asyncio.TimeoutError:
             return await _error(408, f"request body not received within {self.body_timeout:g} s; send it at once "
                                      f"(or raise `gpt3lab serve --body-timeout`)",
                                 code="request_timeout")(scope, receive, send)
-        if body is None:
+        if len(body) > self.max_body_bytes:
             return await self._too_large(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _read_body(self, receive) -> bytes | None:
-        """The whole request body, or None when it exceeds max_body_bytes (the caller bounds the time)."""
-        chunks, size, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                break
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return None
-            more = msg.get("more_body", False)
-        return b"".join(chunks)
+        return await self.app(scope, replaying(body, receive), send)
 
     def _counting(self, scope, send):
         route = route_label(scope["path"])

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 from gpt3lab.errors import ConfigError
+from gpt3lab.serve.app import read_body, replaying
 
 _NAME = re.compile(r"[A-Za-z0-9][\w.:-]{0,127}")
 
@@ -78,19 +79,11 @@ class ModelRouter:
         if scope.get("method") != "POST" or self._declared(scope) > self.max_body_bytes:
             return await self.base(scope, receive, send)           # its Guard answers 413 for a big body
         try:
-            body = await asyncio.wait_for(self._body(receive), self.body_timeout)
+            body = await asyncio.wait_for(read_body(receive, self.max_body_bytes), self.body_timeout)
         except asyncio.TimeoutError:
             return await self.base(scope, receive, send)           # its Guard times the rest out (408)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.apps.get(_model_of(body), self.base)(scope, replay, send)
+        # an over-limit body goes on as read: the target app's Guard answers 413
+        return await self.apps.get(_model_of(body), self.base)(scope, replaying(body, receive), send)
 
     @staticmethod
     def _declared(scope) -> int:
@@ -98,17 +91,6 @@ class ModelRouter:
             return int(dict(scope.get("headers") or []).get(b"content-length", b"0"))
         except ValueError:
             return 0
-
-    async def _body(self, receive) -> bytes:
-        chunks, size, more = [], 0, True
-        while more and size <= self.max_body_bytes:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                break
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            more = msg.get("more_body", False)
-        return b"".join(chunks)
 
 
 def _model_of(body: bytes) -> str | None:
