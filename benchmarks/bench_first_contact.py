@@ -92,7 +92,7 @@ def access_log_cost(requests: int, repeats: int) -> None:
 def download_resume() -> None:
     from hub_fake import FakeHub
 
-    from gpt3lab.download import snapshot
+    from gpt3lab.hub import snapshot
 
     size, cut = 40 << 20, 35 << 20
     with tempfile.TemporaryDirectory() as d:

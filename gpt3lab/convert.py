@@ -324,7 +324,7 @@ def run(args) -> int:
 
     tok = resolve_tokenizer(args.tokenizer) if args.tokenizer else None
     if args.from_hf:
-        from gpt3lab.download import hub_id, resolve_model
+        from gpt3lab.hub import hub_id, resolve_model
 
         repo = hub_id(args.from_hf)       # a hub id (gpt2, org/name) is downloaded first
         s = import_hf(resolve_model(args.from_hf), args.out_dir, tok, {"hub_id": repo} if repo else None)

@@ -9,7 +9,7 @@ transformers = pytest.importorskip("transformers")
 pytest.importorskip("huggingface_hub")
 from hub_fake import FakeHub  # noqa: E402
 
-from gpt3lab import download as dl  # noqa: E402
+from gpt3lab import hub as dl  # noqa: E402
 from gpt3lab.cli import main  # noqa: E402
 
 REPO = "openai-community/gpt2"        # what `gpt2` stands for
