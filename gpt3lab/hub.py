@@ -84,8 +84,9 @@ def snapshot(repo_id: str, revision: str | None = None, progress: bool = True) -
         raise CheckpointError(f"{repo_id} is gated on {where}: accept its terms on the model page and set "
                               f"HF_TOKEN to a token of that account") from None
     except hub_errors.RepositoryNotFoundError:
-        raise CheckpointError(f"{repo_id!r} is not a model on {where} (or it is private: set HF_TOKEN); check "
-                              f"the id, e.g. gpt2, gpt2-medium, openai-community/gpt2-large; or {LOCAL_HINT}") from None
+        raise CheckpointError(f"{repo_id!r} is no local directory and no model on {where} (or a private one: set "
+                              f"HF_TOKEN); check the path or id (e.g. gpt2, openai-community/gpt2-large); or "
+                              f"{LOCAL_HINT}") from None
     except hub_errors.HFValidationError:
         raise CheckpointError(f"{repo_id!r} is not a valid hub id (org/name); {LOCAL_HINT}") from None
     except Exception as e:   # offline, hub down, connection cut: whatever the transport raised

@@ -104,7 +104,7 @@ def test_unknown_id_and_no_hub_say_what_failed_and_how_to_convert_instead(hub, t
                         str(tmp_path / "x"), "--no-progress"], capture_output=True, text=True, timeout=120)
     err = p.stderr
     assert p.returncode == 2 and not (tmp_path / "x").exists()
-    assert err.count("\n") == 1 and "'nobody/no-such-model' is not a model on" in err
+    assert err.count("\n") == 1 and "'nobody/no-such-model' is no local directory and no model on" in err
     assert "gpt3lab convert --from-hf HF_DIR OUT_DIR" in err
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")          # nothing listens there: offline
     assert main(["download", "gpt2-medium", "--out", str(tmp_path / "x"), "--no-progress"]) == 2
