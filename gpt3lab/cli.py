@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenizer": ("gpt3lab.tokenizer_cli", "encode/decode/train tokenizers"),
     "train": ("gpt3lab.train.cli", "pretrain a GPT (one loop: CPU, GPU, torchrun)"),
     "generate": ("gpt3lab.generate.cli", "sample text from a checkpoint"),
+    "download": ("gpt3lab.download", "download a pretrained GPT-2 (gpt2 ... gpt2-xl, or a hub id) as a checkpoint"),
     "convert": ("gpt3lab.convert", "import/export Hugging Face GPT-2 checkpoints"),
     "plot": ("gpt3lab.train.plot", "plot a run's loss curves to PNG"),
     "size": ("gpt3lab.sizing_cli", "parameters, FLOPs, memory, GPU-time and cost"),
@@ -47,10 +48,17 @@ class DefaultsHelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         help_ = action.help or ""
         d = action.default
-        if (not action.option_strings or d in (None, False, argparse.SUPPRESS) or d == [] or "default" in help_
-                or "%(default)" in help_):
+        # `is`, not `in`: 0 and 0.0 equal False but are real defaults worth showing
+        if (not action.option_strings or d is None or d is False or d is argparse.SUPPRESS or d == []
+                or "default" in help_ or "%(default)" in help_):
             return help_
         return f"{help_} (default: %(default)s)"
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The COMMAND of a command line: its first word, after a leading -v/--verbose."""
+    rest = argv[1:] if argv[:1] in (["-v"], ["--verbose"]) else argv
+    return rest[0] if rest else None
 
 
 def build_parser(argv: list[str]) -> argparse.ArgumentParser:
@@ -58,11 +66,13 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="gpt3lab", description="A complete, readable GPT-3.")
     parser.add_argument("--version", action="version", version=f"gpt3lab {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="say which malloc runs the model (also in `train`'s start-up summary); before COMMAND")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_) in COMMANDS.items():
         p = sub.add_parser(name, help=help_, description=help_, formatter_class=DefaultsHelpFormatter)
         # only the chosen command's module is imported (and adds its flags)
-        if argv and argv[0] == name:
+        if name == _command_word(argv):
             _load(name).add_arguments(p)
     return parser
 
@@ -80,10 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     real = argv is None   # a real process: may re-exec itself under another malloc (never inside tests)
     argv = sys.argv[1:] if real else argv
     try:
-        if real and wants_fast_allocator(argv):
+        verbose = bool(argv) and argv[0] in ("-v", "--verbose")
+        if real and wants_fast_allocator(argv[verbose:]):
             from gpt3lab.launcher import use_fast_allocator
 
-            use_fast_allocator()
+            use_fast_allocator(announce=verbose)
         parser = build_parser(argv)
         args = parser.parse_args(argv)
         if not args.command:

@@ -292,7 +292,8 @@ def check_vocab(tokenizer, cfg: ModelConfig) -> None:
 
 def add_arguments(parser) -> None:
     way = parser.add_mutually_exclusive_group(required=True)
-    way.add_argument("--from-hf", metavar="HF_DIR", help="import a Hugging Face GPT-2 directory")
+    way.add_argument("--from-hf", metavar="HF_DIR", help="import a Hugging Face GPT-2 directory, or a hub id "
+                     "(gpt2, gpt2-medium, gpt2-large, gpt2-xl, org/name: downloaded first, see `gpt3lab download`)")
     way.add_argument("--to-hf", metavar="CHECKPOINT_DIR", help="export a gpt3lab checkpoint or run dir")
     parser.add_argument("out_dir", metavar="OUT_DIR", help="directory to write")
     parser.add_argument("--tokenizer", metavar="gpt2|PATH", default=None,
@@ -301,23 +302,34 @@ def add_arguments(parser) -> None:
                         help="--to-hf of a banded/alternating model: exact export with n_positions = local_window")
 
 
+def import_hf(hf_dir: str | Path, out_dir: str | Path, tokenizer=None, source: dict | None = None) -> dict:
+    """Write the HF GPT-2 directory `hf_dir` as a gpt3lab checkpoint (with `tokenizer`, else the source's
+    own); returns {out, n_layer, d_model, params, note}, note saying which tokenizer went with it."""
+    from gpt3lab.checkpoint import save_checkpoint
+
+    model, cfg = from_hf(hf_dir)
+    tok = tokenizer or hf_tokenizer(hf_dir)
+    check_vocab(tok, cfg)
+    extra = {"source": source or {"hf_dir": str(hf_dir)}, **hf_chat_template(hf_dir)}
+    save_checkpoint(out_dir, model, cfg, tokenizer=tok, extra=extra)
+    note = f" (tokenizer {tok.name})" if tok is not None else (
+        " (no tokenizer files in the source; weights only: add --tokenizer gpt2|PATH"
+        + (", probably gpt2 for this 50,257-token vocabulary)" if cfg.vocab_size == 50257 else ")"))
+    return {"out": str(out_dir), "n_layer": cfg.n_layer, "d_model": cfg.d_model, "params": model.num_params(),
+            "note": note}
+
+
 def run(args) -> int:
     from gpt3lab.checkpoint import resolve_tokenizer
 
     tok = resolve_tokenizer(args.tokenizer) if args.tokenizer else None
     if args.from_hf:
-        from gpt3lab.checkpoint import save_checkpoint
+        from gpt3lab.hub import hub_id, resolve_model
 
-        model, cfg = from_hf(args.from_hf)
-        tok = tok or hf_tokenizer(args.from_hf)
-        check_vocab(tok, cfg)
-        extra = {"source": {"hf_dir": str(args.from_hf)}, **hf_chat_template(args.from_hf)}
-        save_checkpoint(args.out_dir, model, cfg, tokenizer=tok, extra=extra)
-        note = f" (tokenizer {tok.name})" if tok is not None else (
-            " (no tokenizer files in the source; weights only: add --tokenizer gpt2|PATH"
-            + (", probably gpt2 for this 50,257-token vocabulary)" if cfg.vocab_size == 50257 else ")"))
-        print(f"imported {args.from_hf} -> {args.out_dir}: {cfg.n_layer} layers, d_model {cfg.d_model}, "
-              f"{model.num_params() / 1e6:.1f}M params{note}")
+        repo = hub_id(args.from_hf)       # a hub id (gpt2, org/name) is downloaded first
+        s = import_hf(resolve_model(args.from_hf), args.out_dir, tok, {"hub_id": repo} if repo else None)
+        print(f"imported {args.from_hf} -> {args.out_dir}: {s['n_layer']} layers, d_model {s['d_model']}, "
+              f"{s['params'] / 1e6:.1f}M params{s['note']}")
     else:
         out = to_hf(args.to_hf, args.out_dir, tokenizer=tok, window_context=args.window_context)
         print(f"exported {args.to_hf} -> {out} (transformers: AutoModelForCausalLM.from_pretrained({str(out)!r}), "
@@ -325,4 +337,4 @@ def run(args) -> int:
     return 0
 
 
-__all__ = ["from_hf", "load_hf", "is_hf_dir", "to_hf", "read_hf_config", "read_hf_state", "hf_config", "check_exportable"]
+__all__ = ["import_hf", "from_hf", "load_hf", "is_hf_dir", "to_hf", "read_hf_config", "read_hf_state", "hf_config", "check_exportable"]

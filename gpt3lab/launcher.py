@@ -123,6 +123,14 @@ def _preload(name: str, lib: str) -> None:
     os.execve(sys.executable, argv, env)
 
 
+_CHOSEN: str | None = None   # what use_fast_allocator chose and why, for `train`'s summary
+
+
+def chosen() -> str:
+    """The allocator line of this process: use_fast_allocator's choice and reason, else the malloc loaded."""
+    return _CHOSEN or (allocator_name() if loaded_allocator() else "glibc malloc")
+
+
 _FINDERS = {"tcmalloc": find_tcmalloc, "mimalloc": find_mimalloc}
 _INSTALL = {"tcmalloc": "apt-get install libtcmalloc-minimal4", "mimalloc": "pip install cmeel-mimalloc"}
 
@@ -135,6 +143,8 @@ def use_fast_allocator(announce: bool = True) -> str:
     line to stderr saying which allocator is used. Never returns in a process it re-executes.
     """
     def say(msg: str) -> None:
+        global _CHOSEN
+        _CHOSEN = msg
         if announce:
             print(f"gpt3lab: allocator: {msg}", file=sys.stderr, flush=True)
 
@@ -167,5 +177,5 @@ def _glibc(say, why: str) -> str:
     return "glibc"
 
 
-__all__ = ["use_fast_allocator", "find_tcmalloc", "find_mimalloc", "loaded_allocator", "allocator_name",
+__all__ = ["use_fast_allocator", "chosen", "find_tcmalloc", "find_mimalloc", "loaded_allocator", "allocator_name",
            "requested", "tune_glibc", "ENV", "DISABLE_ENV", "CHOICES", "GLIBC_MALLOPT", "MIMALLOC_ENV"]

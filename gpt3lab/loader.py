@@ -5,6 +5,7 @@
     adapter dir             the base it names (any kind below) + the adapter
     LoRA checkpoint         base + adapter tensors in one checkpoint (config.json "lora")
     Hugging Face GPT-2 dir  imported on the fly (gpt3lab.convert)
+    hub id                  gpt2 ... gpt2-xl or org/name: downloaded into the hub cache first (gpt3lab.hub)
 
 The readers behind it (checkpoint.load_model, adapters.*, convert.load_hf) are internal.
 """
@@ -25,8 +26,10 @@ def load(path: str | Path, device: str | torch.device = "cpu", tokenizer=None):
     tokenizer: overrides the stored one (a Tokenizer or any spec checkpoint.resolve_tokenizer takes); a
     plain checkpoint then needs no tokenizer files of its own.
     """
+    from gpt3lab.hub import resolve_model
+
     tok = checkpoint.resolve_tokenizer(tokenizer) if tokenizer is not None else None
-    model, stored = _load(Path(path), device, need_tokenizer=tok is None)
+    model, stored = _load(resolve_model(path), device, need_tokenizer=tok is None)   # a hub id: downloaded
     tok = tok or stored
     if tok.vocab_size > model.config.vocab_size:
         raise CheckpointError(f"tokenizer {tok.name!r} has {tok.vocab_size} ids but {path} has vocab_size "

@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import warnings
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
@@ -34,6 +35,11 @@ import tiktoken
 from gpt3lab.errors import DataError
 
 EOT = "<|endoftext|>"
+
+
+class VocabWarning(UserWarning):
+    """A trained BPE came out smaller than asked: the text had too few distinct pairs to merge."""
+
 TOKENIZER_FILE = "gpt3lab_tokenizer.json"
 FORMAT = "gpt3lab.tokenizer"
 VERSION = 1
@@ -130,6 +136,11 @@ class Tokenizer:
         A text too small to supply that many merges gives a smaller vocabulary (see `vocab_size`)."""
         ranks = train_ranks(texts, vocab_size, GPT2_PATTERN)
         digest = ranks_digest(sorted(ranks, key=ranks.get), GPT2_PATTERN, {EOT: len(ranks)})
+        if len(ranks) + 1 < vocab_size:
+            warnings.warn(VocabWarning(
+                f"asked for a {vocab_size:,}-id BPE but the text yields only {len(ranks) - 256:,} merges: the "
+                f"vocabulary has {len(ranks) + 1:,} ids (256 bytes + merges + <|endoftext|>); train on more "
+                f"text for the full size, or ask for {len(ranks) + 1:,} to make this explicit"), stacklevel=2)
         return cls(ranks, name=f"bpe{len(ranks) + 1}-{digest[:8]}")
 
     @classmethod

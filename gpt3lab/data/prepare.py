@@ -33,7 +33,7 @@ from gpt3lab.data.sources import (COMPRESSED, ENCODING_ERRORS, DocStream, expand
 from gpt3lab.data.split import check_fraction, is_val
 from gpt3lab.data.workers import encode_ordered
 from gpt3lab.errors import DataError
-from gpt3lab.tokenizer import EOT, TOKENIZER_FILE, Tokenizer, load_tokenizer
+from gpt3lab.tokenizer import EOT, TOKENIZER_FILE, Tokenizer, VocabWarning, load_tokenizer
 
 JOB_CHARS = 1 << 20  # text per tokenizer job
 MARKER = "prepare.json"
@@ -295,6 +295,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", SplitWarning)
+        warnings.simplefilter("always", VocabWarning)
         s = prepare(args.sources, args.out, args.tokenizer, args.val_fraction, args.seed, args.encoding_errors,
                     args.text_field, args.shard_tokens, progress=not args.no_progress, workers=args.workers,
                     overwrite=args.overwrite)

@@ -280,11 +280,15 @@ def scramble(word: str, mode: str, rng: random.Random) -> str:
 
 def last_word_items(text: str, n: int, seed: int, min_words: int = 30, max_words: int = 50) -> list[Item]:
     """Passages cut from `text` that end a sentence with a word: context = passage minus its last word,
-    target = " " + last word (punctuation after it dropped). Non-overlapping, chosen with a seeded RNG."""
-    words = text.split()
+    target = " " + last word (punctuation after it dropped). The passage keeps the text's own line breaks
+    (a model trained on verse must not be shown prose); a final word must follow a single space on its
+    line, so the target's " " is the text's own. Non-overlapping, chosen with a seeded RNG."""
+    spans = [(m.start(), m.end()) for m in re.finditer(r"\S+", text)]
+    words = [text[a:b] for a, b in spans]
     ends = [i for i in range(min_words, len(words))
             if re.fullmatch(r"[A-Za-z]+[.!?;]?['\"]?", words[i]) and re.search(r"[.!?]", words[i])
-            and len(re.sub(r"\W", "", words[i])) >= 3 and not words[i].isupper()]   # skip speaker names
+            and len(re.sub(r"\W", "", words[i])) >= 3 and not words[i].isupper()   # skip speaker names
+            and text[spans[i - 1][1]:spans[i][0]] == " "]
     rng = random.Random(seed)
     rng.shuffle(ends)
     items, used = [], []
@@ -295,7 +299,7 @@ def last_word_items(text: str, n: int, seed: int, min_words: int = 30, max_words
             continue
         used.append((s, e))
         last = re.sub(r"[^A-Za-z]", "", words[e])
-        items.append(Item(" ".join(words[s:e]), target=" " + last))
+        items.append(Item(text[spans[s][0]:spans[e - 1][1]], target=" " + last))
         if len(items) == n:
             break
     if not items:

@@ -47,10 +47,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="RUN_DIR")
     p.add_argument("--val-data", metavar="FILE", help="validation file (default: split --val-fraction off)")
     p.add_argument("--val-fraction", type=float_range(0.0, 1.0, hi_open=True), default=0.1, help="seeded validation split (default 0.1)")
-    p.add_argument("--method", choices=("full", "lora"), default="full")
-    p.add_argument("--lora-rank", type=positive_int, default=8)
-    p.add_argument("--lora-alpha", type=positive_float, default=16.0)
-    p.add_argument("--lora-dropout", type=float_range(0.0, 1.0, hi_open=True), default=0.0)
+    p.add_argument("--method", choices=("full", "lora"), default="full",
+                   help="full: train every weight; lora: train low-rank adapters only, the base frozen")
+    p.add_argument("--lora-rank", type=positive_int, default=8, help="LoRA: rank r of each adapter")
+    p.add_argument("--lora-alpha", type=positive_float, default=16.0, help="LoRA: scale alpha (update x alpha/r)")
+    p.add_argument("--lora-dropout", type=float_range(0.0, 1.0, hi_open=True), default=0.0,
+                   help="LoRA: dropout on the adapter's input")
     p.add_argument("--lora-targets", default="c_attn,c_proj", help=f"comma list of {', '.join(lora.ALL_TARGETS)}")
     p.add_argument("--pad", action="store_true", help="one example per row (default: pack whole examples)")
     p.add_argument("--include-prompt", action="store_true", help="take the loss on prompt tokens too")

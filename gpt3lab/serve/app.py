@@ -45,6 +45,33 @@ def _error(status: int, message: str, type: str = "invalid_request_error", param
     return JSONResponse(ServeError(status, message, type, param, code).body(), status_code=status)
 
 
+async def read_body(receive, limit: int) -> bytes:
+    """A request's body from ASGI `receive`, read to its end or until it exceeds `limit` bytes (then the caller
+    sees len(body) > limit and refuses it; the caller also bounds the time)."""
+    chunks, size, more = [], 0, True
+    while more and size <= limit:
+        msg = await receive()
+        if msg["type"] != "http.request":
+            break
+        chunks.append(msg.get("body", b""))
+        size += len(chunks[-1])
+        more = msg.get("more_body", False)
+    return b"".join(chunks)
+
+
+def replaying(body: bytes, receive):
+    """An ASGI receive() that hands out `body` once, then defers to the server's (so `http.disconnect` arrives)."""
+    replayed = False
+
+    async def replay():
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return replay
+
+
 class Guard:
     """ASGI middleware: API-key check (Bearer token) and a request-body size limit, before any routing.
 
@@ -74,37 +101,14 @@ class Guard:
         if declared > self.max_body_bytes:
             return await self._too_large(scope, receive, send)
         try:
-            body = await asyncio.wait_for(self._read_body(receive), self.body_timeout)
+            body = await asyncio.wait_for(read_body(receive, self.max_body_bytes), self.body_timeout)
         except asyncio.TimeoutError:
             return await _error(408, f"request body not received within {self.body_timeout:g} s; send it at once "
                                      f"(or raise `gpt3lab serve --body-timeout`)",
                                 code="request_timeout")(scope, receive, send)
-        if body is None:
+        if len(body) > self.max_body_bytes:
             return await self._too_large(scope, receive, send)
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()
-
-        return await self.app(scope, replay, send)
-
-    async def _read_body(self, receive) -> bytes | None:
-        """The whole request body, or None when it exceeds max_body_bytes (the caller bounds the time)."""
-        chunks, size, more = [], 0, True
-        while more:
-            msg = await receive()
-            if msg["type"] != "http.request":
-                break
-            chunks.append(msg.get("body", b""))
-            size += len(chunks[-1])
-            if size > self.max_body_bytes:
-                return None
-            more = msg.get("more_body", False)
-        return b"".join(chunks)
+        return await self.app(scope, replaying(body, receive), send)
 
     def _counting(self, scope, send):
         route = route_label(scope["path"])
@@ -193,9 +197,12 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(service: CompletionService, api_keys: list[str] | None = None,
-               max_body_bytes: int = 4 * 1024 * 1024, on_shutdown=None, body_timeout: float = 10.0) -> FastAPI:
+               max_body_bytes: int = 4 * 1024 * 1024, on_shutdown=None, body_timeout: float = 10.0,
+               access_log=None, peers=()) -> FastAPI:
     """The ASGI app over `service`. on_shutdown() runs after the server stops taking requests;
-    a request body not received within body_timeout seconds gets a 408."""
+    a request body not received within body_timeout seconds gets a 408. access_log: True (stderr) or a
+    stream gets one line per request (serve/access_log.py). peers: the services of the other models this
+    server serves (LoRA adapters, serve/lora_modules.py), listed by GET /v1/models."""
     from contextlib import asynccontextmanager
 
     @asynccontextmanager
@@ -207,13 +214,16 @@ def create_app(service: CompletionService, api_keys: list[str] | None = None,
     app = FastAPI(title="gpt3lab", version="0.1.0", lifespan=lifespan, redoc_url=None,
                   description="OpenAI-compatible Completions and Chat Completions APIs over a gpt3lab checkpoint.")
     install_error_handlers(app)
-    add_routes(app, service)
+    add_routes(app, service, peers)
     app.add_middleware(Guard, api_keys=list(api_keys or []), max_body_bytes=max_body_bytes,
                        metrics=service.metrics, body_timeout=body_timeout)
+    if access_log:                      # outermost: refused (401/413) requests are logged too
+        from gpt3lab.serve.access_log import AccessLog
+        app.add_middleware(AccessLog, stream=None if access_log is True else access_log)
     return app
 
 
-def add_routes(app: FastAPI, service: CompletionService) -> None:
+def add_routes(app: FastAPI, service: CompletionService, peers=()) -> None:
     m = service.metrics
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -230,7 +240,7 @@ def add_routes(app: FastAPI, service: CompletionService) -> None:
 
     @app.get("/v1/models", response_model=ModelList, responses=ERRORS)
     async def models():
-        return {"object": "list", "data": [service.model_card()]}
+        return {"object": "list", "data": [service.model_card(), *(p.model_card() for p in peers)]}
 
     @app.get("/v1/models/{model_id:path}", response_model=ModelCard, responses=ERRORS)
     async def model(model_id: str):

@@ -27,7 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="require `Authorization: Bearer KEY` (repeatable; visible in `ps`: prefer --api-key-file "
                         "or $GPT3LAB_API_KEY, comma-separated; default: none)")
     p.add_argument("--api-key-file", metavar="FILE", help="read the API key(s) from FILE, one per line")
-    p.add_argument("--model-name", default=None, help="model id clients send (default: the checkpoint dir name)")
+    p.add_argument("--model-name", default=None,
+                   help="model id clients send (default: the directory's name; the run's for RUN/adapter)")
+    p.add_argument("--lora-modules", nargs="+", action="extend", default=[], metavar="NAME=ADAPTER_DIR",
+                   help="also serve these LoRA adapters of the base model, each under its NAME (a request's "
+                        "`model` picks one; GET /v1/models lists them)")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     add_quantize_argument(p)
     p.add_argument("--max-concurrent", type=positive_int, default=64, help="requests generating at once")
@@ -45,6 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shutdown-timeout", type=nonneg_float, default=30.0,
                    help="seconds in-flight requests get to finish on SIGTERM before they are cancelled")
     p.add_argument("--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"])
+    p.add_argument("--no-access-log", action="store_true",
+                   help="do not print the one line per request (method, route, status, tokens, time) on stderr")
     p.add_argument("--chat-template", metavar="FILE", default=None,
                    help="Jinja chat template for /v1/chat/completions (default: the checkpoint's, else a plain "
                         "User:/Assistant: transcript)")
@@ -111,15 +117,16 @@ def engine_config(args):
 
 def build_engine(checkpoint: str, device: str, config=None, tokenizer=None, quantize: str = "none",
                  compile=False):
-    """(engine, inspector, path): the checkpoint, run dir or LoRA adapter dir loaded onto `device` behind the
-    engine, and the read-only inspector over the same model that /v1/inspect uses (tokenizer: an override
-    spec, e.g. "gpt2"; quantize: see gpt3lab.model.quant; compile: the decode step, gpt3lab.generate.core)."""
+    """(engine, inspector, path, model): the checkpoint, run dir, LoRA adapter dir or hub id loaded onto `device`
+    behind the engine, and the read-only inspector over the same model that /v1/inspect uses (tokenizer: an
+    override spec, e.g. "gpt2"; quantize: see gpt3lab.model.quant; compile: the decode step,
+    gpt3lab.generate.core). The model goes only to the adapters' engines (--lora-modules), never to the service."""
     from gpt3lab import load
     from gpt3lab.generate.engine import Engine
     from gpt3lab.inspect import Inspector
     model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer, quantize=quantize,
                       compile=compile)
-    return Engine(model, tok, config), Inspector(model, tok), Path(checkpoint).resolve()
+    return Engine(model, tok, config), Inspector(model, tok), Path(checkpoint).resolve(), model
 
 
 def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_timeout: float = 30.0,
@@ -158,22 +165,56 @@ def chat_template(args) -> str | None:
     return chat_template_of(args.checkpoint)
 
 
+def serve_lora_modules(args, base_model, engine, service, adapters: dict, template, keys: list[str]):
+    """The ASGI app serving the base model and each adapter (an engine each, base weights shared)."""
+    from gpt3lab.generate.engine import Engine
+    from gpt3lab.serve.app import create_app
+    from gpt3lab.serve.lora_modules import ModelRouter, adapter_model
+    from gpt3lab.serve.service import CompletionService
+
+    engines = {n: Engine(adapter_model(base_model, p), engine.tokenizer, engine_config(args))
+               for n, p in adapters.items()}
+    services = {n: CompletionService(e, n, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
+                                     chat_template=template) for n, e in engines.items()}
+
+    def shutdown():
+        for e in (engine, *engines.values()):
+            e.shutdown(cancel_running=True)
+
+    kw = dict(body_timeout=args.body_timeout, access_log=not args.no_access_log)
+    apps = {n: create_app(s, keys, args.max_body_bytes, peers=[service, *(p for p in services.values() if p is not s)],
+                          **kw) for n, s in services.items()}
+    apps[service.model_name] = create_app(service, keys, args.max_body_bytes, on_shutdown=shutdown,
+                                          peers=list(services.values()), **kw)
+    router = ModelRouter(apps, service.model_name, args.max_body_bytes, args.body_timeout)
+    router.engines = engines            # the adapters' engines (tests, introspection)
+    return router
+
+
 def run(args) -> int:
     from gpt3lab.serve.app import create_app
     from gpt3lab.serve.service import CompletionService
 
     check_args(args)
-    engine, inspector, ckpt = build_engine(args.checkpoint, args.device, engine_config(args),
-                                           getattr(args, "tokenizer", None), args.quantize,
-                                           getattr(args, "compile", False))
-    name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
+    engine, inspector, ckpt, model = build_engine(args.checkpoint, args.device, engine_config(args),
+                                                  getattr(args, "tokenizer", None), args.quantize,
+                                                  getattr(args, "compile", False))
+    from gpt3lab.serve.lora_modules import default_model_name, parse_lora_modules
+
+    name = args.model_name or default_model_name(ckpt)   # the run, checkpoint or HF dir the user named
+    adapters = parse_lora_modules(args.lora_modules, name)
+    if adapters and args.quantize != "none":
+        raise ConfigError("--lora-modules needs the base model's own weights: drop --quantize")
+    template = chat_template(args)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
-                                chat_template=chat_template(args), inspector=inspector)
+                                chat_template=template, inspector=inspector)
     keys = api_keys(args.api_key, args.api_key_file)
-    app = create_app(service, keys, args.max_body_bytes, on_shutdown=lambda: engine.shutdown(cancel_running=True),
-                     body_timeout=args.body_timeout)
+    app = serve_lora_modules(args, model, engine, service, adapters, template, keys) if adapters else create_app(
+        service, keys, args.max_body_bytes, on_shutdown=lambda: engine.shutdown(cancel_running=True),
+        body_timeout=args.body_timeout, access_log=not args.no_access_log)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
         print(f"gpt3lab serve: warning: listening on {args.host} without an API key", file=sys.stderr)
     serve_app(app, args.host, args.port, args.log_level, args.shutdown_timeout,
-              announce=lambda line: print(f"{line}  (model {name!r})", flush=True))
+              announce=lambda line: print(f"{line}  (model {name!r}"
+                                          + "".join(f", {n!r}" for n in adapters) + ")", flush=True))
     return 0

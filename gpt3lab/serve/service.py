@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from gpt3lab.errors import UserError
 from gpt3lab.generate.api import (EngineError, InvalidRequestError, QueueFullError, SamplingParams, TokenEvent,
                                   check_token_ids)
+from gpt3lab.serve.access_log import note_usage
 from gpt3lab.serve.metrics import Metrics
 from gpt3lab.serve.protocol import (ChatCompletionRequest, CompletionRequest, DetokenizeRequest, InspectRequest,
                                     TokenizeRequest, token_id_key)
@@ -84,6 +85,15 @@ def _event_logprobs(ev: TokenEvent, with_logprobs: bool) -> dict | None:
         return None
     return {"tokens": ev.token_texts, "token_logprobs": ev.logprobs, "top_logprobs": ev.top_logprobs,
             "text_offset": ev.text_offset}
+
+
+def _join_logprobs(a: dict, b: dict) -> dict:
+    """Two events' logprobs (parallel lists, as _event_logprobs) as one."""
+    def tops(lp):
+        return lp["top_logprobs"] if lp["top_logprobs"] is not None else [None] * len(lp["tokens"])
+    both_none = a["top_logprobs"] is None and b["top_logprobs"] is None
+    return {"tokens": a["tokens"] + b["tokens"], "token_logprobs": a["token_logprobs"] + b["token_logprobs"],
+            "top_logprobs": None if both_none else tops(a) + tops(b), "text_offset": a["text_offset"] + b["text_offset"]}
 
 
 def _usage(handles) -> dict:
@@ -281,6 +291,7 @@ class CompletionService:
         return handles
 
     def _account(self, usage: dict, t0: float) -> None:
+        note_usage(usage)                                   # the request's access-log line
         self.metrics.tokens(usage["prompt_tokens"], usage["completion_tokens"],
                             usage["prompt_tokens_details"]["cached_tokens"])
         self.metrics.observe(latency=time.perf_counter() - t0)
@@ -411,6 +422,10 @@ class CompletionStream:
     def _shape(self, choice: dict) -> dict:
         return choice
 
+    def _hold(self, choice: dict) -> dict | None:
+        """The choice to send now, or None to send nothing yet (completions send every token event)."""
+        return choice
+
     async def _merged(self) -> AsyncIterator[tuple[int, TokenEvent]]:
         """Events of all prompts' handles as they come: (prompt index, event)."""
         q: asyncio.Queue = asyncio.Queue()
@@ -448,8 +463,10 @@ class CompletionStream:
                 if first and ev.tokens:
                     self.service.metrics.observe(ttft=time.perf_counter() - self.t0)
                     first = False
-                yield self._chunk([{"text": ev.text, "index": i * n + ev.index,
-                                    "logprobs": _event_logprobs(ev, with_lp), "finish_reason": ev.finish_reason}])
+                c = self._hold({"text": ev.text, "index": i * n + ev.index,
+                                "logprobs": _event_logprobs(ev, with_lp), "finish_reason": ev.finish_reason})
+                if c is not None:
+                    yield self._chunk([c])
         except EngineError as e:
             yield f"data: {json.dumps(ServeError.from_engine(e).body())}\n\n"
             return
@@ -480,10 +497,24 @@ class ChatStream(CompletionStream):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._started: set[int] = set()
+        self._pending: dict[int, dict] = {}       # logprobs of held-back tokens, per choice
+
+    def _hold(self, c: dict) -> dict | None:
+        """No chunk without text: tokens held back (a stop string may be starting) send nothing; their
+        logprobs go out with the next chunk of that choice. A last chunk without text has an empty delta."""
+        pending = self._pending.pop(c["index"], None)
+        if pending is not None and c["logprobs"] is not None:
+            c = {**c, "logprobs": _join_logprobs(pending, c["logprobs"])}
+        if c["text"] or c["finish_reason"]:
+            return c
+        if c["logprobs"] is not None:
+            self._pending[c["index"]] = c["logprobs"]
+        return None
 
     def _shape(self, c: dict) -> dict:
         first = c["index"] not in self._started
-        delta = {"role": "assistant", "content": c["text"]} if first else {"content": c["text"]}
+        delta = {"content": c["text"]} if c["text"] else {}
+        delta = {"role": "assistant", **delta} if first else delta
         self._started.add(c["index"])
         return {"index": c["index"], "delta": delta, "logprobs": chat_logprobs(c["logprobs"]),
                 "finish_reason": c["finish_reason"]}

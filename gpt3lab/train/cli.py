@@ -106,8 +106,10 @@ def read_config_file(path: str) -> object:
         raise ConfigError(f"--config {path}: cannot read it ({e})") from None
     if Path(path).suffix.lower() in (".yaml", ".yml"):
         import yaml
+
+        from gpt3lab.yaml12 import safe_load
         try:
-            return yaml.safe_load(text)
+            return safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"--config {path}: invalid YAML ({str(e).splitlines()[0]})") from None
     try:
@@ -264,6 +266,12 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     trainer = Trainer(model, mcfg, tcfg, train_data, eval_data, info=info, dist=dist, device=device)
     if resume:
         trainer.resume(ckpt)
+    if dist.is_main:
+        import sys
+
+        from gpt3lab.launcher import chosen
+        from gpt3lab.train.summary import summary_lines
+        print("\n".join(summary_lines(trainer, out, data, chosen())), file=sys.stderr, flush=True)
     try:
         if trainer.step >= tcfg.max_steps:
             raise ConfigError(f"{ckpt} is already at step {trainer.step} >= max_steps {tcfg.max_steps}; "

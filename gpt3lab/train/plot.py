@@ -1,4 +1,4 @@
-"""`gpt3lab plot RUN_DIR [RUN_DIR ...]`: loss curves (train EMA + val) above the learning rate, per step.
+"""`gpt3lab plot RUN_DIR [RUN_DIR ...]`: loss curves (train, raw and smoothed, + val) above the learning rate, per step.
 
 One run: RUN/loss.png. Several runs: one colour per run on shared axes (--out, default ./runs.png), the
 legend naming each run directory, so runs with different settings compare at a glance.
@@ -23,7 +23,7 @@ def _records(run: Path) -> list[dict]:
 
 
 def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path:
-    """Draw loss (train EMA, raw faint, val markers) and lr against step for each run into `out`."""
+    """Draw loss (train smoothed by a local linear fit, raw faint, val markers) and lr against step for each run into `out`."""
     import matplotlib
     matplotlib.use("Agg")                 # files only, no display needed
     import matplotlib.pyplot as plt
@@ -37,7 +37,7 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path
         steps, loss = [r["step"] for r in recs], [r["loss"] for r in recs]
         val = [(r["step"], r["val_loss"]) for r in recs if r.get("val_loss") is not None]
         ax.plot(steps, loss, lw=0.6, alpha=0.3, color=color)
-        ax.plot(steps, _ema(loss), lw=1.5, color=color, label="train (EMA)" if single else f"{run.name} train")
+        ax.plot(steps, smooth(loss), lw=1.5, color=color, label="train (smoothed)" if single else f"{run.name} train")
         if val:
             ax.plot(*zip(*val), "o--", ms=3, lw=1, color=color if not single else "tab:orange",
                     label="val" if single else f"{run.name} val")
@@ -65,13 +65,25 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
     return plot_runs([run_dir], out)
 
 
-def _ema(xs: list[float], beta: float = 0.9) -> list[float]:
-    """Bias-corrected exponential moving average (no lag toward the first value)."""
-    out, m = [], 0.0
-    for t, x in enumerate(xs, 1):
-        m = beta * m + (1 - beta) * x
-        out.append(m / (1 - beta ** t))
-    return out
+def smooth(ys: list[float], half_width: int | None = None) -> list[float]:
+    """Local linear fit of `ys` against the step index over a window of +-half_width points (clipped at the
+    ends), evaluated at each point. Unlike an EMA it has no lag on a falling curve: at the end of a short
+    run the line ends where the raw loss is heading, not several steps behind it. The default half-width
+    grows with the run (1/40 of it), so long runs are smoothed more."""
+    import numpy as np
+
+    n = len(ys)
+    if n < 3:
+        return list(map(float, ys))
+    h = half_width if half_width is not None else max(1, n // 40)
+    x, y = np.arange(n, dtype=np.float64), np.asarray(ys, dtype=np.float64)
+    # window sums from prefix sums: O(n) for any window
+    c = [np.concatenate(([0.0], np.cumsum(v))) for v in (np.ones(n), x, y, x * x, x * y)]
+    lo, hi = np.clip(x - h, 0, n).astype(int), np.clip(x + h + 1, 0, n).astype(int)
+    k, sx, sy, sxx, sxy = (v[hi] - v[lo] for v in c)
+    var = k * sxx - sx * sx
+    slope = np.divide(k * sxy - sx * sy, var, out=np.zeros(n), where=var > 0)
+    return [float(v) for v in (sy - slope * sx) / k + slope * x]
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

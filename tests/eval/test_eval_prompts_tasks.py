@@ -148,3 +148,18 @@ def test_evaluate_generation_with_trimming(model, tok):
     assert r.n == 3 and r.trimmed == 3 and r.mean_shots < 30 and 0 <= r.metrics["exact_match"] <= 1
     with pytest.raises(UserError, match="do not fit"):
         evaluate_task(model, tok, t, k=30, limit=3, strict=True)
+
+
+def test_lambada_passages_keep_the_texts_own_newlines():
+    """Verse keeps its line breaks (a model trained on it predicts "\\n" where they were flattened away)."""
+    verse = ("ROMEO:\nBut soft, what light through yonder window breaks?\nIt is the east, and Juliet is the sun.\n"
+             "Arise, fair sun, and kill the envious moon,\nWho is already sick and pale with grief,\n"
+             "That thou her maid art far more fair than she.\n\n") * 6
+    items = last_word_items(verse, 5, seed=0, min_words=10, max_words=20)
+    assert items and all("\n" in it.context for it in items)
+    for it in items:
+        assert it.context in verse and (it.context + it.target) in verse   # a verbatim cut of the text
+        assert it.target.startswith(" ") and not it.context.endswith((" ", "\n"))
+    # a sentence's last word that opens a line has no " " before it in the text: never a target
+    with pytest.raises(UserError, match="too short to cut"):
+        last_word_items("a b c d\nbreaks. " * 40, 5, 0, 3, 4)

@@ -130,7 +130,7 @@ def test_tokenizer_cli_takes_a_run_dir(tiny_data, tmp_path, capsys):
     old = sys.stdin
     try:
         sys.stdin = io.StringIO("the king")
-        assert main(["tokenizer", "encode", "--tokenizer", str(tmp_path / "run")]) == 0
+        assert main(["tokenizer", "encode", "--ids-only", "--tokenizer", str(tmp_path / "run")]) == 0
     finally:
         sys.stdin = old
     assert capsys.readouterr().out.split() == [str(i) for i in tok.encode("the king")]
