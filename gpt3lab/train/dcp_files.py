@@ -58,16 +58,20 @@ _DTYPES = {"float64", "float32", "float16", "bfloat16", "complex64", "complex128
            "float8_e4m3fnuz", "float8_e5m2fnuz"}
 
 
+class _Refused(pickle.UnpicklingError):
+    """The pickle names something outside the allowlist."""
+
+
 class _MetadataUnpickler(pickle.Unpickler):
     """Resolves only the globals of a DCP index; anything else is refused before it can be called."""
 
     def find_class(self, module: str, name: str):
         if (module, name) in _ALLOWED or module == "torch" and name in _DTYPES:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"it names {module}.{name}, which is not part of a checkpoint index")
+        raise _Refused(f"it names {ascii(f'{module}.{name}')[1:-1][:100]}, which is not part of a checkpoint index")
 
     def persistent_load(self, pid):
-        raise pickle.UnpicklingError("it holds a persistent reference, which a checkpoint index never does")
+        raise _Refused("it holds a persistent reference, which a checkpoint index never does")
 
 
 def read_sums(sharded: Path) -> dict[str, str] | None:
@@ -111,10 +115,10 @@ def read_metadata(sharded: str | Path, sums: dict[str, str] | None = None) -> Me
     data = path.read_bytes()
     try:
         md = _MetadataUnpickler(io.BytesIO(data)).load()
-    except pickle.UnpicklingError as e:
+    except _Refused as e:
         raise CheckpointError(f"{path}: refused ({e}); a sharded checkpoint from elsewhere may run code when "
                               f"read, and this one was not written by gpt3lab: do not use it") from None
-    except Exception as e:      # EOFError, ValueError, TypeError... from a truncated or mangled pickle
+    except Exception as e:      # EOFError, UnpicklingError, TypeError... from a truncated or mangled pickle
         why = "empty" if not data else f"truncated or corrupt ({type(e).__name__})"
         raise CheckpointError(f"{path}: {why}; use an earlier checkpoint or copy the whole directory "
                               f"again") from None
@@ -133,10 +137,15 @@ def _check_index(md, path: Path) -> None:
         bad = f"a {type(md).__name__}, not a checkpoint index"
     else:
         for info in md.storage_data.values():
-            if not isinstance(info, _StorageInfo) or not isinstance(info.relative_path, str) \
-                    or not _PLAIN_NAME.fullmatch(info.relative_path) \
-                    or not all(type(v) is int and v >= 0 for v in (info.offset, info.length)):
-                bad = f"an entry {str(info)[:80]!r} that is not a shard file of this directory"
+            if not isinstance(info, _StorageInfo):
+                bad = f"an entry of type {type(info).__name__}, not a shard location"
+            elif not isinstance(info.relative_path, str) or not _PLAIN_NAME.fullmatch(info.relative_path):
+                where = ascii(info.relative_path[:80]) if isinstance(info.relative_path, str) else \
+                    f"a {type(info.relative_path).__name__}"
+                bad = f"an entry naming {where}, not a shard file of this directory"
+            elif not all(type(v) is int and v >= 0 for v in (info.offset, info.length)):
+                bad = "an entry whose offset or length is not a whole number >= 0"
+            if bad:
                 break
     if bad:
         raise CheckpointError(f"{path}: refused (it holds {bad}); the checkpoint is damaged or not written by "

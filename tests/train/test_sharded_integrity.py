@@ -121,7 +121,7 @@ def test_an_index_pointing_outside_the_directory_is_refused(run, tmp_path, capsy
     md.storage_data[key].relative_path = "../../../config.json"
     (sharded / ".metadata").write_bytes(pickle.dumps(md))
     _rewrite_sums(sharded)
-    assert "not a shard file of this directory" in _export(run, tmp_path / "out", capsys)
+    assert "../../../config.json', not a shard file of this directory" in _export(run, tmp_path / "out", capsys)
 
 
 def test_flipped_bytes_in_a_shard_fail_export_and_resume(tiny_data, tmp_path, capsys):
@@ -198,3 +198,11 @@ def test_a_corrupt_shard_in_a_two_process_load_is_one_line_on_every_rank(run, tm
         lines = [x for x in err.splitlines() if x.startswith("gpt3lab: error:")]
         assert p.returncode == 2 and len(lines) == 1 and "__0_0.distcp: truncated or corrupt" in lines[0], err
         assert "Traceback" not in err, err
+
+
+def test_a_mangled_pickle_is_corrupt_not_a_security_refusal(run, tmp_path, capsys):
+    sharded = _sharded(run)
+    (sharded / ".metadata").write_bytes(b"\x80\x04not a pickle at all")
+    _rewrite_sums(sharded)
+    err = _export(run, tmp_path / "out", capsys)
+    assert ".metadata: truncated or corrupt (UnpicklingError)" in err
