@@ -1,17 +1,20 @@
 """Checkpoint save of an FSDP run (issue 13): gathered single file (rank 0 collects everything) vs sharded
 (DCP: every rank writes its own shards) vs asynchronous sharded (time training is blocked), side by side.
 
-    python benchmarks/bench_sharded_save.py [--nproc 2] [--layers 8] [--d-model 512] [--repeats 3] [--methods ...]
+    python benchmarks/bench_sharded_save.py [--nproc 2] [--layers 8] [--d-model 512] [--repeats 3]
 
 Launches NPROC gloo processes on this machine (CPU). Each builds the same GPT, shards it with FSDP,
 takes one AdamW step (so the optimizer state exists), then saves it --repeats times per method. Prints per
 method the median wall time of the save and the peak RSS growth over the process's RSS before saving
 (ru_maxrss; each method runs in a fresh launch so peaks do not mix), for rank 0 and the other ranks.
 
-Issue 23: `sharded` writes SHA256SUMS (every rank hashes its own shards) and its load verifies every file
-before reading it and reads .metadata with the restricted unpickler; `nodigest` is the same save and load
-with DCP's plain FileSystemWriter/Reader. The sharded methods also time loading the last checkpoint back
-(--repeats times); the digest overhead is printed as ratios sharded / nodigest for save and load.
+    python benchmarks/bench_sharded_save.py --digests [--repeats 6]
+
+Issue 23: what the SHA-256 digests cost. One launch alternates (ABBA order, so a noisy machine hits both
+alike) a sharded save + load with gpt3lab's writer/reader (every rank hashes its shard files after writing
+them; loading verifies every file before reading it and reads .metadata with the restricted unpickler)
+and with DCP's plain FileSystemWriter/Reader. Prints the median times and the median of the per-pair
+ratios (digests / plain) for save and for load.
 """
 from __future__ import annotations
 
@@ -44,10 +47,6 @@ def worker(args) -> None:
     from gpt3lab.train import distributed, sharded_checkpoint
     from gpt3lab.train.loop import make_optimizer
 
-    if args.method == "nodigest":              # DCP's own writer and reader: no digests, plain pickle.load
-        import torch.distributed.checkpoint as dcp
-        sharded_checkpoint.DigestWriter = dcp.FileSystemWriter
-        sharded_checkpoint.VerifyingReader = dcp.FileSystemReader
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=50304, context=256, n_layer=args.layers, d_model=args.d_model,
                       n_head=args.d_model // 64)
@@ -57,6 +56,8 @@ def worker(args) -> None:
     x = torch.randint(0, cfg.vocab_size, (1, 64))
     model(x, x)[1].backward()
     opt.step()
+    if args.method == "digests":
+        return digest_ab(args, dist, model, opt, cfg)
     base = _rss_mb()
     saver = sharded_checkpoint.ShardedCheckpointer(async_save=args.method == "async")
     times, blocked = [], []
@@ -76,20 +77,56 @@ def worker(args) -> None:
             saver.wait()
         dist.barrier()
         times.append(time.perf_counter() - t0)
-    loads = []
-    for _ in range(args.repeats if args.method != "gathered" else 0):
-        dist.barrier()
-        t0 = time.perf_counter()
-        sharded_checkpoint.load(ck.step_dir(args.out, args.repeats), model, opt)
-        dist.barrier()
-        loads.append(time.perf_counter() - t0)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps({"rank": dist.rank, "median_s": statistics.median(times),
-                      "load_s": statistics.median(loads) if loads else None,
                       "blocked_s": statistics.median(blocked) if blocked else None,
                       "params": sum(p.numel() for p in GPT(cfg).parameters()) if dist.is_main else 0,
                       "rss_growth_mb": peak - base}), flush=True)
     dist.close()
+
+
+def digest_ab(args, dist, model, opt, cfg) -> None:
+    """Save + load with digests (A) and with DCP's plain writer/reader (B), in ABBA order."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from gpt3lab import checkpoint as ck
+    from gpt3lab.train import sharded_checkpoint as sc
+
+    variants = {"A": (sc.DigestWriter, sc.VerifyingReader), "B": (dcp.FileSystemWriter, dcp.FileSystemReader)}
+    times = {v: {"save": [], "load": []} for v in variants}
+    for i in range(args.repeats):
+        for v in ("AB", "BA")[i % 2]:
+            sc.DigestWriter, sc.VerifyingReader = variants[v]
+            dest = ck.step_dir(args.out, i + 1)
+            for what in ("save", "load"):
+                dist.barrier()
+                t0 = time.perf_counter()
+                if what == "save":
+                    sc.ShardedCheckpointer().save(dest, model, opt, lambda t: ck.write_config(t, cfg))
+                else:
+                    sc.load(dest, model, opt)
+                dist.barrier()
+                times[v][what].append(time.perf_counter() - t0)
+            if dist.is_main:
+                shutil.rmtree(dest)
+    sc.DigestWriter, sc.VerifyingReader = variants["A"]
+    print(json.dumps({"rank": dist.rank, "times": times}), flush=True)
+    dist.close()
+
+
+def report_digests(args) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        res = launch(args, "digests", Path(d))
+    t = res[0]["times"]
+    for what in ("save", "load"):
+        a, b = t["A"][what], t["B"][what]
+        ratios = [x / y for x, y in zip(a, b)]
+        print(f"{what}: digests {statistics.median(a):.2f} s, plain {statistics.median(b):.2f} s; "
+              f"ratio digests/plain median x{statistics.median(ratios):.3f} (pairs: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"load avg after: {os.getloadavg()[0]:.1f}")
 
 
 def launch(args, method: str, out: Path) -> list[dict]:
@@ -113,9 +150,8 @@ def main() -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--d-model", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--methods", default="gathered,sharded,async,nodigest",
-                    help="comma-separated: gathered, sharded, async, nodigest")
     ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--digests", action="store_true", help="only the digest overhead (issue 23)")
     ap.add_argument("--method", default="gathered")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -124,22 +160,16 @@ def main() -> None:
         return
     print(f"load avg {os.getloadavg()[0]:.1f}; {args.nproc} gloo processes, {args.layers} layers, "
           f"d_model {args.d_model}")
-    results = {}
-    for method in args.methods.split(","):
+    if args.digests:
+        report_digests(args)
+        return
+    for method in ("gathered", "sharded", "async"):
         with tempfile.TemporaryDirectory() as d:
             res = launch(args, method, Path(d))
-            size = sum(f.stat().st_size for f in Path(d).rglob("*.distcp"))
         r0, rest = res[0], res[1:]
-        results[method] = r0
         blocked = f", training blocked {r0['blocked_s']:.2f} s" if method == "async" else ""
-        load = f", load {r0['load_s']:.2f} s" if r0["load_s"] is not None else ""
-        print(f"{method:<9} {r0['params'] / 1e6:.0f}M params: save {r0['median_s']:.2f} s{blocked}{load}; peak RSS "
-              f"growth rank 0 {r0['rss_growth_mb']:.0f} MB, others {max(r['rss_growth_mb'] for r in rest):.0f} MB"
-              + (f"; {size / 2**20 / args.repeats:.0f} MiB of shards per save" if size else ""))
-    if {"sharded", "nodigest"} <= results.keys():
-        a, b = results["sharded"], results["nodigest"]
-        print(f"digest overhead (sharded / nodigest): save x{a['median_s'] / b['median_s']:.3f}, "
-              f"load x{a['load_s'] / b['load_s']:.3f}; load avg {os.getloadavg()[0]:.1f}")
+        print(f"{method:<9} {r0['params'] / 1e6:.0f}M params: save {r0['median_s']:.2f} s{blocked}; peak RSS growth "
+              f"rank 0 {r0['rss_growth_mb']:.0f} MB, others {max(r['rss_growth_mb'] for r in rest):.0f} MB")
 
 
 if __name__ == "__main__":
