@@ -133,28 +133,36 @@ def open_binary(path: Path):
 
 
 class _ZstdFrames:
-    """The decompressed bytes of a .zst file, frame after frame; `read` raises EOFError when the file ends
-    inside a frame. Input is fed ZSTD_FEED bytes at a time, which bounds one step's output (a 4-byte RLE
-    block expands to 128 KiB: 2 KiB in gives at most 64 MiB out)."""
+    """The decompressed bytes of a .zst file, frame after frame; `readinto` raises EOFError when the file
+    ends inside a frame. Input is fed ZSTD_FEED bytes at a time, which bounds one step's output (a 4-byte
+    RLE block expands to 128 KiB: 2 KiB in gives at most 64 MiB out)."""
 
     def __init__(self, raw, zstd):
         self.raw, self.zstd = raw, zstd
-        self.dobj, self.started = zstd.ZstdDecompressor().decompressobj(), False
-        self.out, self.pos = b"", 0
+        self.dobj, self.started = zstd.ZstdDecompressor().decompressobj(write_size=1 << 14), False
+        self.out = memoryview(b"")      # decompressed bytes not yet returned
+        self.pending = memoryview(b"")  # compressed bytes read but not yet fed
 
-    def read(self, n: int) -> bytes:
-        while self.pos >= len(self.out):
-            data = self.raw.read(ZSTD_FEED)
-            if not data:
-                if self.started:
-                    raise EOFError("the file ends inside a zstd frame")
-                return b""
-            self.out, self.pos = self._decompress(data), 0
-        chunk = self.out[self.pos:self.pos + n]
-        self.pos += len(chunk)
-        return chunk
+    def readinto(self, b) -> int:
+        """Fill `b` (fewer bytes only at the end of the file); one copy per byte."""
+        view, filled = memoryview(b).cast("B"), 0
+        while filled < len(view):
+            if not self.out:
+                if not self.pending:
+                    self.pending = memoryview(self.raw.read(BLOCK_BYTES))
+                    if not self.pending:
+                        if self.started:
+                            raise EOFError("the file ends inside a zstd frame")
+                        break
+                self.out = memoryview(self._decompress(self.pending[:ZSTD_FEED]))
+                self.pending = self.pending[ZSTD_FEED:]
+                continue
+            k = min(len(self.out), len(view) - filled)
+            view[filled:filled + k] = self.out[:k]
+            self.out, filled = self.out[k:], filled + k
+        return filled
 
-    def _decompress(self, data: bytes) -> bytes:
+    def _decompress(self, data) -> bytes:
         parts = []
         while data:
             self.started = True
@@ -162,7 +170,7 @@ class _ZstdFrames:
             data = b""
             if self.dobj.eof:                       # a frame ended: what follows starts the next one
                 data, self.started = self.dobj.unused_data, False
-                self.dobj = self.zstd.ZstdDecompressor().decompressobj()
+                self.dobj = self.zstd.ZstdDecompressor().decompressobj(write_size=1 << 14)
         return b"".join(parts)
 
     def close(self) -> None:
@@ -180,7 +188,7 @@ class _Checked(io.RawIOBase):
 
     def readinto(self, b) -> int:
         try:
-            data = self.inner.read(len(b))
+            return self.inner.readinto(b)
         except EOFError:
             raise DataError(f"{self.path}: truncated (the compressed stream ends early); copy the file "
                             f"again") from None
@@ -188,8 +196,6 @@ class _Checked(io.RawIOBase):
             what = "not gzip data" if str(e).startswith("Not a gzipped file") else "corrupt"
             raise DataError(f"{self.path}: {what} ({type(e).__name__}: {' '.join(str(e).split())[:120]}); "
                             f"check the file or its suffix") from None
-        b[:len(data)] = data
-        return len(data)
 
     def close(self) -> None:
         if not self.closed:
