@@ -7,8 +7,8 @@
     CKPT/train_state/       optional: optimizer.pt (torch.save, loaded with weights_only=True) and
                             state.json (step, tokens seen, RNG states as integer lists, data-loader positions)
     CKPT/sharded/           instead of model.safetensors and optimizer.pt in checkpoints of sharded (FSDP/TP)
-                            runs: one file per rank (train/sharded_checkpoint.py); `gpt3lab export` makes the
-                            single-file checkpoint of it
+                            runs: one file per rank + SHA256SUMS, read only through train/dcp_files.py
+                            (train/sharded_checkpoint.py); `gpt3lab export` makes the single-file checkpoint
 
 A run directory holds checkpoints under RUN/checkpoints/step_NNNNNNN; `resolve` maps a run directory
 to its newest complete checkpoint. A checkpoint is written into a temporary sibling directory and then
