@@ -178,6 +178,18 @@ def test_a_checkpoint_without_digests_still_exports_the_same_weights(run, tmp_pa
     assert all(torch.equal(got[k], want[k]) for k in got)
 
 
+def test_each_ranks_error_inside_dcps_checkpoint_exception_becomes_one_line():
+    """Under torch.distributed DCP raises CheckpointException (a BaseException) holding every rank's error."""
+    from torch.distributed.checkpoint import CheckpointException
+    ours = CheckpointError("sharded/__1_0.distcp: truncated or corrupt (SHA-256 ...)")
+    wrapped = CheckpointException("read", {1: (ours, None), 0: (ours, None)})
+    assert sharded_checkpoint._load_error("CKPT", wrapped) is ours
+    theirs = CheckpointException("plan", {0: (RuntimeError("Missing key in checkpoint\nstate_dict: x"), None)})
+    err = sharded_checkpoint._load_error("CKPT", theirs)
+    assert isinstance(err, CheckpointError) and "\n" not in str(err) and "does not fit this model" in str(err)
+
+
+@pytest.mark.slow
 def test_a_corrupt_shard_in_a_two_process_load_is_one_line_on_every_rank(run, tmp_path):
     """Under torch.distributed DCP wraps each rank's error in a CheckpointException (a BaseException); the
     CLI still prints one line naming the file."""
