@@ -7,6 +7,14 @@ Launches NPROC gloo processes on this machine (CPU). Each builds the same GPT, s
 takes one AdamW step (so the optimizer state exists), then saves it --repeats times per method. Prints per
 method the median wall time of the save and the peak RSS growth over the process's RSS before saving
 (ru_maxrss; each method runs in a fresh launch so peaks do not mix), for rank 0 and the other ranks.
+
+    python benchmarks/bench_sharded_save.py --digests [--repeats 6]
+
+Issue 23: what the SHA-256 digests cost. One launch alternates (ABBA order, so a noisy machine hits both
+alike) a sharded save + load with gpt3lab's writer/reader (every rank hashes its shard files after writing
+them; loading verifies every file before reading it and reads .metadata with the restricted unpickler)
+and with DCP's plain FileSystemWriter/Reader. Prints the median times and the median of the per-pair
+ratios (digests / plain) for save and for load.
 """
 from __future__ import annotations
 
@@ -48,6 +56,8 @@ def worker(args) -> None:
     x = torch.randint(0, cfg.vocab_size, (1, 64))
     model(x, x)[1].backward()
     opt.step()
+    if args.method == "digests":
+        return digest_ab(args, dist, model, opt, cfg)
     base = _rss_mb()
     saver = sharded_checkpoint.ShardedCheckpointer(async_save=args.method == "async")
     times, blocked = [], []
@@ -75,6 +85,50 @@ def worker(args) -> None:
     dist.close()
 
 
+def digest_ab(args, dist, model, opt, cfg) -> None:
+    """Save + load with digests (A) and with DCP's plain writer/reader (B), in ABBA order."""
+    import shutil
+
+    import torch.distributed.checkpoint as dcp
+
+    from gpt3lab import checkpoint as ck
+    from gpt3lab.train import sharded_checkpoint as sc
+
+    variants = {"A": (sc.DigestWriter, sc.VerifyingReader), "B": (dcp.FileSystemWriter, dcp.FileSystemReader)}
+    times = {v: {"save": [], "load": []} for v in variants}
+    for i in range(args.repeats):
+        for v in ("AB", "BA")[i % 2]:
+            sc.DigestWriter, sc.VerifyingReader = variants[v]
+            dest = ck.step_dir(args.out, i + 1)
+            for what in ("save", "load"):
+                dist.barrier()
+                t0 = time.perf_counter()
+                if what == "save":
+                    sc.ShardedCheckpointer().save(dest, model, opt, lambda t: ck.write_config(t, cfg))
+                else:
+                    sc.load(dest, model, opt)
+                dist.barrier()
+                times[v][what].append(time.perf_counter() - t0)
+            if dist.is_main:
+                shutil.rmtree(dest)
+    sc.DigestWriter, sc.VerifyingReader = variants["A"]
+    print(json.dumps({"rank": dist.rank, "times": times}), flush=True)
+    dist.close()
+
+
+def report_digests(args) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        res = launch(args, "digests", Path(d))
+    t = res[0]["times"]
+    for what in ("save", "load"):
+        a, b = t["A"][what], t["B"][what]
+        ratios = [x / y for x, y in zip(a, b)]
+        print(f"{what}: digests {statistics.median(a):.2f} s, plain {statistics.median(b):.2f} s; "
+              f"ratio digests/plain median x{statistics.median(ratios):.3f} (pairs: "
+              f"{', '.join(f'{r:.2f}' for r in ratios)})")
+    print(f"load avg after: {os.getloadavg()[0]:.1f}")
+
+
 def launch(args, method: str, out: Path) -> list[dict]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -97,6 +151,7 @@ def main() -> None:
     ap.add_argument("--d-model", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--worker", action="store_true")
+    ap.add_argument("--digests", action="store_true", help="only the digest overhead (issue 23)")
     ap.add_argument("--method", default="gathered")
     ap.add_argument("--out")
     args = ap.parse_args()
@@ -105,6 +160,9 @@ def main() -> None:
         return
     print(f"load avg {os.getloadavg()[0]:.1f}; {args.nproc} gloo processes, {args.layers} layers, "
           f"d_model {args.d_model}")
+    if args.digests:
+        report_digests(args)
+        return
     for method in ("gathered", "sharded", "async"):
         with tempfile.TemporaryDirectory() as d:
             res = launch(args, method, Path(d))

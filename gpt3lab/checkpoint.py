@@ -7,8 +7,8 @@
     CKPT/train_state/       optional: optimizer.pt (torch.save, loaded with weights_only=True) and
                             state.json (step, tokens seen, RNG states as integer lists, data-loader positions)
     CKPT/sharded/           instead of model.safetensors and optimizer.pt in checkpoints of sharded (FSDP/TP)
-                            runs: one file per rank (train/sharded_checkpoint.py); `gpt3lab export` makes the
-                            single-file checkpoint of it
+                            runs: one file per rank + SHA256SUMS, read only through train/dcp_files.py
+                            (train/sharded_checkpoint.py); `gpt3lab export` makes the single-file checkpoint
 
 A run directory holds checkpoints under RUN/checkpoints/step_NNNNNNN; `resolve` maps a run directory
 to its newest complete checkpoint. A checkpoint is written into a temporary sibling directory and then
@@ -166,7 +166,8 @@ def save_weights(state: dict[str, torch.Tensor], path: str | Path) -> None:
     record_checksum(path)
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
     h, buf = hashlib.sha256(), bytearray(1 << 20)
     with open(path, "rb", buffering=0) as f:
         while n := f.readinto(buf):
@@ -177,7 +178,7 @@ def _sha256(path: Path) -> str:
 def record_checksum(path: str | Path) -> None:
     """PATH.sha256 in `sha256sum` format, so `sha256sum -c model.safetensors.sha256` checks it too."""
     path = Path(path)
-    path.with_name(path.name + CHECKSUM_SUFFIX).write_text(f"{_sha256(path)}  {path.name}\n")
+    path.with_name(path.name + CHECKSUM_SUFFIX).write_text(f"{file_sha256(path)}  {path.name}\n")
 
 
 def verify_checksum(path: str | Path) -> None:
@@ -188,7 +189,7 @@ def verify_checksum(path: str | Path) -> None:
     if not record.is_file():
         return
     want = (record.read_text().split() or [""])[0].lower()
-    got = _sha256(path)
+    got = file_sha256(path)
     if got != want:
         raise CheckpointError(f"{path}: truncated or corrupt (SHA-256 {got[:16]}... differs from {want[:16]!r}... "
                               f"recorded in {record.name} at save); use an earlier checkpoint or re-save it")

@@ -295,3 +295,61 @@ def test_int8_round_trip_and_wrong_mode_is_refused(tok, model, tmp_path, capsys)
     assert "compressed with --quantize int8, not --quantize none" in capsys.readouterr().err
     assert main(["compress", "-d", str(ck), str(packed), str(back), "--no-progress", "--quantize", "int8"]) == 0
     assert back.read_bytes() == src.read_bytes()
+
+
+# ---- issue 23: every header field is bounded before use -----------------------------------------------
+
+def _forge_strings(blob: bytes, torch_version: bytes | None = None, meta: bytes | None = None) -> bytes:
+    """`blob` with its torch-version or meta field replaced (raw bytes) and the CRC32 recomputed."""
+    from gpt3lab.compress import _HEAD
+    h = read_header(blob)
+    pos = _HEAD.size
+    tv = blob[pos + 1:pos + 1 + blob[pos]] if torch_version is None else torch_version
+    pos += 1 + blob[pos]
+    machine = blob[pos:pos + 1 + blob[pos]]
+    meta = json_bytes(h["meta"]) if meta is None else meta
+    body = blob[:_HEAD.size] + bytes([len(tv)]) + tv + machine + struct.pack("<H", len(meta)) + meta + h["payload"]
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+def json_bytes(obj) -> bytes:
+    import json
+    return json.dumps(obj, sort_keys=True).encode()
+
+
+@pytest.mark.parametrize("threads", [0, 1025])        # 65535 crashed the process: tested below
+def test_a_forged_thread_count_is_a_clear_error(tok, model, threads):
+    blob, _ = compress_bytes(model, tok, TEXT.encode())
+    with pytest.raises(DataError, match=rf"x.g3lz: corrupt header: {threads} threads is outside \[1, 1024\]"):
+        decompress_bytes(model, tok, _forge(blob, threads=threads), name="x.g3lz")
+    with pytest.raises(Exception, match=r"threads=0 must be a whole number in \[1, 1024\]"):
+        compress_bytes(model, tok, b"x", threads=0)
+
+
+def test_65535_threads_through_the_cli_is_one_line_not_a_crash(tok, model, tmp_path):
+    """torch cannot start 65535 threads: before the bound the process died of SIGSEGV."""
+    import subprocess
+    import sys
+    ck = save_checkpoint(tmp_path / "ck", model, make_model(tok)[1], tok)
+    blob, _ = compress_bytes(model, tok, TEXT.encode())
+    (tmp_path / "x.g3lz").write_bytes(_forge(blob, threads=65535))
+    r = subprocess.run([sys.executable, "-m", "gpt3lab", "compress", "-d", str(ck), str(tmp_path / "x.g3lz"),
+                        str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, timeout=300)
+    lines = [x for x in r.stderr.splitlines() if not x.startswith("gpt3lab: allocator")]
+    assert r.returncode == 2 and len(lines) == 1 and "65535 threads is outside" in lines[0], r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_deep_meta_escape_codes_and_unknown_modes_are_refused(tok, model):
+    blob, _ = compress_bytes(model, tok, TEXT.encode())
+    deep = b'{"a":' + b"[" * 30000 + b"]" * 30000 + b"}"
+    with pytest.raises(DataError, match="meta field is not a JSON object of at most 8 levels"):
+        read_header(_forge_strings(blob, meta=deep), "x.g3lz")
+    assert read_header(_forge_strings(blob, meta=b'{"a": [[[1]]]}'))["meta"] == {"a": [[[1]]]}   # shallow: fine
+    evil = "\x1b[2J\x1b[31mint8"
+    with pytest.raises(DataError) as e:
+        decompress_bytes(model, tok, _forge_strings(blob, meta=json_bytes({"quantize": evil})), name="x.g3lz")
+    assert "\x1b" not in str(e.value) and "meta quantize '\\x1b[2J" in str(e.value)
+    with pytest.raises(DataError, match="torch version field holds non-printable bytes") as e:
+        decompress_bytes(model, tok, _forge_strings(blob, torch_version=b"2.0\x1b[31m"), name="x.g3lz")
+    assert "\x1b" not in str(e.value)

@@ -20,7 +20,11 @@ meta "quantize": the --quantize mode of the model (gpt3lab.model.quant); decodin
 Decoding needs the same checkpoint (fingerprint checked up front), and the same torch version and
 machine type (recorded; a mismatch that changes any probability shows up as a SHA-256 failure).
 A crafted header cannot make decoding run long: the token count is bounded by the byte count and by what
-the payload can hold, and a decoder that reads past the payload's end stops with an error.
+the payload can hold, and a decoder that reads past the payload's end stops with an error. Nor can it crash
+or mislead: every field is bounded before use (threads in [1, MAX_THREADS], the torch-version and machine
+strings printable ASCII, meta a JSON object nested at most META_DEPTH deep whose "quantize" is a known
+mode), so a forged file is a one-line DataError, never a thread-pool crash, a RecursionError or terminal
+escape codes in a message.
 """
 from __future__ import annotations
 
@@ -55,6 +59,9 @@ _HEAD = struct.Struct("<4sBBBH16sQQ32sQ")
 # encoder strips (a run of 64 zero bytes at the very end has probability ~2^-512)
 READ_PAST_END = 72
 _ESCAPED = re.compile("([\udc80-\udcff]+)")   # surrogateescape's stand-ins for non-UTF-8 bytes
+MAX_THREADS = 1024            # --threads' bound; a header naming more is forged (torch cannot start 65535)
+META_DEPTH = 8                # JSON nesting allowed in meta (it holds flat fields today)
+_PRINTABLE = re.compile(rb"[\x20-\x7e]*")
 
 
 @dataclass
@@ -161,6 +168,12 @@ def compress_bytes(model, tokenizer, data: bytes, *, threads: int = 1, progress:
 
     Stored raw (flag RAW) when model coding does not make it smaller, so a file is never more than the
     header larger than its input. meta: extra header fields (a JSON object)."""
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ConfigError(f"threads={threads!r} must be a whole number in [1, {MAX_THREADS}]")
+    meta_bytes = json.dumps({**({} if mode_of(model) == "none" else {"quantize": mode_of(model)}), **(meta or {})},
+                            sort_keys=True).encode()      # quantize absent: none (fp32)
+    if _depth(meta_bytes) > META_DEPTH or len(meta_bytes) > 0xFFFF:
+        raise ConfigError(f"meta nests deeper than {META_DEPTH} levels or exceeds 64 KiB; readers refuse it")
     t0 = time.perf_counter()
     model.eval()
     ids, payload, ideal = _model_code(model, tokenizer, data, threads, progress)
@@ -169,8 +182,6 @@ def compress_bytes(model, tokenizer, data: bytes, *, threads: int = 1, progress:
         ids, payload = [], data
     head = _HEAD.pack(MAGIC, VERSION, FLAG_RAW if raw else 0, TOTAL_BITS, threads, fingerprint(model, tokenizer),
                       len(ids), len(data), hashlib.sha256(data).digest(), len(payload))
-    quant = {} if mode_of(model) == "none" else {"quantize": mode_of(model)}     # absent: none (fp32)
-    meta_bytes = json.dumps({**quant, **(meta or {})}, sort_keys=True).encode()
     body = head + _short(torch.__version__) + _short(platform.machine()) + struct.pack("<H", len(meta_bytes)) \
         + meta_bytes + payload
     blob = body + struct.pack("<I", zlib.crc32(body))
@@ -206,21 +217,54 @@ def read_header(blob: bytes, name: str = "<data>") -> dict:
                         f"or has extra bytes (copy it again)")
     if zlib.crc32(blob[:-4]) != struct.unpack("<I", blob[-4:])[0]:
         raise DataError(f"{name}: corrupt (CRC32 mismatch); the file was damaged, copy it again")
+    if not 1 <= threads <= MAX_THREADS:
+        raise DataError(f"{name}: corrupt header: {threads} threads is outside [1, {MAX_THREADS}]; the file was "
+                        f"damaged or forged, copy it again")
     h = dict(raw=bool(flags & FLAG_RAW), threads=threads, fingerprint=fp, n_tokens=n_tok, n_bytes=n_bytes,
-             sha256=sha, torch=fields[0].decode("ascii", "replace"), machine=fields[1].decode("ascii", "replace"),
+             sha256=sha, torch=_ascii(fields[0], "torch version", name), machine=_ascii(fields[1], "machine", name),
              meta=_meta(fields[2], name), payload=blob[pos:pos + n_payload])
     _check_counts(h, name)
     return h
 
 
+def _ascii(raw: bytes, what: str, name: str) -> str:
+    """A header string; DataError when it holds anything but printable ASCII (never echo control bytes)."""
+    if not _PRINTABLE.fullmatch(raw):
+        raise DataError(f"{name}: corrupt header: its {what} field holds non-printable bytes; the file was "
+                        f"damaged or forged, copy it again")
+    return raw.decode("ascii")
+
+
 def _meta(raw: bytes, name: str) -> dict:
-    try:
-        meta = json.loads(raw.decode()) if raw else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        meta = None
+    """The meta JSON object, bounded: nesting at most META_DEPTH, "quantize" (if any) a known mode."""
+    from gpt3lab.model.quant import MODES
+
+    meta = None
+    if _depth(raw) <= META_DEPTH:          # a 30,000-deep object would end in a RecursionError
+        try:
+            meta = json.loads(raw.decode()) if raw else {}
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            pass
     if not isinstance(meta, dict):
-        raise DataError(f"{name}: corrupt header (its meta field is not a JSON object); copy the file again")
+        raise DataError(f"{name}: corrupt header (its meta field is not a JSON object of at most {META_DEPTH} "
+                        f"levels); copy the file again")
+    if meta.get("quantize", "none") not in MODES:
+        raise DataError(f"{name}: corrupt header: meta quantize {ascii(str(meta['quantize'])[:40])} is not one of "
+                        f"{', '.join(MODES)}; the file was damaged or written by a newer gpt3lab")
     return meta
+
+
+def _depth(raw: bytes) -> int:
+    """Deepest bracket nesting of a JSON text, counted without parsing (brackets in strings overcount: that
+    only refuses a meta no gpt3lab writes)."""
+    depth = deepest = 0
+    for b in raw:
+        if b in b"[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif b in b"]}":
+            depth -= 1
+    return deepest
 
 
 def _check_counts(h: dict, name: str) -> None:
@@ -317,15 +361,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="file to compress (any bytes), or with -d a file written by compress")
     p.add_argument("output", help="where to write the result (replaced atomically)")
     p.add_argument("-d", "--decompress", action="store_true", help="decompress instead of compress")
-    p.add_argument("--threads", type=int_range(1, 1024), default=1,
+    p.add_argument("--threads", type=int_range(1, MAX_THREADS), default=1,
                    help="CPU threads while compressing (recorded; decompression uses the same number)")
     p.add_argument("--no-progress", action="store_true")
     add_quantize_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.threads < 1:
-        raise ConfigError(f"--threads {args.threads} must be >= 1")
     if args.decompress:
         n = decompress_file(args.checkpoint, args.input, args.output, progress=not args.no_progress,
                             quantize=args.quantize)

@@ -11,7 +11,9 @@ The output directory is marked by `prepare.json` (written first with complete=fa
 summary): `prepare` replaces only a directory it wrote, or an empty one, unless overwrite=True. Shards
 are renamed into place when complete and headers are written last, so an interrupted run leaves
 nothing `train` would read; rerunning starts over. The data dir also stores the tokenizer
-(`gpt3lab_tokenizer.json`) so training can copy it.
+(`gpt3lab_tokenizer.json`) so training can copy it. The output directory is never read as a source:
+`prepare SRC --out SRC/out` skips SRC/out (and a SOURCE inside DATA_DIR is refused before anything is
+written).
 """
 from __future__ import annotations
 
@@ -88,10 +90,10 @@ def _nonempty(docs: Iterator[DocStream]) -> Iterator[DocStream]:
 
 
 def labelled_documents(sources: list[str], errors: str, text_field: str, val_fraction: float,
-                       seed: int) -> Iterator[tuple[str, DocStream]]:
-    """(split, document) for every non-empty document, in corpus order."""
-    files = expand_sources(sources)
-    docs = _nonempty(iter_documents(sources, errors, text_field))
+                       seed: int, exclude: Path | None = None) -> Iterator[tuple[str, DocStream]]:
+    """(split, document) for every non-empty document (none under `exclude`), in corpus order."""
+    files = expand_sources(sources, exclude)
+    docs = _nonempty(iter_documents(sources, errors, text_field, exclude))
     if val_fraction > 0 and len(files) == 1 and format_of(files[0]) == "text" \
             and files[0].suffix.lower() not in COMPRESSED:
         doc = next(docs, None)
@@ -129,13 +131,17 @@ def _split_one(doc: DocStream, nbytes: int, val_fraction: float) -> Iterator[tup
 # ---- (split, document) -> shards ---------------------------------------------------------------------
 
 def _jobs(labelled: Iterator[tuple[str, DocStream]], stats: dict) -> Iterator[tuple[tuple, list[str]]]:
-    """((split, separators), texts) jobs of ~JOB_CHARS; counts documents into `stats`."""
+    """((split, separators, document name), texts) jobs of ~JOB_CHARS (the name: the job's first document);
+    counts documents into `stats`."""
     bufs = {s: ([], [0, 0]) for s in SPLITS}  # split -> (texts, [chars, separators])
+    names = {}                                # split -> the document the job being filled starts in
     for split, doc in labelled:
         texts, n = bufs[split]
         st = stats[split]
         first = True
         for piece in doc.pieces:
+            if not texts:
+                names[split] = doc.name
             if first and st["documents"]:
                 texts.append(EOT)  # document separator
                 n[1] += 1
@@ -147,12 +153,12 @@ def _jobs(labelled: Iterator[tuple[str, DocStream]], stats: dict) -> Iterator[tu
             texts.append(piece)
             n[0] += len(piece)
             if n[0] >= JOB_CHARS:
-                yield (split, n[1]), texts[:]
+                yield (split, n[1], names[split]), texts[:]
                 texts.clear()
                 n[:] = [0, 0]
     for split, (texts, n) in bufs.items():
         if texts:
-            yield (split, n[1]), texts
+            yield (split, n[1], names[split]), texts
 
 
 def write_splits(tok: Tokenizer, labelled, out: Path, sources: list[str], shard_tokens: int,
@@ -162,7 +168,9 @@ def write_splits(tok: Tokenizer, labelled, out: Path, sources: list[str], shard_
     stats = {s: {"documents": 0, "names": [], "bytes": 0} for s in SPLITS}
     t0, tokens, shown = time.perf_counter(), 0, 0.0
     dtype = dtype_for_vocab(tok.vocab_size)
-    for (split, separators), (ids, nbytes) in encode_ordered(_jobs(labelled, stats), tok, dtype, workers, out):
+    jobs = _jobs(labelled, stats)
+    for (split, separators, _), (ids, nbytes) in encode_ordered(jobs, tok, dtype, workers, out,
+                                                                describe=lambda job: f"{job[2]} ({job[0]})"):
         writers[split].write(ids)
         stats[split]["bytes"] += nbytes - len(EOT) * separators  # the documents' own bytes (EOT is ASCII)
         tokens += len(ids)
@@ -211,15 +219,16 @@ def prepare(sources: list[str], out_dir: str | Path, tokenizer: str | Tokenizer 
     check_options(shard_tokens, workers, val_fraction)
     out, names = Path(out_dir), [str(s) for s in sources]
     check_output(out, overwrite)
+    expand_sources(names, out)       # a SOURCE inside --out is refused before anything there is touched
 
     def labelled():
-        return labelled_documents(names, encoding_errors, text_field, val_fraction, seed)
+        return labelled_documents(names, encoding_errors, text_field, val_fraction, seed, exclude=out)
 
     tok = tokenizer if isinstance(tokenizer, Tokenizer) else resolve_tokenizer(
         tokenizer, lambda: (p for s, d in labelled() if s == "train" for p in d.pieces))
     reset_output(out, names)
     tok.save(out)
-    with tqdm(total=_total_bytes(names), unit="B", unit_scale=True, desc="tokenizing", disable=not progress,
+    with tqdm(total=_total_bytes(names, out), unit="B", unit_scale=True, desc="tokenizing", disable=not progress,
               file=sys.stderr) as bar:
         headers = write_splits(tok, labelled(), out, names, shard_tokens, workers, bar)
     seconds = time.perf_counter() - t0
@@ -234,9 +243,9 @@ def prepare(sources: list[str], out_dir: str | Path, tokenizer: str | Tokenizer 
     return summary
 
 
-def _total_bytes(sources: list[str]) -> int | None:
+def _total_bytes(sources: list[str], out: Path) -> int | None:
     """Bytes to read, for the progress bar (None when compressed or columnar sources make it unknown)."""
-    files = expand_sources(sources)
+    files = expand_sources(sources, out)
     if any(format_of(f) in ("parquet", "dataset") or f.suffix.lower() in COMPRESSED for f in files):
         return None
     return sum(f.stat().st_size for f in files)

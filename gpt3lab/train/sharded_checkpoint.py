@@ -3,7 +3,8 @@
     CKPT/config.json, tokenizer files    as in every checkpoint (written by rank 0)
     CKPT/train_state/state.json          step, tokens, data positions, RNG (rank 0)
     CKPT/sharded/                        DCP: .metadata + one .distcp file per rank, holding
-                                         {"model": weights, "optim": AdamW exp_avg / exp_avg_sq / step}
+                                         {"model": weights, "optim": AdamW exp_avg / exp_avg_sq / step},
+                                         and SHA256SUMS (train/dcp_files.py)
 
 Keys are the parallelized model's parameter names (c_attn split into q, k, v: train/parallelize.py); a
 plain model's fused c_attn is presented as three row views, so one format serves every layout (FSDP,
@@ -13,8 +14,10 @@ A save writes into RUN/checkpoints/.tmp-step_N, which rank 0 renames to step_N o
 and the metadata are on disk; a kill at any moment leaves the previous checkpoint the newest complete one.
 With async_save the state is copied to CPU memory at the save and written by a background thread while
 training continues; the next save (or the end of training) first waits for it.
-DCP's .metadata is a pickle: sharded checkpoints are for resuming your own runs; `export` writes the
-single safetensors file to load, serve or share.
+DCP's .metadata is a pickle; it is read only through train/dcp_files.py (digest, then an unpickler that
+admits DCP's metadata classes alone), and every shard file is checked against the SHA-256 recorded at save
+before it is read, so load, resume and export refuse a damaged or hostile checkpoint with one line naming
+the file. `export` writes the single safetensors file to load, serve or share.
 """
 from __future__ import annotations
 
@@ -25,11 +28,13 @@ from pathlib import Path
 import torch
 import torch.distributed as torch_dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import CheckpointException
 from torch.distributed.checkpoint.state_dict import (get_model_state_dict, get_optimizer_state_dict,
                                                      set_optimizer_state_dict)
 
 from gpt3lab import checkpoint as ckpt_io
-from gpt3lab.errors import CheckpointError
+from gpt3lab.errors import CheckpointError, UserError
+from gpt3lab.train.dcp_files import DigestWriter, VerifyingReader
 from gpt3lab.train.parallelize import split_qkv_state
 
 # one process without a process group is a supported use (export, single-process resume), not a mistake
@@ -85,7 +90,7 @@ class ShardedCheckpointer:
             write_meta(tmp)
         _barrier()
         state = {"model": model_state(model), "optim": optimizer_state(model, optimizer)[0]}
-        writer = dcp.FileSystemWriter(tmp / ckpt_io.SHARDED)
+        writer = DigestWriter(tmp / ckpt_io.SHARDED)
         if self.async_save:
             self.pending = (dcp.async_save(state, storage_writer=writer, process_group=self.group,
                                            no_dist=_no_dist()), tmp, dest, after)
@@ -111,18 +116,32 @@ class ShardedCheckpointer:
 
 
 def load(ckpt: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """Fill `model` (and `optimizer`) in place from a sharded checkpoint, whatever layout wrote it."""
-    reader = dcp.FileSystemReader(Path(ckpt) / ckpt_io.SHARDED)
+    """Fill `model` (and `optimizer`) in place from a sharded checkpoint, whatever layout wrote it.
+
+    Every file is verified before it is read (train/dcp_files.py); CheckpointError (one line) otherwise."""
+    reader = VerifyingReader(Path(ckpt) / ckpt_io.SHARDED)
     state = {"model": model_state(model)}
     if optimizer is not None:
         state["optim"], osd = optimizer_state(model, optimizer)
     try:
         dcp.load(state, storage_reader=reader, no_dist=_no_dist())
-    except (RuntimeError, ValueError, KeyError, AssertionError) as e:
-        raise CheckpointError(f"{ckpt}: sharded checkpoint does not fit this model ({str(e)[:300]}); resume "
-                              f"with the configuration the run was started with") from None
+    except (CheckpointException, Exception) as e:   # CheckpointException (all ranks' failures) is a BaseException
+        raise _load_error(ckpt, e) from None
     if optimizer is not None:
         set_optimizer_state_dict(model, optimizer, osd)
+
+
+def _load_error(ckpt, e: BaseException) -> Exception:
+    """The one-line error of a failed load: the first rank's own error when it is one of ours."""
+    if isinstance(e, CheckpointException) and e.failures:
+        e = next(iter(e.failures.values()))[0]
+    if isinstance(e, UserError):
+        return e
+    detail = " ".join(str(e).split())[:300]
+    if isinstance(e, (RuntimeError, ValueError, KeyError, AssertionError)):
+        return CheckpointError(f"{ckpt}: sharded checkpoint does not fit this model ({detail}); resume with the "
+                               f"configuration the run was started with")
+    return CheckpointError(f"{ckpt}: cannot read the sharded checkpoint ({type(e).__name__}: {detail})")
 
 
 def load_model(ckpt: str | Path, model_cfg) -> torch.nn.Module:
