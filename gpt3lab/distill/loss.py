@@ -66,11 +66,13 @@ class DistillLoss:
         self.alpha, self.temperature, self.kind, self.precision = alpha, temperature, kind, teacher_precision
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor):
-        t_logits = self.teacher_logits(x)                                                # (B, T, V)
+        t_logits = self.teacher_logits(x)                                                # (B, T, Vt)
         logits, ce = model(x, y)                                                         # (B, T, V), ()
-        if logits.size(-1) != t_logits.size(-1):
-            raise ConfigError(f"the teacher predicts over {t_logits.size(-1)} token ids and the student over "
-                              f"{logits.size(-1)}; set the student's model.vocab_size={t_logits.size(-1)}")
+        if t_logits.size(-1) < logits.size(-1):
+            raise ConfigError(f"the teacher predicts {t_logits.size(-1)} token ids and the student "
+                              f"{logits.size(-1)}; drop the student's model.vocab_size setting")
+        # a teacher padded past the shared tokenizer: its extra ids never occur, compare the real ones
+        t_logits = t_logits[..., :logits.size(-1)]
         kd = kd_divergence(logits, t_logits, self.temperature, self.kind, mask=y != -100)
         loss = (1.0 - self.alpha) * ce + self.alpha * self.temperature ** 2 * kd
         return loss, {"ce_loss": ce, "kd_loss": kd}
@@ -78,6 +80,9 @@ class DistillLoss:
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for x (B, T) -> (B, T, V), at the teacher's precision."""
+        if x.size(1) > self.teacher.config.context:
+            raise ConfigError(f"the student trains on {x.size(1)}-token windows, longer than the teacher's context "
+                              f"of {self.teacher.config.context}; set model.context={self.teacher.config.context}")
         self._to(x.device)
         # "auto": the step's autocast applies; otherwise the teacher's own dtype decides, autocast off
         ctx = (contextlib.nullcontext() if self.precision == "auto"

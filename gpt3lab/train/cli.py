@@ -258,6 +258,8 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     r = resolve_run(data_dir, out_dir, preset=preset, config_file=config_file, overrides=overrides,
                     max_steps=max_steps, resume=resume, reschedule=reschedule, model_defaults=spec.model_defaults)
     out, mcfg, tcfg, data, tok, ckpt = Path(out_dir), r.mcfg, r.tcfg, r.data, r.tok, r.ckpt
+    if resume and spec.loss_fn is None and "distill" in ckpt_io.read_config(ckpt):   # resumed without its teacher
+        raise CheckpointError(f"{ckpt} is a distillation run: resume it with `gpt3lab distill --out {out} --resume`")
     device = local_device(tcfg.device)
     dist = from_env(tcfg.parallel, device, tcfg.tensor_parallel)
     torch.manual_seed(tcfg.seed)   # the same init on every rank (DDP broadcasts rank 0's anyway)

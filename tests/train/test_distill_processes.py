@@ -2,19 +2,17 @@
 (gloo, the environment torchrun gives them) match one process with the same global batch."""
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from gpt3lab.checkpoint import list_checkpoints, read_config, resolve
+from gpt3lab.checkpoint import read_config, resolve
 from gpt3lab.distill.cli import distill
 
-from conftest import STUDENT
+from train_helpers import STUDENT, kill_after_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 40
@@ -37,19 +35,9 @@ def _log(out):
 def test_sigkill_then_resume_is_bit_identical(tiny_data, teacher, tmp_path):
     full, killed = tmp_path / "full", tmp_path / "killed"
     ref = subprocess.Popen(_cmd(teacher, tiny_data, full), env=_env(), stdout=subprocess.DEVNULL,
-                           stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen(_cmd(teacher, tiny_data, killed), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(int(c.name[5:]) >= 10 for c in list_checkpoints(killed)):
-        time.sleep(0.02)
-    alive = proc.poll() is None
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert alive, "the run finished before it could be killed; raise STEPS"
+                           stderr=subprocess.PIPE, text=True)           # the uninterrupted run, meanwhile
+    assert kill_after_checkpoint(_cmd(teacher, tiny_data, killed), killed, _env()) < STEPS
     assert ref.wait(timeout=300) == 0, ref.stderr.read()[-2000:]
-    killed_at = max(int(c.name[5:]) for c in list_checkpoints(killed))
-    assert killed_at < STEPS
 
     # --resume alone: the teacher, alpha and the data come from the run
     resumed = subprocess.run([sys.executable, "-m", "gpt3lab", "distill", "--out", str(killed), "--resume",

@@ -21,7 +21,7 @@ from gpt3lab.model.lora import fingerprint
 from gpt3lab.train.cli import train
 from gpt3lab.train.loop import Trainer, read_log
 
-from conftest import STUDENT
+from train_helpers import STUDENT
 
 
 def _batch(n=2, t=32, vocab=300, seed=0):
@@ -187,11 +187,32 @@ def test_resume_keeps_the_runs_settings_and_teacher(tiny_data, teacher, tmp_path
     assert "not the one the run started with" in _err_line(capsys)
 
 
-def test_resume_of_a_plain_run_is_refused(tiny_data, teacher, tmp_path, capsys):
+def test_each_kind_of_run_resumes_only_with_its_own_command(tiny_data, teacher, tmp_path, capsys):
     train(tiny_data, tmp_path / "plain", preset="tiny", max_steps=1, progress=False, overrides=STUDENT)
+    distill(teacher, tiny_data, tmp_path / "kd", preset="tiny", max_steps=1, progress=False, overrides=STUDENT)
     capsys.readouterr()
     assert main(["distill", "--out", str(tmp_path / "plain"), "--resume"]) == 2
     assert "not a distillation checkpoint" in _err_line(capsys)
+    assert main(["train", "--out", str(tmp_path / "kd"), "--resume"]) == 2          # not without its teacher
+    assert f"resume it with `gpt3lab distill --out {tmp_path / 'kd'} --resume`" in _err_line(capsys)
+
+
+def test_student_windows_longer_than_the_teachers_context_are_refused(tiny_data, teacher, tmp_path, capsys):
+    args = ["distill", "--teacher", str(teacher), "--data", str(tiny_data), "--out", str(tmp_path / "run"),
+            "--preset", "tiny", "--max-steps", "1", "--no-progress", "--set", "model.context=64"]
+    assert main(args) == 2
+    assert "longer than the teacher's context of 32; set model.context=32" in _err_line(capsys)
+
+
+def test_a_teacher_with_a_padded_vocabulary_is_compared_on_the_shared_ids(teacher):
+    model, _ = gpt3lab.load(teacher)
+    padded = GPT(ModelConfig(**{**asdict(model.config), "vocab_size": 320}))
+    with torch.no_grad():
+        for k, src in model.state_dict().items():
+            padded.state_dict()[k][:len(src)].copy_(src)      # wte (and the tied lm_head): rows 300..319 stay new
+    x, y = _batch()
+    _, parts = DistillLoss(padded)(model, x, y)
+    assert parts["kd_loss"].item() == 0.0       # the same model on the shared ids; the padding is left out
 
 
 # ---- --init-from-teacher ----------------------------------------------------------------------------------
