@@ -31,13 +31,21 @@ def kd_divergence(student_logits: torch.Tensor, teacher_logits: torch.Tensor, te
                   kind: str = "forward", mask: torch.Tensor | None = None) -> torch.Tensor:
     """Mean KL between softmax(teacher / T) and softmax(student / T) over positions (mask: which count).
 
-    logits (..., V); kind "forward" is KL(teacher || student), "reverse" KL(student || teacher). fp32 math.
+    logits (..., V); kind "forward" is KL(teacher || student), "reverse" KL(student || teacher). fp32 math;
+    gradients flow to the student only.
     """
-    s = F.log_softmax(student_logits.float() / temperature, dim=-1)                    # (..., V)
-    t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    # kl_div(input=log q, target=log p, log_target=True) = p * (log p - log q), summed over V: KL(p || q)
-    p, q = (t, s) if kind == "forward" else (s, t)
-    kl = F.kl_div(q, p, log_target=True, reduction="none").sum(-1)                     # (...)
+    s = student_logits.float() / temperature                                           # (..., V)
+    with torch.no_grad():
+        log_t = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+        p_t = log_t.exp()
+    if kind == "forward":
+        # KL(t || s) = H(t, s) - H(t): a cross-entropy with soft targets (gradient softmax(s) - p_t) less the
+        # teacher's entropy, which has no gradient; fewer passes over (..., V) than through kl_div
+        soft_ce = F.cross_entropy(s.flatten(0, -2), p_t.flatten(0, -2), reduction="none").view(s.shape[:-1])
+        kl = soft_ce + (p_t * log_t).sum(-1)                                           # (...)
+    else:
+        log_s = F.log_softmax(s, dim=-1)
+        kl = (log_s.exp() * (log_s - log_t)).sum(-1)
     if mask is None:
         return kl.mean()
     return (kl * mask).sum() / mask.sum().clamp(min=1)
