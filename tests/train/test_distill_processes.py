@@ -1,5 +1,5 @@
-"""A distill run as processes: kill -9 and --resume reproduce the uninterrupted run exactly; two DDP ranks
-(gloo, the environment torchrun gives them) match one process with the same global batch."""
+"""A distill run as processes: kill -9 and --resume reproduce the uninterrupted run exactly; two DDP or FSDP
+ranks (gloo, the environment torchrun gives them) match one process with the same global batch."""
 import json
 import os
 import socket
@@ -57,8 +57,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_ddp_processes_match_one(tiny_data, teacher, tmp_path):
-    """batch_size 2 on each of 2 ranks (gloo) vs 4 in one process: the same losses, only rank 0 writes."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_two_processes_match_one(tiny_data, teacher, tmp_path, mode):
+    """batch_size 2 on each of 2 ranks (gloo; the teacher replicated on each) vs 4 in one process: the same
+    losses; only rank 0 logs."""
     steps = ["--max-steps", "4"]
     common = [*(a for s in [*STUDENT, "save_every=2"] for a in ("--set", s)), "--alpha", "0.5"]
     port, procs = _free_port(), []
@@ -68,7 +70,7 @@ def test_two_ddp_processes_match_one(tiny_data, teacher, tmp_path):
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "gpt3lab", "distill", "--teacher", str(teacher), "--data", str(tiny_data),
              "--out", str(tmp_path / "ddp"), "--preset", "tiny", *steps, "--no-progress", *common,
-             "--set", "parallel=ddp", "--set", "batch_size=2"],
+             "--set", f"parallel={mode}", "--set", "batch_size=2"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     distill(teacher, tiny_data, tmp_path / "one", preset="tiny", max_steps=4, progress=False, alpha=0.5,
             overrides=[*STUDENT, "save_every=2", "batch_size=4"])
