@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "presets": ("gpt3lab.presets_cli", "list the model presets (shapes, parameters, training defaults)"),
     "demo": ("gpt3lab.demo", "prepare Shakespeare, train the demo model, sample"),
     "eval": ("gpt3lab.eval.cli", "zero/one/few-shot evaluation and perplexity"),
+    "distill": ("gpt3lab.distill.cli", "train a smaller student from a teacher's predictions (knowledge distillation)"),
     "finetune": ("gpt3lab.finetune.cli", "fine-tune (full or LoRA) on prompt/completion, chat or Alpaca JSONL"),
     "serve": ("gpt3lab.serve.cli", "OpenAI-compatible /v1/completions + /v1/chat/completions server + playground"),
     "compress": ("gpt3lab.compress", "compress/decompress a file with the model as the coder"),
@@ -78,7 +79,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 # commands that run the model for long enough that the allocator matters (see launcher.py)
-HEAVY = {"train", "generate", "demo", "eval", "finetune", "serve", "compress"}
+HEAVY = {"train", "generate", "demo", "eval", "finetune", "serve", "compress", "distill"}
 
 
 def wants_fast_allocator(argv: list[str]) -> bool:

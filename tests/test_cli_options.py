@@ -20,14 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 # positional arguments that make each (sub)command's parser accept the rest
 PREFIX = {"prepare": ["src", "--out", "o"], "tokenizer train": ["src", "--out", "o", "--vocab-size", "300"],
           "train": ["--out", "o"], "generate": ["ck"], "size": ["gpt3-small"], "demo": [], "eval": ["ck"],
-          "finetune": ["--out", "o"], "serve": ["ck"], "compress": ["ck", "in", "out"],
+          "finetune": ["--out", "o"], "distill": ["--out", "o"], "serve": ["ck"], "compress": ["ck", "in", "out"],
           "convert": ["--to-hf", "ck", "o"], "plot": ["run"], "tokenizer encode": [], "tokenizer decode": [],
           "tokenizer info": []}
 # (command, flag) where 0 is a meaningful value; every other numeric option refuses it
 ZERO_OK = {("serve", "--port"), ("serve", "--shutdown-timeout"), ("demo", "--sample-tokens"),
            ("generate", "--max-tokens"), ("generate", "--top-k"), ("generate", "--temperature"),
            ("generate", "--seed"), ("eval", "--seed"), ("prepare", "--seed"), ("prepare", "--val-fraction"),
-           ("finetune", "--val-fraction"), ("finetune", "--lora-dropout")}
+           ("finetune", "--val-fraction"), ("finetune", "--lora-dropout"), ("distill", "--alpha")}
 # (command, flag) where a huge value is harmless: top_k >= the vocabulary means no filtering, like 0
 HUGE_OK = {("generate", "--top-k")}
 
@@ -72,7 +72,7 @@ def _parse(cmd: str, flag: str, value: str):
 
 def test_the_table_covers_every_command_with_numeric_options():
     assert {c.split()[0] for c, _, _ in OPTIONS} == {"prepare", "tokenizer", "train", "generate", "size", "demo",
-                                                      "eval", "finetune", "serve", "compress"}
+                                                      "eval", "finetune", "distill", "serve", "compress"}
     assert ("prepare", "--shard-tokens", False) in OPTIONS and len(OPTIONS) >= 40
 
 

@@ -55,19 +55,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "the run's schedule)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, spec: "TrainSpec | None" = None) -> int:
+    """`gpt3lab train` (spec: a variant of it, as `gpt3lab distill` runs it)."""
     kw = dict(preset=args.preset, config_file=args.config, overrides=args.set, max_steps=args.max_steps,
               resume=args.resume, reschedule=args.reschedule)
     if args.print_config:
         import yaml
-        r = resolve_run(args.data, args.out, for_print=True, **kw)
+        r = resolve_run(args.data, args.out, for_print=True, model_defaults=spec and spec.model_defaults, **kw)
         print(yaml.safe_dump({"model": asdict(r.mcfg), "train": asdict(r.tcfg)}, sort_keys=False), end="")
         return 0
     if args.fit_to_budget and (args.time_budget is None or args.resume):
         raise ConfigError("--fit-to-budget fits a new run's steps to --time-budget: pass --time-budget SECONDS, "
                           "and leave it off with --resume (a resumed run keeps its step count)")
     s = train(args.data, args.out, max_seconds=args.time_budget, progress=not args.no_progress,
-              fit_to_budget=args.fit_to_budget, **kw)
+              fit_to_budget=args.fit_to_budget, spec=spec, **kw)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0                                   # torchrun: rank 0 reports
     bpb = f", val bits/byte {s['val_bpb']:.3f}" if s.get("val_bpb") is not None else ""
@@ -153,6 +154,15 @@ def _check_data(data_dir) -> Path:
 
 
 @dataclass
+class TrainSpec:
+    """What a variant of pretraining changes in `train` (torchtitan's TrainSpec, reduced): gpt3lab.distill."""
+    loss_fn: object = None               # a train.loop.LossFn; None: cross-entropy
+    model_defaults: dict | None = None   # a new run's model config below --config/--set (None: ModelConfig's)
+    init_model: object = None            # init_model(model): a new run's model after its random init
+    extra_config: dict | None = None     # more config.json keys
+
+
+@dataclass
 class Resolved:
     """Everything `train` decides before building anything: configs, data, and the checkpoint resumed."""
     mcfg: ModelConfig
@@ -164,9 +174,10 @@ class Resolved:
 
 def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: str | None = None,
                 overrides: list[str] = (), max_steps: int | None = None, resume: bool = False,
-                reschedule: bool = False, for_print: bool = False) -> Resolved:
-    """Layer defaults, preset (or the resumed run's configs), config file, --set and flags; check them.
-    for_print: --print-config, where --data may be absent (vocab_size then stays as configured)."""
+                reschedule: bool = False, for_print: bool = False, model_defaults: dict | None = None) -> Resolved:
+    """Layer defaults (ModelConfig's, or model_defaults), preset (or the resumed run's configs), config file,
+    --set and flags; check them. for_print: --print-config, where --data may be absent (vocab_size then
+    stays as configured)."""
     from gpt3lab.data import load_data_tokenizer
     from gpt3lab.presets import get_preset
 
@@ -182,7 +193,7 @@ def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: st
         if not for_print:
             ckpt_io.new_run_dir(out)
         p = get_preset(preset) if preset else None
-        model_d, train_d = (dict(p.model) if p else {}), (dict(p.train) if p else {})
+        model_d, train_d = (dict(p.model) if p else dict(model_defaults or {})), (dict(p.train) if p else {})
     if data_dir is None and not for_print:
         raise DataError("--data DATA_DIR is required (the prepared data to train on)")
     data = _check_data(data_dir) if data_dir is not None else None
@@ -235,19 +246,22 @@ def _resume_schedule(saved: dict, tcfg: TrainConfig, context: int, world: int, r
 def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | None = None,
           overrides: list[str] = (), max_steps: int | None = None, resume: bool = False,
           max_seconds: float | None = None, progress: bool = True, reschedule: bool = False,
-          fit_to_budget: bool = False, step_ceiling: int | None = None) -> dict:
+          fit_to_budget: bool = False, step_ceiling: int | None = None, spec: TrainSpec | None = None) -> dict:
     """Build (or resume) a run and train it; returns a summary (checkpoint, step, loss, val_bpb, ...).
 
     fit_to_budget (with max_seconds): the run's max_steps is only a ceiling; the loop fits the step count
     to the budget as it goes (train/budget.py). step_ceiling: the same, starting from max_steps as a first
-    estimate (e.g. a probe's) with this ceiling."""
+    estimate (e.g. a probe's) with this ceiling. spec: a variant of pretraining (e.g. distillation)."""
     from gpt3lab.data import WindowLoader
     from gpt3lab.train.distributed import from_env, local_device
     from gpt3lab.train.loop import RunInfo, Trainer
 
+    spec = spec or TrainSpec()
     r = resolve_run(data_dir, out_dir, preset=preset, config_file=config_file, overrides=overrides,
-                    max_steps=max_steps, resume=resume, reschedule=reschedule)
+                    max_steps=max_steps, resume=resume, reschedule=reschedule, model_defaults=spec.model_defaults)
     out, mcfg, tcfg, data, tok, ckpt = Path(out_dir), r.mcfg, r.tcfg, r.data, r.tok, r.ckpt
+    if resume and spec.loss_fn is None and "distill" in ckpt_io.read_config(ckpt):   # resumed without its teacher
+        raise CheckpointError(f"{ckpt} is a distillation run: resume it with `gpt3lab distill --out {out} --resume`")
     device = local_device(tcfg.device)
     dist = from_env(tcfg.parallel, device, tcfg.tensor_parallel)
     torch.manual_seed(tcfg.seed)   # the same init on every rank (DDP broadcasts rank 0's anyway)
@@ -256,14 +270,18 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     else:
         from gpt3lab.model import GPT
         model = GPT(mcfg)
+        if spec.init_model is not None and not resume:
+            spec.init_model(model)
     kw = dict(seed=tcfg.seed, rank=dist.dp_rank, world_size=dist.dp_size)
     train_data = WindowLoader(data, "train", mcfg.context, tcfg.batch_size, **kw)
     eval_data = _val_loader(data, mcfg.context, tcfg.batch_size, kw)
     if fit_to_budget and step_ceiling is None:
         step_ceiling = tcfg.max_steps
-    info = RunInfo(out_dir=out, tokenizer=tok, extra_config={"data": str(data.resolve())}, progress=progress,
+    extra = {"data": str(data.resolve()), **(spec.extra_config or {})}
+    info = RunInfo(out_dir=out, tokenizer=tok, extra_config=extra, progress=progress,
                    max_seconds=max_seconds, step_ceiling=step_ceiling if max_seconds is not None else None)
-    trainer = Trainer(model, mcfg, tcfg, train_data, eval_data, info=info, dist=dist, device=device)
+    trainer = Trainer(model, mcfg, tcfg, train_data, eval_data, info=info, dist=dist, device=device,
+                      loss_fn=spec.loss_fn)
     if resume:
         trainer.resume(ckpt)
     if dist.is_main:

@@ -14,6 +14,9 @@ from pathlib import Path
 from gpt3lab.config import LOGGERS
 from gpt3lab.errors import ConfigError
 SCALARS = ("loss", "lr", "tokens_per_s", "mfu", "grad_norm", "val_loss", "val_bpb")
+# the parts of a composite loss, logged when the loss function returns them (distillation: gpt3lab.distill)
+LOSS_PARTS = ("ce_loss", "kd_loss")
+SCALARS += LOSS_PARTS
 
 
 class NullLogger:
@@ -76,6 +79,7 @@ def plain_line(r: dict, max_steps: int) -> str:
     """'step 20/100 loss 4.1234 lr 3.00e-04 tok/s 5123 mfu 1.2% [val 4.2000 bpb 1.800] 12.3s'."""
     parts = [f"step {r['step']}/{max_steps}", f"loss {r['loss']:.4f}", f"lr {r['lr']:.2e}",
              f"tok/s {r['tokens_per_s']:.0f}", f"mfu {100 * r['mfu']:.1f}%"]
+    parts.extend(f"{k.removesuffix('_loss')} {r[k]:.4f}" for k in LOSS_PARTS if r.get(k) is not None)
     if r.get("val_loss") is not None:
         parts.append(f"val {r['val_loss']:.4f}")
     if r.get("val_bpb") is not None:

@@ -1,6 +1,7 @@
 """THE training loop: pretraining and fine-tuning both run `Trainer.fit`.
 
-The loop knows a model (any nn.Module with `model(x, y) -> (logits, loss)`), a train batch source and an
+The loop knows a model (any nn.Module with `model(x, y) -> (logits, loss)`), a loss function (default: the
+model's own cross-entropy; distillation passes its own, see `LossFn`), a train batch source and an
 optional eval batch source (anything with `next_batch(batch_size) -> (x, y)`, `state_dict()` and
 `load_state_dict()`), a TrainConfig and a `Distributed` seam. It optimises only parameters with
 requires_grad (so LoRA adapters just work) and knows nothing about where batches come from.
@@ -21,6 +22,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -39,6 +41,28 @@ MAX_CONSECUTIVE_SKIPS = 10
 
 LOG_FIELDS = ["step", "loss", "lr", "tokens", "tokens_per_s", "mfu", "grad_norm", "val_loss", "val_bpb",
               "seconds"]
+
+
+class LossFn(Protocol):
+    """The training objective, a plug-in of the Trainer (torchtitan's `build_loss_fn`): `(model, x, y) ->
+    (loss, parts)`, with `model` the (wrapped) module the loop trains. `parts` are detached-able scalar
+    terms of the loss (e.g. {"kd_loss": ..., "ce_loss": ...}), averaged over the step and logged under
+    their names; `log_fields` names them for log.csv. Evaluation always reports the model's cross-entropy."""
+
+    log_fields: tuple[str, ...]
+
+    def __call__(self, model: torch.nn.Module, x: torch.Tensor,
+                 y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
+
+
+class CrossEntropy:
+    """The default loss: the model's mean next-token cross-entropy, no parts."""
+
+    log_fields = ()
+
+    def __call__(self, model, x, y):
+        _, loss = model(x, y)
+        return loss, {}
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -92,8 +116,10 @@ class Trainer:
 
     def __init__(self, model: torch.nn.Module, model_cfg: ModelConfig, cfg: TrainConfig, train_data,
                  eval_data=None, *, info: RunInfo | None = None, dist: Distributed | None = None,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", loss_fn: LossFn | None = None):
         self.model, self.model_cfg, self.cfg = model, model_cfg, cfg
+        self.loss_fn = loss_fn or CrossEntropy()
+        self.log_fields = LOG_FIELDS + list(self.loss_fn.log_fields)
         self.train_data, self.eval_data = train_data, eval_data
         self.info, self.dist = info or RunInfo(), dist or Distributed()
         self.device = torch.device(device)
@@ -129,14 +155,16 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.model.train()
-        total = torch.zeros((), device=self.device)
+        total, parts = torch.zeros((), device=self.device), {}
         for i in range(accum):
             x, y = self.train_data.next_batch(cfg.batch_size)
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             with self.dist.no_sync(self.fwd, final_micro_step=i == accum - 1), self.autocast():
-                _, loss = self.fwd(x, y)
+                loss, terms = self.loss_fn(self.fwd, x, y)
                 (loss / accum).backward()
             total += loss.detach()
+            for k, v in terms.items():
+                parts[k] = parts.get(k, 0.0) + v.detach().float()
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # grad_clip=0 means "no clipping" (nanoGPT's convention); max_norm=inf only measures the norm
         grad_norm = self.dist.clip_grad_norm(params, cfg.grad_clip or math.inf)
@@ -149,6 +177,7 @@ class Trainer:
         self.tokens += step_tokens
         record = {"step": self.step, "loss": loss, "lr": lr, "tokens": self.tokens,
                   "grad_norm": grad_norm, "_step_tokens": step_tokens}
+        record.update({k: self.dist.all_reduce_mean(v / accum).item() for k, v in parts.items()})
         return {**record, "skipped": True} if skipped else record
 
     # ---- non-finite losses and weights (train.on_nonfinite) --------------------------------------
@@ -304,8 +333,8 @@ class Trainer:
         new = not csv.exists()
         with open(csv, "a") as f:
             if new:
-                f.write(",".join(LOG_FIELDS) + "\n")
-            f.write(",".join("" if record.get(k) is None else repr(record[k]) for k in LOG_FIELDS) + "\n")
+                f.write(",".join(self.log_fields) + "\n")
+            f.write(_csv_row(record, self.log_fields))
 
     def state(self) -> dict:
         """JSON part of the training state (the optimizer goes to optimizer.pt)."""
@@ -369,14 +398,19 @@ class Trainer:
 
 
 def truncate_log(run_dir: str | Path, step: int) -> None:
-    """Drop log records past `step` (written after the checkpoint we resume from)."""
-    path = Path(run_dir) / "log.jsonl"
+    """Drop log records past `step` (written after the checkpoint we resume from); log.csv keeps its columns."""
+    path, csv = Path(run_dir) / "log.jsonl", Path(run_dir) / "log.csv"
     if not path.exists():
         return
     keep = [r for r in read_log(run_dir) if r["step"] <= step]
+    header = csv.read_text().partition("\n")[0] if csv.exists() else ""
+    fields = header.split(",") if header else LOG_FIELDS
     write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in keep))
-    write_text_atomically(Path(run_dir) / "log.csv", ",".join(LOG_FIELDS) + "\n" + "".join(
-        ",".join("" if r.get(k) is None else repr(r[k]) for k in LOG_FIELDS) + "\n" for r in keep))
+    write_text_atomically(csv, ",".join(fields) + "\n" + "".join(_csv_row(r, fields) for r in keep))
+
+
+def _csv_row(record: dict, fields: list[str]) -> str:
+    return ",".join("" if record.get(k) is None else repr(record[k]) for k in fields) + "\n"
 
 
 def write_text_atomically(path: Path, text: str) -> None:

@@ -9,6 +9,7 @@ import argparse
 from pathlib import Path
 
 from gpt3lab.errors import UserError
+from gpt3lab.train.logger import LOSS_PARTS
 
 
 def _records(run: Path) -> list[dict]:
@@ -38,6 +39,9 @@ def plot_runs(run_dirs: list[str | Path], out: str | Path | None = None) -> Path
         val = [(r["step"], r["val_loss"]) for r in recs if r.get("val_loss") is not None]
         ax.plot(steps, loss, lw=0.6, alpha=0.3, color=color)
         ax.plot(steps, smooth(loss), lw=1.5, color=color, label="train (smoothed)" if single else f"{run.name} train")
+        for k, style in zip(LOSS_PARTS, (":", "-.")):     # a composite loss (distillation): its parts
+            if single and all(k in r for r in recs):
+                ax.plot(steps, smooth([r[k] for r in recs]), style, lw=1.2, label=f"train {k} (smoothed)")
         if val:
             ax.plot(*zip(*val), "o--", ms=3, lw=1, color=color if not single else "tab:orange",
                     label="val" if single else f"{run.name} val")

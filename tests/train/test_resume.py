@@ -1,13 +1,11 @@
 """Exact resume: a run killed with SIGKILL and resumed logs the same losses as an uninterrupted run."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from gpt3lab.checkpoint import list_checkpoints
+from train_helpers import kill_after_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 60
@@ -33,17 +31,7 @@ def test_sigkill_then_resume_is_bit_identical(tiny_data, tmp_path):
     subprocess.run(_cmd(tiny_data, full), env=_env(), check=True, capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(_cmd(tiny_data, killed), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not any(int(c.name[5:]) >= 10 for c in list_checkpoints(killed)):
-        time.sleep(0.02)
-    alive = proc.poll() is None
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert alive, "the run finished before it could be killed; raise STEPS"
-    killed_at = max(int(c.name[5:]) for c in list_checkpoints(killed))
-    assert killed_at < STEPS
+    assert kill_after_checkpoint(_cmd(tiny_data, killed), killed, _env()) < STEPS
 
     subprocess.run(_cmd(tiny_data, killed, "--resume"), env=_env(), check=True, capture_output=True)
     a, b = _log(full), _log(killed)
