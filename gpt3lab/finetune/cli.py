@@ -198,8 +198,9 @@ def _base_chat_template(base_path: Path) -> str | None:
     """The base's chat template (gpt3lab checkpoint config or HF tokenizer_config.json); None: the default.
     Chat data is rendered with it, and the fine-tuned checkpoints store it, so serving renders the same."""
     if is_hf_dir(base_path):
+        from gpt3lab.chat import select_template
         from gpt3lab.convert import hf_chat_template
-        return hf_chat_template(base_path).get("chat_template")
+        return select_template(hf_chat_template(base_path).get("chat_template"), f"{base_path}/tokenizer_config.json")
     return ckpt_io.chat_template_of(base_path)
 
 

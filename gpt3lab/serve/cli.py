@@ -143,15 +143,21 @@ def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_ti
 
 
 def chat_template(args) -> str | None:
-    """--chat-template FILE, else the template stored in the checkpoint, else None (the default)."""
+    """--chat-template FILE, else the template stored in the checkpoint, else None (the default); checked
+    to compile here, at start-up, so a broken template is one error now, not a 400 on every chat request."""
+    from gpt3lab.chat import check_template
     from gpt3lab.checkpoint import chat_template_of
 
     if getattr(args, "chat_template", None):
         try:
-            return Path(args.chat_template).read_text(encoding="utf-8")
+            template = Path(args.chat_template).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"--chat-template {args.chat_template}: cannot read it ({e})") from None
-    return chat_template_of(args.checkpoint)
+        where = f"--chat-template {args.chat_template}"
+    else:
+        template, where = chat_template_of(args.checkpoint), f"the chat_template of {args.checkpoint}"
+    check_template(template, where)
+    return template
 
 
 def run(args) -> int:
@@ -159,11 +165,12 @@ def run(args) -> int:
     from gpt3lab.serve.service import CompletionService
 
     check_args(args)
+    template = chat_template(args)                 # before the model loads: a bad template fails fast
     engine, ckpt = build_engine(args.checkpoint, args.device, engine_config(args), getattr(args, "tokenizer", None),
                                 args.quantize)
     name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
-                                chat_template=chat_template(args))
+                                chat_template=template)
     keys = api_keys(args.api_key, args.api_key_file)
     app = create_app(service, keys, args.max_body_bytes, on_shutdown=lambda: engine.shutdown(cancel_running=True),
                      body_timeout=args.body_timeout)
