@@ -197,16 +197,21 @@ def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: st
                           f"{tok.name} (vocab_size {tok.vocab_size}) in {data}; drop the setting or "
                           f"prepare the data with a matching tokenizer")
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    tcfg = settle_train_config(mcfg, tcfg, overrides, (saved, ckpt) if resume else None, reschedule)
+    tcfg = settle_train_config(mcfg, tcfg, overrides, (saved, ckpt) if resume else None, reschedule,
+                               check_memory=not for_print)
     return Resolved(mcfg, tcfg, data, tok, ckpt)
 
 
 def settle_train_config(mcfg: ModelConfig, tcfg: TrainConfig, overrides: list[str] = (),
-                        resumed: tuple[dict, Path] | None = None, reschedule: bool = False) -> TrainConfig:
+                        resumed: tuple[dict, Path] | None = None, reschedule: bool = False,
+                        check_memory: bool = True) -> TrainConfig:
     """The last step of resolving a run's configs, the same for `train` and `finetune`. On resume
     (resumed = (saved config.json, checkpoint)): the run's global micro-batch is kept on this world size,
     only RESUME_MAY_CHANGE settings may differ, and a new max_steps keeps the LR schedule's shape unless
-    reschedule. Then the batch must be whole micro-steps of this world size."""
+    reschedule. Then the batch must be whole micro-steps of this world size, and (check_memory) the run's
+    estimated memory must fit the device (gpt3lab.train.fits)."""
+    from gpt3lab.train.distributed import local_device
+    from gpt3lab.train.fits import check_fits
     from gpt3lab.train.schedule import check_world_size
 
     world = data_parallel_size(tcfg)
@@ -216,6 +221,8 @@ def settle_train_config(mcfg: ModelConfig, tcfg: TrainConfig, overrides: list[st
         check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
         tcfg = _resume_schedule(saved, tcfg, mcfg.context, world, reschedule)
     check_world_size(tcfg, mcfg.context, world)
+    if check_memory:
+        check_fits(mcfg, tcfg, world, local_device(tcfg.device))
     return tcfg
 
 
