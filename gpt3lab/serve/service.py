@@ -292,7 +292,7 @@ class CompletionService:
     # ---- non-streamed ---------------------------------------------------------------------------
     async def complete(self, req: CompletionRequest, is_disconnected: Disconnected = None) -> dict:
         """The whole response body of a non-streamed request."""
-        prompts, params = self.prepare(req)
+        prompts, params = await asyncio.to_thread(self.prepare, req)     # tokenizing: off the event loop
         t0, rid = time.perf_counter(), f"cmpl-{uuid.uuid4().hex}"
         await self._acquire(is_disconnected)
         handles, first = [], []
@@ -333,7 +333,7 @@ class CompletionService:
                           stream_cls: type | None = None) -> "CompletionStream":
         """Validate, take a slot and submit; errors here still become a plain HTTP error response."""
         stream_cls = stream_cls or CompletionStream
-        prompts, params = self.prepare(req)
+        prompts, params = await asyncio.to_thread(self.prepare, req)     # tokenizing: off the event loop
         t0, rid = time.perf_counter(), f"{stream_cls.ID_PREFIX}-{uuid.uuid4().hex}"
         await self._acquire(is_disconnected)
         try:
