@@ -102,7 +102,7 @@ def _base_model(base, overrides: list[str], config_file, max_steps, method: str)
         raise ConfigError(f"model.{changed[0]}: the model's shape comes from the base checkpoint {base}; "
                           f"only model.dropout may be set when fine-tuning")
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    tcfg = settle_train_config(mcfg, tcfg, overrides)
+    tcfg = settle_train_config(mcfg, tcfg, overrides, frozen_weights=method == "lora")
     if mcfg.dropout != model.config.dropout:       # rebuild so every dropout module takes the new rate
         state = model.state_dict()
         model = GPT(mcfg)
@@ -122,7 +122,7 @@ def _resumed_model(out: Path, overrides, config_file, max_steps, reschedule: boo
         raise CheckpointError(f"--resume: {ckpt} is not a fine-tuning checkpoint; use `gpt3lab train --resume`")
     model_d, train_d, _ = layer_configs(saved["model"], saved.get("train", {}), config_file, overrides, max_steps)
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    tcfg = settle_train_config(mcfg, tcfg, overrides, (saved, ckpt), reschedule)
+    tcfg = settle_train_config(mcfg, tcfg, overrides, (saved, ckpt), reschedule, frozen_weights="lora" in saved)
     if ckpt_io.is_sharded(ckpt):     # FSDP: Trainer.resume loads the shards into the (sharded) model
         model, tok = GPT(mcfg), ckpt_io.load_tokenizer(ckpt)
     else:

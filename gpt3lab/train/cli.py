@@ -204,12 +204,12 @@ def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: st
 
 def settle_train_config(mcfg: ModelConfig, tcfg: TrainConfig, overrides: list[str] = (),
                         resumed: tuple[dict, Path] | None = None, reschedule: bool = False,
-                        check_memory: bool = True) -> TrainConfig:
+                        check_memory: bool = True, frozen_weights: bool = False) -> TrainConfig:
     """The last step of resolving a run's configs, the same for `train` and `finetune`. On resume
     (resumed = (saved config.json, checkpoint)): the run's global micro-batch is kept on this world size,
     only RESUME_MAY_CHANGE settings may differ, and a new max_steps keeps the LR schedule's shape unless
     reschedule. Then the batch must be whole micro-steps of this world size, and (check_memory) the run's
-    estimated memory must fit the device (gpt3lab.train.fits)."""
+    estimated memory must fit the device (gpt3lab.train.fits; frozen_weights: LoRA, no states for W)."""
     from gpt3lab.train.distributed import local_device
     from gpt3lab.train.fits import check_fits
     from gpt3lab.train.schedule import check_world_size
@@ -222,7 +222,7 @@ def settle_train_config(mcfg: ModelConfig, tcfg: TrainConfig, overrides: list[st
         tcfg = _resume_schedule(saved, tcfg, mcfg.context, world, reschedule)
     check_world_size(tcfg, mcfg.context, world)
     if check_memory:
-        check_fits(mcfg, tcfg, world, local_device(tcfg.device))
+        check_fits(mcfg, tcfg, world, local_device(tcfg.device), frozen_weights)
     return tcfg
 
 

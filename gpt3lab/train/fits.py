@@ -26,20 +26,23 @@ def device_memory(device: torch.device) -> tuple[int, str]:
     return ram // procs, "this machine's memory" + (f" / {procs} local processes" if procs > 1 else "")
 
 
-def training_bytes(mcfg: ModelConfig, tcfg: TrainConfig, dp_world: int) -> float:
-    """`gpt3lab size`'s per-process estimate for this run (sizing.memory_per_gpu)."""
+def training_bytes(mcfg: ModelConfig, tcfg: TrainConfig, dp_world: int, frozen: bool = False) -> float:
+    """`gpt3lab size`'s per-process estimate for this run (sizing.memory_per_gpu); frozen: the weights are
+    not trained (LoRA: their grads and Adam states do not exist; the adapters' are negligible)."""
     from gpt3lab.sizing import memory_per_gpu
 
     fsdp = tcfg.parallel == "fsdp"
     tp = tcfg.tensor_parallel if fsdp else 1
     m = memory_per_gpu(mcfg, world_size=dp_world * tp, parallel="fsdp" if fsdp else "ddp",
                        micro_batch=tcfg.batch_size, tp=tp)
-    return m["total_ckpt"] if tcfg.activation_checkpointing else m["total"]
+    states = m["weights"] if frozen else m["states"]
+    return states + (m["activations_ckpt"] if tcfg.activation_checkpointing else m["activations"])
 
 
-def check_fits(mcfg: ModelConfig, tcfg: TrainConfig, dp_world: int, device: torch.device) -> None:
+def check_fits(mcfg: ModelConfig, tcfg: TrainConfig, dp_world: int, device: torch.device,
+               frozen: bool = False) -> None:
     """ConfigError naming the estimate and the memory when the run cannot fit on `device`."""
-    need = training_bytes(mcfg, tcfg, dp_world)
+    need = training_bytes(mcfg, tcfg, dp_world, frozen)
     have, what = device_memory(device)
     if need > have:
         raise ConfigError(

@@ -34,6 +34,8 @@ def test_the_estimate_is_gpt3lab_size_and_the_check_uses_the_device_memory(monke
     assert fits.training_bytes(m, t, 1) == memory_per_gpu(m, micro_batch=4)["total"]
     ckpt = TrainConfig(batch_size=4, activation_checkpointing=True)
     assert fits.training_bytes(m, ckpt, 1) == memory_per_gpu(m, micro_batch=4)["total_ckpt"]
+    lora = fits.training_bytes(m, t, 1, frozen=True)             # LoRA: no grads or Adam states for W
+    assert fits.training_bytes(m, t, 1) - lora == memory_per_gpu(m)["grads"] + memory_per_gpu(m)["adam"]
     need = fits.training_bytes(m, t, 1)
     monkeypatch.setattr(fits, "device_memory", lambda d: (int(need) + 1, "test memory"))
     fits.check_fits(m, t, 1, torch.device("cpu"))
