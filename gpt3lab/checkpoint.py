@@ -259,11 +259,16 @@ def resolve_tokenizer(spec):
 
 
 def chat_template_of(path: str | Path) -> str | None:
-    """The chat template stored in a checkpoint's config.json (None: base model, use the default)."""
+    """The chat template stored in a checkpoint's config.json (None: base model, use the default); of HF's
+    list of named templates, the "default" one (gpt3lab.chat.select_template)."""
+    from gpt3lab.chat import select_template
+
     try:
-        return read_config(resolve(path)).get("chat_template")
+        p = resolve(path)
+        raw = read_config(p).get("chat_template")
     except CheckpointError:   # an adapter dir or HF dir: no gpt3lab config of its own
         return None
+    return select_template(raw, f"{p}/config.json")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -141,12 +141,13 @@ def hf_tokenizer(hf_dir: str | Path):
 
 
 def hf_chat_template(hf_dir: str | Path) -> dict:
-    """{"chat_template": ...} from an HF dir's tokenizer_config.json, or {} when it has none."""
+    """{"chat_template": ...} from an HF dir's tokenizer_config.json, or {} when it has none. HF's list of
+    named templates is kept as it is (gpt3lab.chat.select_template picks one where it is used)."""
     try:
         tpl = json.loads((Path(hf_dir) / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template")
     except (OSError, ValueError, AttributeError):
         return {}
-    return {"chat_template": tpl} if isinstance(tpl, str) else {}
+    return {"chat_template": tpl} if isinstance(tpl, (str, list, dict)) else {}
 
 
 def _merge_lines(path: Path) -> list[str]:

@@ -21,6 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from gpt3lab.train.sharded_checkpoint import export
 
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"OUT {out} is a file; pick a new directory for the checkpoint (export never overwrites)")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"OUT {out} exists and is not empty; pick a new directory (export never overwrites)")
     dest = export(args.source, out)

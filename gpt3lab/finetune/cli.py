@@ -60,6 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: skip them and report the count)")
     p.add_argument("--resume", action="store_true", help="continue RUN_DIR from its newest checkpoint")
     p.add_argument("--max-steps", type=positive_int)
+    p.add_argument("--reschedule", action="store_true",
+                   help="on --resume with a new --max-steps, stretch the LR schedule to it (default: keep "
+                        "the run's schedule), as `gpt3lab train --reschedule`")
     p.add_argument("--config", metavar="FILE", help='JSON or YAML file: {"model": {...}, "train": {...}}')
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. --set train.lr=3e-4")
     p.add_argument("--merge", action="store_true", help="LoRA: also write RUN_DIR/merged (adapters folded in)")
@@ -74,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
                                tuple(t.strip() for t in args.lora_targets.split(",") if t.strip()))
     s = finetune(args.base, args.data, args.out, method=args.method, lora_cfg=lcfg, val_data=args.val_data,
                  val_fraction=args.val_fraction, pack=not args.pad, include_prompt=args.include_prompt,
-                 strict=args.strict, resume=args.resume, max_steps=args.max_steps, config_file=args.config,
+                 strict=args.strict, resume=args.resume, max_steps=args.max_steps, reschedule=args.reschedule,
+                 config_file=args.config,
                  overrides=args.set, merge=args.merge, max_seconds=args.time_budget,
                  progress=not args.no_progress, log=lambda m: print(m, file=sys.stderr))
     val = f", val loss {s['val_loss']:.4f}" if s.get("val_loss") is not None else ""
@@ -85,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
 def _base_model(base, overrides: list[str], config_file, max_steps, method: str):
     """(model, tokenizer, ModelConfig, TrainConfig, resolved base path) for a new run."""
     from gpt3lab.model import GPT
-    from gpt3lab.train.cli import layer_configs
+    from gpt3lab.train.cli import layer_configs, settle_train_config
 
     if base is None:
         raise ConfigError("--from CHECKPOINT is required (the model to fine-tune)")
@@ -100,6 +104,7 @@ def _base_model(base, overrides: list[str], config_file, max_steps, method: str)
         raise ConfigError(f"model.{changed[0]}: the model's shape comes from the base checkpoint {base}; "
                           f"only model.dropout may be set when fine-tuning")
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
+    tcfg = settle_train_config(mcfg, tcfg, overrides, frozen_weights=method == "lora")
     if mcfg.dropout != model.config.dropout:       # rebuild so every dropout module takes the new rate
         state = model.state_dict()
         model = GPT(mcfg)
@@ -107,10 +112,11 @@ def _base_model(base, overrides: list[str], config_file, max_steps, method: str)
     return model.train(), tok, mcfg, tcfg, base_path.resolve()
 
 
-def _resumed_model(out: Path, overrides, config_file, max_steps):
-    """(model, tokenizer, ModelConfig, TrainConfig, checkpoint, saved finetune settings) to resume."""
+def _resumed_model(out: Path, overrides, config_file, max_steps, reschedule: bool):
+    """(model, tokenizer, ModelConfig, TrainConfig, checkpoint, saved finetune settings) to resume, through
+    train's one resume path (settle_train_config)."""
     from gpt3lab.model import GPT
-    from gpt3lab.train.cli import _resume_batch_size, check_resume_compatible, data_parallel_size, layer_configs
+    from gpt3lab.train.cli import layer_configs, settle_train_config
 
     ckpt = ckpt_io.resume_checkpoint(out)
     saved = ckpt_io.read_config(ckpt)
@@ -118,8 +124,7 @@ def _resumed_model(out: Path, overrides, config_file, max_steps):
         raise CheckpointError(f"--resume: {ckpt} is not a fine-tuning checkpoint; use `gpt3lab train --resume`")
     model_d, train_d, _ = layer_configs(saved["model"], saved.get("train", {}), config_file, overrides, max_steps)
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
-    tcfg = _resume_batch_size(saved, tcfg, overrides, data_parallel_size(tcfg))   # keep the global batch
-    check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
+    tcfg = settle_train_config(mcfg, tcfg, overrides, (saved, ckpt), reschedule, frozen_weights="lora" in saved)
     if ckpt_io.is_sharded(ckpt):     # FSDP: Trainer.resume loads the shards into the (sharded) model
         model, tok = GPT(mcfg), ckpt_io.load_tokenizer(ckpt)
     else:
@@ -131,15 +136,16 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
              val_data=None, val_fraction: float = 0.1, pack: bool = True, include_prompt: bool = False,
              strict: bool = False, resume: bool = False, max_steps: int | None = None, config_file=None,
              overrides=(), merge: bool = False, max_seconds: float | None = None, progress: bool = True,
-             log=lambda m: None) -> dict:
+             log=lambda m: None, reschedule: bool = False) -> dict:
     """Fine-tune `base` on `data` into `out_dir` (or resume it); returns a summary dict."""
     from gpt3lab.finetune.data import load_datasets
     from gpt3lab.train.distributed import from_env, local_device
+    from gpt3lab.train.cli import run_trainer
     from gpt3lab.train.loop import RunInfo, Trainer
 
     out, overrides = Path(out_dir), list(overrides)
     if resume:
-        model, tok, mcfg, tcfg, ckpt, saved = _resumed_model(out, overrides, config_file, max_steps)
+        model, tok, mcfg, tcfg, ckpt, saved = _resumed_model(out, overrides, config_file, max_steps, reschedule)
         ft = saved["finetune"]
         lora_cfg = lora.LoRAConfig.from_dict(saved["lora"], f"{ckpt}/config.json lora") if "lora" in saved else None
         data = data or ft["data"]
@@ -180,15 +186,7 @@ def finetune(base, data, out_dir, *, method: str = "full", lora_cfg: lora.LoRACo
              **({"chat_template": template} if template else {})}
     info = RunInfo(out_dir=out, tokenizer=tok, extra_config=extra, progress=progress, max_seconds=max_seconds)
     trainer = Trainer(model, mcfg, tcfg, train, val, info=info, dist=dist, device=device)
-    if resume:
-        trainer.resume(ckpt)
-        if trainer.step >= tcfg.max_steps:
-            raise ConfigError(f"{ckpt} is already at step {trainer.step} >= max_steps {tcfg.max_steps}; "
-                              f"pass a larger --max-steps to train further")
-    try:
-        record = trainer.fit()
-    finally:
-        dist.close()
+    record = run_trainer(trainer, dist, ckpt if resume else None)
     result = _export(trainer, out, ft, lora_cfg, tok, merge, log) if dist.is_main else None
     return {"run_dir": str(out), "result": str(result or ckpt_io.step_dir(out, trainer.step)),
             "checkpoint": str(ckpt_io.step_dir(out, trainer.step)), "step": trainer.step,
@@ -200,8 +198,9 @@ def _base_chat_template(base_path: Path) -> str | None:
     """The base's chat template (gpt3lab checkpoint config or HF tokenizer_config.json); None: the default.
     Chat data is rendered with it, and the fine-tuned checkpoints store it, so serving renders the same."""
     if is_hf_dir(base_path):
+        from gpt3lab.chat import select_template
         from gpt3lab.convert import hf_chat_template
-        return hf_chat_template(base_path).get("chat_template")
+        return select_template(hf_chat_template(base_path).get("chat_template"), f"{base_path}/tokenizer_config.json")
     return ckpt_io.chat_template_of(base_path)
 
 

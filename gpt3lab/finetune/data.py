@@ -8,7 +8,8 @@ JSONL, one example per line (blank lines ignored), in any of three shapes:
 
 Alpaca records become prompt/completion with Alpaca's own prompt (ALPACA_PROMPT / ALPACA_PROMPT_NO_INPUT).
 A chat record is rendered by the chat template (gpt3lab.chat: the base checkpoint's, else the plain
-default), exactly as `serve` renders it; the targets are the assistant turns only (each turn's text as
+default) and tokenized exactly as `serve` does it (content may be a string or OpenAI's list of text parts;
+an "<|endoftext|>" typed in it is plain text, not the special token); the targets are the assistant turns only (each turn's text as
 the template writes it after the generation prompt), plus the final `<|endoftext|>` when the conversation
 ends with the assistant.
 
@@ -117,20 +118,25 @@ def _check_alpaca(obj: dict, line: int) -> dict | str:
 
 
 def _check_chat(obj: dict, line: int) -> dict | str:
-    from gpt3lab.chat import ROLES
+    from gpt3lab.chat import ROLES, content_text
 
     msgs = obj["messages"]
     if set(obj) != {"messages"}:
         return f"line {line}: a chat record holds only \"messages\" (unknown: {', '.join(sorted(set(obj) - {'messages'}))})"
     if not isinstance(msgs, list) or not msgs:
         return f"line {line}: messages must be a non-empty list of {{\"role\", \"content\"}} objects"
+    texts = []
     for i, m in enumerate(msgs):
-        if not (isinstance(m, dict) and m.get("role") in ROLES and isinstance(m.get("content"), str)):
+        text = content_text(m.get("content")) if isinstance(m, dict) else None
+        if text is None or m.get("role") not in ROLES:
             return (f"line {line}: messages[{i}] must be {{\"role\": one of {', '.join(ROLES)}, "
-                    f"\"content\": a string}}, got {json.dumps(m)[:60]}")
+                    f"\"content\": a string or a list of {{\"type\": \"text\", \"text\": ...}} parts}}, "
+                    f"got {json.dumps(m)[:60]}")
+        texts.append(text)
+    msgs = [{"role": m["role"], "content": t} for m, t in zip(msgs, texts)]
     if not any(m["role"] == "assistant" and m["content"] for m in msgs):
         return f"line {line}: no non-empty assistant message (there is nothing to learn from this example)"
-    return {"messages": [{"role": m["role"], "content": m["content"]} for m in msgs]}
+    return {"messages": msgs}
 
 
 def read_jsonl(path: str | Path) -> list[tuple[int, dict]]:
@@ -176,13 +182,13 @@ def encode_chat(tok, messages: list[dict], line: int = 0, template: str | None =
     """A conversation rendered by `template`, targets = the assistant turns' tokens (+ the final eot when
     the conversation ends with the assistant). Segments are encoded separately at turn boundaries, as the
     served prompt ends at the generation prompt and the model's turn starts after it."""
-    from gpt3lab.chat import assistant_spans
+    from gpt3lab.chat import assistant_spans, encode
 
     text, spans = assistant_spans(messages, template)
     ids, targets, pos = [], [], 0
     for start, end in spans + [(len(text), len(text))]:
         for seg, is_target in ((text[pos:start], False), (text[start:end], True)):
-            seg_ids = tok.encode(seg) if seg else []
+            seg_ids = encode(tok, seg) if seg else []
             ids += seg_ids
             targets += [is_target] * len(seg_ids)
         pos = end

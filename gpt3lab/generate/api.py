@@ -71,7 +71,7 @@ class SamplingParams:
     seed: int | None = None           # reproducible regardless of what else is batched
     stop: list[str] = field(default_factory=list)       # up to 4; not included in the output
     stop_token_ids: list[int] = field(default_factory=list)  # <|endoftext|> is always a stop token
-    logprobs: int | None = None       # None = off; 0..5 = chosen token's logprob + top-N alternatives
+    logprobs: int | None = None       # None = off; 0..20 = chosen token's logprob + top-N alternatives
     echo: bool = False                # prepend the prompt (and its token logprobs, first one None)
     sliding_window: bool = False      # max_tokens may run past the context: each token past it is predicted
                                       # from the last `context` tokens, recomputed (gpt3lab.generate docstring)
@@ -116,7 +116,7 @@ class SamplingParams:
 
 
 MAX_N = 128                           # most choices (n, best_of) of one request
-MAX_LOGPROBS = 5                      # most alternatives reported per token
+MAX_LOGPROBS = 20                     # most alternatives reported per token (vLLM's max_logprobs)
 MAX_STOP = 4                          # most stop strings
 
 

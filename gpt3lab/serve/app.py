@@ -2,10 +2,15 @@
 
 Every error leaves in OpenAI's shape {"error": {"message", "type", "param", "code"}}: FastAPI's 422
 validation body becomes a 400 naming the offending field; 404/405 keep their status.
+
+The two generation routes parse and validate their (up to --max-body-bytes) JSON body in a worker thread
+(`parsed_body`), not on the event loop: 120k chat messages take the better part of a second to validate,
+and the loop serves every other client. Their body schemas are still in /openapi.json (`BODY_MODELS`).
 """
 from __future__ import annotations
 
 import asyncio
+import gc
 import hmac
 import json
 import logging
@@ -13,6 +18,7 @@ from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -147,6 +153,81 @@ class SSEResponse(StreamingResponse):
             await self.stream.close()
 
 
+BODY_MODELS = (CompletionRequest, ChatCompletionRequest)    # bodies validated by parsed_body, off the loop
+
+
+def body_doc(model: type[BaseModel]) -> dict:
+    """openapi_extra that documents `model` as the JSON body of a route validating it with parsed_body."""
+    return {"requestBody": {"required": True, "content": {
+        "application/json": {"schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
+
+
+async def parsed_body(request: Request, model: type[BaseModel]):
+    """The request's JSON body validated as `model` in a worker thread; RequestValidationError (a 400 in
+    the usual shape) when it is not JSON or not valid."""
+    raw = await request.body()
+
+    def parse():
+        try:
+            data = json.loads(raw)
+        except ValueError as e:       # JSONDecodeError and bad UTF-8
+            return [{"type": "json_invalid", "loc": ("body", 0), "msg": "JSON decode error", "input": {},
+                     "ctx": {"error": str(e)}}]
+        try:
+            return model.model_validate(_messages_in_slices(data) if model is ChatCompletionRequest else data)
+        except ValidationError as e:
+            return [{**err, "loc": ("body", *err["loc"])} for err in e.errors(include_url=False)]
+        except _SliceError as e:
+            return e.errors
+
+    out = await asyncio.to_thread(parse)
+    if isinstance(out, list):
+        raise RequestValidationError(out)
+    return out
+
+
+class _SliceError(Exception):
+    def __init__(self, errors: list):
+        self.errors = errors
+
+
+MESSAGE_SLICE = 1000      # messages validated per call: pydantic holds the GIL for a whole call
+
+
+def _messages_in_slices(data):
+    """`data` with a long "messages" list validated MESSAGE_SLICE at a time into ChatMessage objects, so
+    the event loop's thread gets the GIL between slices (the model then takes the objects as they are)."""
+    from pydantic import TypeAdapter
+
+    from gpt3lab.serve.protocol import ChatMessage
+
+    msgs = data.get("messages") if isinstance(data, dict) else None
+    if not isinstance(msgs, list) or len(msgs) <= MESSAGE_SLICE:
+        return data
+    adapter, checked = TypeAdapter(list[ChatMessage]), []
+    for i in range(0, len(msgs), MESSAGE_SLICE):
+        try:
+            checked += adapter.validate_python(msgs[i:i + MESSAGE_SLICE])
+        except ValidationError as e:
+            raise _SliceError([{**err, "loc": ("body", "messages", i + err["loc"][0], *err["loc"][1:])}
+                               for err in e.errors(include_url=False)]) from None
+    return {**data, "messages": checked}
+
+
+def _openapi_with_bodies(app: FastAPI):
+    """app.openapi that adds BODY_MODELS' schemas (their routes take a plain Request) to the components."""
+    from pydantic.json_schema import models_json_schema
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            schema = FastAPI.openapi(app)
+            _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS],
+                                         ref_template="#/components/schemas/{model}")
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(defs.get("$defs", {}))
+        return app.openapi_schema
+    return openapi
+
+
 HINTS = {"prompt": "expected a string, a list of strings, a list of token ids or a list of token-id lists",
          "stop": "expected a non-empty string or a list of at most 4 non-empty strings"}
 
@@ -207,6 +288,11 @@ def create_app(service: CompletionService, api_keys: list[str] | None = None,
 
     @asynccontextmanager
     async def lifespan(app):
+        # as vLLM's server does: the start-up heap (model, engine, libraries) is frozen out of the cyclic GC,
+        # whose full collections hold the GIL for time in proportion to every tracked object; a request
+        # that allocates a lot (120k chat messages) triggered ~0.8 s pauses of the whole server without this
+        gc.collect()
+        gc.freeze()
         yield
         if on_shutdown is not None:
             on_shutdown()
@@ -215,6 +301,7 @@ def create_app(service: CompletionService, api_keys: list[str] | None = None,
                   description="OpenAI-compatible Completions and Chat Completions APIs over a gpt3lab checkpoint.")
     install_error_handlers(app)
     add_routes(app, service, peers)
+    app.openapi = _openapi_with_bodies(app)
     app.add_middleware(Guard, api_keys=list(api_keys or []), max_body_bytes=max_body_bytes,
                        metrics=service.metrics, body_timeout=body_timeout)
     if access_log:                      # outermost: refused (401/413) requests are logged too
@@ -247,8 +334,10 @@ def add_routes(app: FastAPI, service: CompletionService, peers=()) -> None:
         service.check_model(model_id)
         return service.model_card()
 
-    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
-    async def completions(body: CompletionRequest, request: Request):
+    @app.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
+              openapi_extra=body_doc(CompletionRequest))
+    async def completions(request: Request):
+        body = await parsed_body(request, CompletionRequest)
         try:
             if body.stream:
                 return SSEResponse(await service.open_stream(body, request.is_disconnected))
@@ -256,9 +345,11 @@ def add_routes(app: FastAPI, service: CompletionService, peers=()) -> None:
         except ClientDisconnected:
             return _error(499, "client closed the request", code="client_closed")
 
-    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
-    async def chat_completions(body: ChatCompletionRequest, request: Request):
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS,
+              openapi_extra=body_doc(ChatCompletionRequest))
+    async def chat_completions(request: Request):
         """Messages rendered by the checkpoint's chat template (a plain default for base models)."""
+        body = await parsed_body(request, ChatCompletionRequest)
         try:
             if body.stream:
                 return SSEResponse(await service.open_chat_stream(body, request.is_disconnected))
@@ -282,7 +373,7 @@ def add_routes(app: FastAPI, service: CompletionService, peers=()) -> None:
 
     @app.post("/tokenize", response_model=TokenizeResponse, responses=ERRORS)
     async def tokenize(body: TokenizeRequest):
-        return service.tokenize(body)
+        return await asyncio.to_thread(service.tokenize, body)     # a 4 MB text takes ~1 s: off the loop
 
     @app.post("/detokenize", response_model=DetokenizeResponse, responses=ERRORS)
     async def detokenize(body: DetokenizeRequest):

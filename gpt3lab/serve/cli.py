@@ -154,15 +154,21 @@ def serve_app(app, host: str, port: int, log_level: str = "warning", shutdown_ti
 
 
 def chat_template(args) -> str | None:
-    """--chat-template FILE, else the template stored in the checkpoint, else None (the default)."""
+    """--chat-template FILE, else the template stored in the checkpoint, else None (the default); checked
+    to compile here, at start-up, so a broken template is one error now, not a 400 on every chat request."""
+    from gpt3lab.chat import check_template
     from gpt3lab.checkpoint import chat_template_of
 
     if getattr(args, "chat_template", None):
         try:
-            return Path(args.chat_template).read_text(encoding="utf-8")
+            template = Path(args.chat_template).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise ConfigError(f"--chat-template {args.chat_template}: cannot read it ({e})") from None
-    return chat_template_of(args.checkpoint)
+        where = f"--chat-template {args.chat_template}"
+    else:
+        template, where = chat_template_of(args.checkpoint), f"the chat_template of {args.checkpoint}"
+    check_template(template, where)
+    return template
 
 
 def serve_lora_modules(args, base_model, engine, service, adapters: dict, template, keys: list[str]):
@@ -196,6 +202,7 @@ def run(args) -> int:
     from gpt3lab.serve.service import CompletionService
 
     check_args(args)
+    template = chat_template(args)                 # before the model loads: a bad template fails fast
     engine, inspector, ckpt, model = build_engine(args.checkpoint, args.device, engine_config(args),
                                                   getattr(args, "tokenizer", None), args.quantize,
                                                   getattr(args, "compile", False))
@@ -205,7 +212,6 @@ def run(args) -> int:
     adapters = parse_lora_modules(args.lora_modules, name)
     if adapters and args.quantize != "none":
         raise ConfigError("--lora-modules needs the base model's own weights: drop --quantize")
-    template = chat_template(args)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
                                 chat_template=template, inspector=inspector)
     keys = api_keys(args.api_key, args.api_key_file)

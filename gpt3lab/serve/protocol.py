@@ -57,7 +57,7 @@ class CompletionRequest(SamplingFields):
     suffix: StrictStr | None = None
     max_tokens: StrictInt | None = 16
     best_of: StrictInt | None = None
-    logprobs: StrictInt | None = None
+    logprobs: Annotated[StrictInt, Field(ge=0, le=5)] | None = None       # OpenAI's Completions limit
     echo: StrictBool | None = False
 
 
@@ -94,7 +94,7 @@ class ChatCompletionRequest(SamplingFields):
     max_tokens: StrictInt | None = None
     max_completion_tokens: StrictInt | None = None
     logprobs: StrictBool | None = False
-    top_logprobs: StrictInt | None = None
+    top_logprobs: Annotated[StrictInt, Field(ge=0, le=20)] | None = None   # OpenAI's Chat Completions limit
 
 
 class ChatTopLogprob(BaseModel):

@@ -52,6 +52,12 @@ class ClientDisconnected(Exception):
     """The HTTP client went away; its generations were cancelled."""
 
 
+def _was_cancelled(fut: asyncio.Future) -> bool:
+    """True for a cancelled future, including a cancelled gather(): that one ends with CancelledError set
+    as its exception rather than in the cancelled state, so result() would raise it."""
+    return fut.cancelled() or isinstance(fut.exception(), asyncio.CancelledError)
+
+
 class _Choice:
     """Accumulates one choice's events into the non-streamed response's choice."""
 
@@ -248,7 +254,7 @@ class CompletionService:
             if is_disconnected is not None and await is_disconnected():
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
-                if task.cancelled():
+                if _was_cancelled(task):
                     raise ClientDisconnected()
                 # it finished while we checked (e.g. a slot was acquired): hand the result on, so a
                 # slot is never held by nobody; the next disconnect check sees the client gone
@@ -299,7 +305,7 @@ class CompletionService:
     # ---- non-streamed ---------------------------------------------------------------------------
     async def complete(self, req: CompletionRequest, is_disconnected: Disconnected = None) -> dict:
         """The whole response body of a non-streamed request."""
-        prompts, params = self.prepare(req)
+        prompts, params = await asyncio.to_thread(self.prepare, req)     # tokenizing: off the event loop
         t0, rid = time.perf_counter(), f"cmpl-{uuid.uuid4().hex}"
         await self._acquire(is_disconnected)
         handles, first = [], []
@@ -340,7 +346,7 @@ class CompletionService:
                           stream_cls: type | None = None) -> "CompletionStream":
         """Validate, take a slot and submit; errors here still become a plain HTTP error response."""
         stream_cls = stream_cls or CompletionStream
-        prompts, params = self.prepare(req)
+        prompts, params = await asyncio.to_thread(self.prepare, req)     # tokenizing: off the event loop
         t0, rid = time.perf_counter(), f"{stream_cls.ID_PREFIX}-{uuid.uuid4().hex}"
         await self._acquire(is_disconnected)
         try:
@@ -352,19 +358,17 @@ class CompletionService:
         return stream_cls(self, rid, handles, params, include_usage, t0)
 
     # ---- chat: template -> the completion path above -> chat shape --------------------------------
-    def chat_request(self, req: ChatCompletionRequest) -> CompletionRequest:
-        """The CompletionRequest a chat request amounts to: the rendered messages as prompt tokens."""
-        from gpt3lab.chat import default_stop, render
-        from gpt3lab.errors import DataError
+    async def chat_request(self, req: ChatCompletionRequest) -> CompletionRequest:
+        """The CompletionRequest a chat request amounts to: the rendered messages as prompt tokens.
+
+        Rendering and tokenizing run in a worker thread (as inspect does): a slow template or a huge list
+        of messages never stalls the event loop, so /health, streams and SIGTERM stay served meanwhile."""
+        from gpt3lab.chat import default_stop
 
         self.check_model(req.model)
-        try:
-            text = render([{"role": m.role, "content": m.text()} for m in req.messages], self.chat_template)
-        except DataError as e:
-            raise ServeError(400, str(e), param="messages") from None
         if req.top_logprobs and not req.logprobs:
             raise ServeError(400, "top_logprobs needs logprobs=true", param="top_logprobs")
-        ids = self.tokenizer.encode(text) or [self.tokenizer.eot_id]
+        ids = await asyncio.to_thread(self._chat_prompt, req.messages)
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
         # the template's own stop strings apply when the request names none (a request's list replaces them)
         stop = ([req.stop] if isinstance(req.stop, str) else list(req.stop or [])) or default_stop(self.chat_template)
@@ -376,9 +380,20 @@ class CompletionService:
             max_tokens=max(self.engine.context - len(ids), 1) if max_tokens is None else max_tokens,
             logprobs=(req.top_logprobs or 0) if req.logprobs else None, echo=False, suffix=None, best_of=None)
 
+    def _chat_prompt(self, messages) -> list[int]:
+        """Token ids of the rendered messages (chat.render's time and size bounds; typed <|endoftext|> is text)."""
+        from gpt3lab import chat
+        from gpt3lab.errors import DataError
+
+        try:
+            text = chat.render([{"role": m.role, "content": m.text()} for m in messages], self.chat_template)
+        except DataError as e:
+            raise ServeError(400, str(e), param="messages") from None
+        return chat.encode(self.tokenizer, text) or [self.tokenizer.eot_id]
+
     async def chat(self, req: ChatCompletionRequest, is_disconnected: Disconnected = None) -> dict:
         """The whole response body of a non-streamed chat request."""
-        body = await self.complete(self.chat_request(req), is_disconnected)
+        body = await self.complete(await self.chat_request(req), is_disconnected)
         choices = [{"index": c["index"], "message": {"role": "assistant", "content": c["text"]},
                     "logprobs": chat_logprobs(c["logprobs"]), "finish_reason": c["finish_reason"]}
                    for c in body["choices"]]
@@ -386,7 +401,7 @@ class CompletionService:
                 "choices": choices}
 
     async def open_chat_stream(self, req: ChatCompletionRequest, is_disconnected: Disconnected = None):
-        return await self.open_stream(self.chat_request(req), is_disconnected, ChatStream)
+        return await self.open_stream(await self.chat_request(req), is_disconnected, ChatStream)
 
 
 def chat_logprobs(lp: dict | None) -> dict | None:

@@ -210,14 +210,50 @@ def resolve_run(data_dir, out_dir, *, preset: str | None = None, config_file: st
                           f"{tok.name} (vocab_size {tok.vocab_size}) in {data}; drop the setting or "
                           f"prepare the data with a matching tokenizer")
     mcfg, tcfg = ModelConfig(**model_d), TrainConfig(**train_d)
+    tcfg = settle_train_config(mcfg, tcfg, overrides, (saved, ckpt) if resume else None, reschedule,
+                               check_memory=not for_print)
+    return Resolved(mcfg, tcfg, data, tok, ckpt)
+
+
+def settle_train_config(mcfg: ModelConfig, tcfg: TrainConfig, overrides: list[str] = (),
+                        resumed: tuple[dict, Path] | None = None, reschedule: bool = False,
+                        check_memory: bool = True, frozen_weights: bool = False) -> TrainConfig:
+    """The last step of resolving a run's configs, the same for `train` and `finetune`. On resume
+    (resumed = (saved config.json, checkpoint)): the run's global micro-batch is kept on this world size,
+    only RESUME_MAY_CHANGE settings may differ, and a new max_steps keeps the LR schedule's shape unless
+    reschedule. Then the batch must be whole micro-steps of this world size, and (check_memory) the run's
+    estimated memory must fit the device (gpt3lab.train.fits; frozen_weights: LoRA, no states for W)."""
+    from gpt3lab.train.distributed import local_device
+    from gpt3lab.train.fits import check_fits
+    from gpt3lab.train.schedule import check_world_size
+
     world = data_parallel_size(tcfg)
-    if resume:
-        tcfg = _resume_batch_size(saved, tcfg, overrides, world)
+    if resumed is not None:
+        saved, ckpt = resumed
+        tcfg = _resume_batch_size(saved, tcfg, list(overrides), world)
         check_resume_compatible(saved["model"], saved.get("train", {}), mcfg, tcfg, ckpt)
         tcfg = _resume_schedule(saved, tcfg, mcfg.context, world, reschedule)
-    from gpt3lab.train.schedule import check_world_size
     check_world_size(tcfg, mcfg.context, world)
-    return Resolved(mcfg, tcfg, data, tok, ckpt)
+    if check_memory:
+        check_fits(mcfg, tcfg, world, local_device(tcfg.device), frozen_weights)
+    return tcfg
+
+
+def run_trainer(trainer, dist, resume_from: Path | None = None, before_fit=None) -> dict:
+    """Resume `trainer` from a checkpoint (if given) and train it (before_fit() runs just before: the start-up
+    summary); the process group is closed whatever happens, a run already at its max_steps included. Returns
+    the last log record."""
+    try:
+        if resume_from is not None:
+            trainer.resume(resume_from)
+            if trainer.step >= trainer.cfg.max_steps:
+                raise ConfigError(f"{resume_from} is already at step {trainer.step} >= max_steps "
+                                  f"{trainer.cfg.max_steps}; pass a larger --max-steps to train further")
+        if before_fit is not None:
+            before_fit()
+        return trainer.fit()
+    finally:
+        dist.close()
 
 
 def _resume_schedule(saved: dict, tcfg: TrainConfig, context: int, world: int, reschedule: bool) -> TrainConfig:
@@ -230,13 +266,15 @@ def _resume_schedule(saved: dict, tcfg: TrainConfig, context: int, world: int, r
     old_steps = saved.get("train", {}).get("max_steps", tcfg.max_steps)
     if old_steps == tcfg.max_steps:
         return tcfg
+    say = int(os.environ.get("RANK", "0")) == 0          # torchrun: one warning, not one per rank
     if reschedule:
-        print(f"gpt3lab: warning: --max-steps {tcfg.max_steps} (the run had {old_steps}): --reschedule stretches "
-              f"the LR schedule over {tcfg.max_steps} steps", file=sys.stderr)
+        if say:
+            print(f"gpt3lab: warning: --max-steps {tcfg.max_steps} (the run had {old_steps}): --reschedule "
+                  f"stretches the LR schedule over {tcfg.max_steps} steps", file=sys.stderr)
         return tcfg
     old = replace(tcfg, max_steps=old_steps)
     pinned = pin_schedule(old, tcfg, context, world)
-    if pinned != tcfg:
+    if pinned != tcfg and say:
         print(f"gpt3lab: warning: --max-steps {tcfg.max_steps} differs from the run's {old_steps}; the LR schedule "
               f"keeps its shape (it decays as planned for {old_steps} steps, then stays at its floor); pass "
               f"--reschedule to stretch it over {tcfg.max_steps} steps", file=sys.stderr)
@@ -282,21 +320,15 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
                    max_seconds=max_seconds, step_ceiling=step_ceiling if max_seconds is not None else None)
     trainer = Trainer(model, mcfg, tcfg, train_data, eval_data, info=info, dist=dist, device=device,
                       loss_fn=spec.loss_fn)
-    if resume:
-        trainer.resume(ckpt)
-    if dist.is_main:
-        import sys
 
-        from gpt3lab.launcher import chosen
-        from gpt3lab.train.summary import summary_lines
-        print("\n".join(summary_lines(trainer, out, data, chosen())), file=sys.stderr, flush=True)
-    try:
-        if trainer.step >= tcfg.max_steps:
-            raise ConfigError(f"{ckpt} is already at step {trainer.step} >= max_steps {tcfg.max_steps}; "
-                              f"pass a larger --max-steps to train further")
-        record = trainer.fit()
-    finally:
-        dist.close()
+    def summary() -> None:          # after a resume, so it shows the step the run continues from
+        if dist.is_main:
+            import sys
+
+            from gpt3lab.launcher import chosen
+            from gpt3lab.train.summary import summary_lines
+            print("\n".join(summary_lines(trainer, out, data, chosen())), file=sys.stderr, flush=True)
+    record = run_trainer(trainer, dist, ckpt if resume else None, before_fit=summary)
     return {"run_dir": str(out), "checkpoint": str(ckpt_io.step_dir(out, trainer.step)), "step": trainer.step,
             "tokens": trainer.tokens, "loss": record.get("loss"), "val_loss": record.get("val_loss"),
             "val_bpb": record.get("val_bpb"), "seconds": record.get("seconds"),

@@ -275,7 +275,7 @@ def test_requests_that_do_not_fit_wait_instead_of_failing(make_engine):
     (dict(top_p=0.0), "top_p", InvalidRequestError),
     (dict(presence_penalty=-2.1), "presence_penalty", InvalidRequestError),
     (dict(frequency_penalty=3), "frequency_penalty", InvalidRequestError),
-    (dict(logprobs=6), "logprobs", InvalidRequestError),
+    (dict(logprobs=21), "logprobs", InvalidRequestError),
     (dict(n=3, best_of=2), "best_of", InvalidRequestError),
     (dict(logit_bias={999: 1.0}), "logit_bias", InvalidRequestError),
     (dict(logit_bias={5: 101}), "logit_bias", InvalidRequestError),

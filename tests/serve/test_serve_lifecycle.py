@@ -52,6 +52,30 @@ def test_non_streamed_disconnect_cancels_generation(server_factory):
     assert wait_for(lambda: srv.service.metrics.running == 0)
 
 
+def test_non_streamed_disconnect_is_counted_and_logs_no_traceback(server_factory):
+    """A cancelled gather() ends with CancelledError as its exception: result() raised it, uvicorn logged
+    "Exception in ASGI application" and the cancellation was not counted."""
+    import logging
+
+    srv = server_factory(step_delay=0.02)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = records.append
+    logger = logging.getLogger("uvicorn.error")
+    logger.addHandler(handler)
+    try:
+        body = {"model": MODEL, "prompt": "long", "max_tokens": 100, "temperature": 0, "n": 2}
+        with httpx.Client(base_url=srv.url, timeout=0.5) as c:
+            with pytest.raises(httpx.ReadTimeout):
+                c.post("/v1/completions", json=body)
+        assert wait_for(lambda: srv.service.metrics.cancelled == 1)
+        assert wait_for(lambda: srv.service.metrics.running == 0)
+        time.sleep(0.3)
+    finally:
+        logger.removeHandler(handler)
+    assert not [r.getMessage() for r in records]
+
+
 def start_server(checkpoint, delay: float, *extra: str) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, str(HERE / "fake_server.py"), str(checkpoint), str(delay), *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
