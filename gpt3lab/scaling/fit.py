@@ -79,9 +79,14 @@ def power_law(x, y) -> tuple[float, float]:
     return float(math.exp(icpt)), float(slope)
 
 
-def _linear_given_e(c: np.ndarray, y: np.ndarray, e: float) -> tuple[float, float]:
-    slope, icpt = np.polyfit(np.log(c), np.log(y - e), 1)
-    return math.exp(icpt), -slope
+def _profile(x: np.ndarray, y: np.ndarray, es: np.ndarray):
+    """For each E in es: A, alpha of the log-space line log(y - E) = log A - alpha·x, and the loss-space SSE."""
+    ly = np.log(y[None, :] - es[:, None])                            # (G, n)
+    xm = x - x.mean()
+    slope = (ly - ly.mean(axis=1, keepdims=True)) @ xm / (xm @ xm)   # (G,)
+    log_a = ly.mean(axis=1) - slope * x.mean()
+    pred = es[:, None] + np.exp(log_a[:, None] + slope[:, None] * x[None, :])
+    return np.exp(log_a), -slope, ((pred - y[None, :]) ** 2).sum(axis=1)
 
 
 def loss_frontier(budgets, losses) -> dict:
@@ -91,24 +96,15 @@ def loss_frontier(budgets, losses) -> dict:
         raise FitError(f"L(C) = E + A·C^-alpha has 3 parameters: it needs optima at 3 or more budgets, got {len(c)}")
     c0 = float(np.exp(np.mean(np.log(c))))          # fit in units of the geometric-mean budget: A stays O(1)
     cs = c / c0
-
-    def sse(e):
-        a, al = _linear_given_e(cs, y, e)
-        return float(np.sum((e + a * cs ** -al - y) ** 2)), a, al
-
-    grid = np.min(y) * (1 - np.geomspace(1, 1e-4, 400))      # E from 0 to just below the lowest loss
-    scores = [sse(e)[0] for e in grid]
-    i = int(np.argmin(scores))
-    lo, hi = grid[max(i - 1, 0)], grid[min(i + 1, len(grid) - 1)]
-    for _ in range(60):                                        # golden-section refinement of E
-        m1, m2 = lo + 0.382 * (hi - lo), lo + 0.618 * (hi - lo)
-        if sse(m1)[0] < sse(m2)[0]:
-            hi = m2
-        else:
-            lo = m1
-    e = (lo + hi) / 2
-    _, a, al = sse(e)
-    e, a, al = _gauss_newton(cs, y, e, a, al)
+    x = np.log(cs)
+    es = np.min(y) * (1 - np.geomspace(1, 1e-6, 600))          # E from 0 to just below the lowest loss
+    for _ in range(3):                                         # zoom in around the best E twice
+        _, _, sse = _profile(x, y, es)
+        i = int(np.argmin(sse))
+        es = np.linspace(es[max(i - 1, 0)], es[min(i + 1, len(es) - 1)], 201)
+    a, al, sse = _profile(x, y, es)
+    i = int(np.argmin(sse))
+    e, a, al = _gauss_newton(cs, y, float(es[i]), float(a[i]), float(al[i]))
     return {"E": e, "A": a * c0 ** al, "alpha": al}
 
 

@@ -233,9 +233,12 @@ def launch(argv: list[str], in_process: bool = True, threads: int | None = None)
         import torch
 
         from gpt3lab.cli import main
-        if threads:
-            torch.set_num_threads(threads)
-        rc = main(list(argv))
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads or before)
+        try:
+            rc = main(list(argv))
+        finally:
+            torch.set_num_threads(before)
     else:
         env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
         rc = subprocess.call([sys.executable, "-m", "gpt3lab", *argv], env=env)

@@ -29,7 +29,7 @@ def plot_ladder(path: Path, runs: list[dict], fit: dict | None, predict: list[fl
             ax_iso.plot([o["n_opt"]], [o["l_opt"]], "*", color=colors[c], ms=14, mec="k")
         ax_loss.scatter([r["flops"] for r in rs], y, s=12, color="0.6", zorder=2)
     ax_iso.set(xscale="log", xlabel="parameters N", ylabel="held-out loss (nats/token)", title="IsoFLOP profiles")
-    ax_iso.legend(fontsize=7)
+    _legend(ax_iso)
     laws = {k: v["value"] for k, v in (fit or {}).get("laws", {}).items()}
     if optima:
         cs = np.array(sorted(optima))
@@ -49,10 +49,10 @@ def plot_ladder(path: Path, runs: list[dict], fit: dict | None, predict: list[fl
                 ax_loss.plot([p["budget"]], [p["loss"]["value"]], "D", color="C2", ms=8, mec="k",
                              label=f"prediction at C={p['budget']:.2g}")
     ax_opt.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", title="compute-optimal N and D")
-    ax_opt.legend(fontsize=7)
+    _legend(ax_opt)
     ax_loss.set(xscale="log", yscale="log", xlabel="compute C (FLOPs)", ylabel="held-out loss",
                 title="loss vs compute (grey: every run)")
-    ax_loss.legend(fontsize=7)
+    _legend(ax_loss)
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.tmp.png")
@@ -60,3 +60,8 @@ def plot_ladder(path: Path, runs: list[dict], fit: dict | None, predict: list[fl
     plt.close(fig)
     tmp.replace(path)
     return path
+
+
+def _legend(ax) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7)
