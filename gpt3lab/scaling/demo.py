@@ -1,11 +1,13 @@
 """`gpt3lab demo --scaling` (`make demo-scaling`): an IsoFLOP ladder on the bundled Shakespeare, bytes as tokens.
 
-Sized to fit 15 minutes on a quiet 2-core CPU (docs/BENCHMARKS.md, issue 26): five budgets a factor 2 apart,
-5e10 to 8e11 FLOPs, up to five sizes per budget around ~20 tokens per parameter (span 8), 7.2e12 FLOPs in
-all. Bytes (a 257-token vocabulary: 256 bytes + <|endoftext|>) rather than the demo's BPE-4096 because a
-4096 x d embedding alone would make every model larger than these budgets' optima, and because the byte
-split holds 4.6M train tokens: the largest budget's smallest model sees 4.56M of them, so no run repeats
-data. Re-running resumes: finished runs are skipped.
+Sized to fit 15 minutes on a quiet 2-core CPU (docs/BENCHMARKS.md, issue 26): four budgets a factor 2 apart,
+1e11 to 8e11 FLOPs, up to five sizes per budget around ~20 tokens per parameter (span 8), 7.0e12 FLOPs in
+all, one thread per run. Bytes (a 257-token vocabulary: 256 bytes + <|endoftext|>) rather than the demo's
+BPE-4096 because a 4096 x d embedding alone would make every model larger than these budgets' optima, and
+because the byte split holds 4.64M train tokens: the largest budget's smallest model sees 4.56M of them, so
+no run repeats data (which is also what caps the largest budget). The smallest budget is 1e11 because below
+it the rule's smallest shape (16 wide, 1 layer) is the centre of the ladder and no smaller one exists.
+Re-running resumes: finished runs are skipped.
 """
 from __future__ import annotations
 
@@ -16,8 +18,8 @@ from pathlib import Path
 TOKENIZER = "bpe:257"                   # byte-level: 256 bytes + <|endoftext|>, no merges
 DATA_DIR = Path("data") / "shakespeare-bytes"
 OUT_DIR = Path("runs") / "scaling"
-BUDGETS = [5e10, 1e11, 2e11, 4e11, 8e11]
-PER_BUDGET, SPAN, EVAL_TOKENS, BATCH_SIZE = 5, 8.0, 65536, 32
+BUDGETS = [1e11, 2e11, 4e11, 8e11]
+PER_BUDGET, SPAN, EVAL_TOKENS, BATCH_SIZE = 5, 8.0, 65536, 16
 PREDICT = [3.2e12]                      # 4x beyond the largest budget
 # models of 9k-200k parameters gain little from a second thread, and on a shared box two threads stall each
 # other (25x slower per step measured under load 13, docs/BENCHMARKS.md issue 26)

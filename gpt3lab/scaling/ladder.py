@@ -73,7 +73,8 @@ class RunPlan:
         if resume:
             return ["train", "--data", data, "--out", rd, "--resume", "--no-progress"]
         m = self.model
-        sets = [f"model.{k}={m[k]}" for k in ("context", "n_layer", "d_model", "n_head")]
+        # every shape field explicitly: --set applies to a config whose d_head/d_ff were already derived
+        sets = [f"model.{k}={m[k]}" for k in ("context", "n_layer", "d_model", "n_head", "d_head", "d_ff")]
         sets += ["model.attention_pattern=dense", f"train.lr={self.lr:.6g}", f"train.warmup_steps={self.warmup_steps}",
                  f"train.batch_size={self.batch_size}", f"train.seed={self.seed}", "train.eval_every=0",
                  "train.eval_batches=1", f"train.save_every={max(1, self.steps // 4)}", "train.keep_last=1",

@@ -52,7 +52,10 @@ def test_ladder_writes_runs_results_and_plot(finished):
     for r in res["runs"]:                     # every run is an ordinary train run dir, trained to its plan
         d = finished / "runs" / r["name"]
         assert (d / "log.jsonl").is_file()
-        assert ladder.checkpoint_step(sorted((d / "checkpoints").iterdir())[-1]) == r["steps"]
+        ckpt = sorted((d / "checkpoints").iterdir())[-1]
+        assert ladder.checkpoint_step(ckpt) == r["steps"]
+        plan = json.loads((d / "run.json").read_text())
+        assert json.loads((ckpt / "config.json").read_text())["model"] == plan["model"]   # the planned shape
     assert {r["budget"] for r in res["runs"]} == {1.3e8, 2.6e8}
     assert len({r["params"] for r in res["runs"]}) == 3
 
