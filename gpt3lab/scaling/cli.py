@@ -51,8 +51,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--sizes", type=_floats, metavar="N1,N2,...", help="parameter counts trained at every budget "
                    "(each mapped to the shape rule's nearest shape)")
     g.add_argument("--per-budget", type=int_range(3), default=5, metavar="K", help="sizes per budget, spread over a factor "
-                   "--span of parameters around ~20 tokens per parameter")
+                   "--span of parameters around --tokens-per-param")
     p.add_argument("--span", type=positive_float, default=10.0, help="with --per-budget: the largest / smallest size")
+    p.add_argument("--tokens-per-param", type=positive_float, default=20.0, help="with --per-budget: centre each "
+                   "budget's sizes on the N trained on this many tokens per parameter (Chinchilla: ~20)")
     p.add_argument("--predict", type=_floats, default=[], metavar="C", help="budgets to predict N_opt, D_opt, loss at")
     p.add_argument("--fit", metavar="DIR", help="fit the finished runs of an existing ladder dir; trains nothing")
     p.add_argument("--print-commands", action="store_true", help="write the plan and print the `gpt3lab train` "
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("gpt3lab scaling needs --data DATA_DIR, --out DIR and --budgets C1,C2,... "
                           "(or --fit DIR to fit an existing ladder)")
     s = ladder.Settings(data=args.data, budgets=sorted(args.budgets), sizes=args.sizes, per_budget=args.per_budget,
-                        span=args.span, batch_size=args.batch_size, context=args.context, seed=args.seed,
+                        span=args.span, tokens_per_param=args.tokens_per_param, batch_size=args.batch_size, context=args.context, seed=args.seed,
                         eval_tokens=args.eval_tokens, overrides=list(args.set))
     return run_ladder(Path(args.out), s, predict=args.predict, bootstrap=args.bootstrap,
                       print_commands=args.print_commands, in_process=not args.subprocess, threads=args.threads)
@@ -129,9 +131,12 @@ def report(out: Path, s: ladder.Settings, runs: list[ladder.RunPlan], predict, b
     try:
         if not fit_runs:
             raise fit.FitError(f"no budget of {out} has all its runs finished yet; nothing to fit")
-        results["fit"] = fit.fit_ladder(fit_runs, predict=list(predict), bootstrap=bootstrap)
+        results["fit"] = fit.fit_ladder(fit_runs, predict=list(predict), bootstrap=bootstrap, exclude_edges=True)
+        for e in results["fit"]["excluded"]:
+            print(f"scaling: warning: left out of the fit: {e['reason']}")
         try:
-            results["holdout"] = fit.holdout(fit_runs, bootstrap=bootstrap)
+            results["holdout"] = fit.holdout(fit_runs, bootstrap=bootstrap,
+                                             exclude={e["budget"] for e in results["fit"]["excluded"]})
         except fit.FitError as e:
             results["holdout"] = {"skipped": str(e)}
     except fit.FitError as e:
@@ -174,6 +179,8 @@ def summary(results: dict, out: Path) -> str:
     for o in f["optima"]:
         lines.append(f"  C={o['budget']:.3g}: N_opt={o['n_opt']:.4g}, D_opt={o['d_opt']:.4g} "
                      f"({o['d_opt'] / o['n_opt']:.1f} tokens/param), L_opt={o['l_opt']:.4f}")
+    for e in f.get("excluded", []):
+        lines.append(f"  C={e['budget']:.3g}: left out ({e['reason'].split(': ', 1)[-1]})")
     laws = f["laws"]
     if "a" in laws:
         lines.append(f"  a (N_opt ∝ C^a) = {_ci(laws['a'])}   Chinchilla 0.49-0.50, Kaplan 0.73")

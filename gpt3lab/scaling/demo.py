@@ -18,9 +18,9 @@ from pathlib import Path
 TOKENIZER = "bpe:257"                   # byte-level: 256 bytes + <|endoftext|>, no merges
 DATA_DIR = Path("data") / "shakespeare-bytes"
 OUT_DIR = Path("runs") / "scaling"
-BUDGETS = [1e11, 2e11, 4e11, 8e11]
-PER_BUDGET, SPAN, EVAL_TOKENS, BATCH_SIZE = 5, 8.0, 65536, 16
-PREDICT = [3.2e12]                      # 4x beyond the largest budget
+BUDGETS = [1.25e10, 2.5e10, 5e10, 1e11]
+PER_BUDGET, SPAN, EVAL_TOKENS, BATCH_SIZE, TOKENS_PER_PARAM = 7, 12.0, 65536, 16, 100.0
+PREDICT = [4e11]                        # 4x beyond the largest budget
 # models of 9k-200k parameters gain little from a second thread, and on a shared box two threads stall each
 # other (25x slower per step measured under load 13, docs/BENCHMARKS.md issue 26)
 THREADS = 1
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace, default_data: str, default_out: str) -> int:
     out = OUT_DIR if args.out == default_out else Path(args.out)
     data = prepare_data(data, progress=not args.no_progress, tokenizer=TOKENIZER)
     s = Settings(data=str(data), budgets=BUDGETS, per_budget=PER_BUDGET, span=SPAN, eval_tokens=EVAL_TOKENS,
-                 batch_size=BATCH_SIZE,
+                 batch_size=BATCH_SIZE, tokens_per_param=TOKENS_PER_PARAM,
                  overrides=list(args.set))
     run_ladder(out, s, predict=PREDICT, threads=THREADS)
     print(f"demo: scaling ladder done in {time.perf_counter() - t0:.0f} s; plot {out / 'scaling.png'}")

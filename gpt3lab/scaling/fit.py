@@ -132,16 +132,30 @@ def group(runs: list[Run]) -> dict[float, list[Run]]:
     return out
 
 
-def fit_ladder(runs: list[Run], predict: list[float] = (), bootstrap: int = 200, seed: int = 0) -> dict:
+def fit_ladder(runs: list[Run], predict: list[float] = (), bootstrap: int = 200, seed: int = 0,
+               exclude_edges: bool = False) -> dict:
     """Everything above for a set of finished runs: per-budget optima, a, b, E/A/alpha with intervals, and
-    the predictions of (N_opt, D_opt, L) at each budget in `predict`."""
-    by = group(runs)
-    optima = [isoflop_minimum(c, [r.params for r in rs], [r.loss for r in rs], [r.flops_per_token for r in rs])
-              for c, rs in by.items()]
+    the predictions of (N_opt, D_opt, L) at each budget in `predict`.
+
+    exclude_edges: a budget whose parabola cannot be placed (too few sizes, minimum at the ladder's edge) is
+    left out and its FitError message kept in out["excluded"], instead of failing the whole fit."""
+    by, excluded, optima = group(runs), {}, []
+    for c, rs in list(by.items()):
+        try:
+            optima.append(isoflop_minimum(c, [r.params for r in rs], [r.loss for r in rs],
+                                          [r.flops_per_token for r in rs]))
+        except FitError as e:
+            if not exclude_edges:
+                raise
+            excluded[c] = str(e)
+            del by[c]
+    if not optima:
+        raise FitError("no budget has its IsoFLOP minimum inside the ladder: " + "; ".join(excluded.values()))
     point = _laws(optima)
     samples, dropped = _bootstrap(by, optima, bootstrap, seed)
-    out = {"optima": optima, "laws": {}, "bootstrap": {"samples": len(samples), "dropped": dropped,
-                                                       "method": "residual bootstrap over runs, per budget"}}
+    out = {"optima": optima, "laws": {}, "excluded": [{"budget": c, "reason": m} for c, m in excluded.items()],
+           "bootstrap": {"samples": len(samples), "dropped": dropped,
+                         "method": "residual bootstrap over runs, per budget"}}
     for key, value in point.items():
         vals = [s[key] for s in samples if key in s]
         ci = [float(np.percentile(vals, q)) for q in CI] if len(vals) >= 10 else None
@@ -201,14 +215,16 @@ def predict_at(budget: float, laws: dict, samples: list[dict] = ()) -> dict:
     return out
 
 
-def holdout(runs: list[Run], bootstrap: int = 200, seed: int = 0) -> dict:
-    """Fit on every budget but the largest; predict the largest budget's best held-out loss."""
+def holdout(runs: list[Run], bootstrap: int = 200, seed: int = 0, exclude: set = frozenset()) -> dict:
+    """Fit on every budget but the largest; predict the largest budget's best held-out loss.
+    exclude: budgets left out of the fit (their minimum is not inside the ladder)."""
     by = group(runs)
-    if len(by) < 4:
-        raise FitError(f"the hold-out check fits L(C) on all budgets but the largest: it needs 4 or more budgets, "
-                       f"got {len(by)}")
+    if len(set(by) - set(exclude)) < 4:
+        raise FitError(f"the hold-out check fits L(C) on all budgets but the largest: it needs 4 or more budgets "
+                       f"with a minimum inside the ladder, got {len(set(by) - set(exclude))}")
     last = max(by)
-    fit = fit_ladder([r for r in runs if r.budget != last], predict=[last], bootstrap=bootstrap, seed=seed)
+    fit = fit_ladder([r for r in runs if r.budget != last and r.budget not in exclude], predict=[last],
+                     bootstrap=bootstrap, seed=seed)
     pred = fit["predictions"][0]["loss"]
     best = min(r.loss for r in by[last])
     return {"budget": last, "predicted": pred["value"], "ci95": pred["ci95"], "observed_best": float(best),

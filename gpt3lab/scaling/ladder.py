@@ -28,7 +28,7 @@ from gpt3lab.errors import ConfigError, DataError, UserError
 from gpt3lab.scaling import shapes
 
 MIN_STEPS = 20
-CHINCHILLA_TOKENS_PER_PARAM = 20      # the per-budget ladder is centred on C = flops_per_token(N) x 20 N
+CHINCHILLA_TOKENS_PER_PARAM = 20      # the per-budget ladder's default centre: C = flops_per_token(N) x 20 N
 LADDER_FILE, RUN_FILE, EVAL_FILE = "ladder.json", "run.json", "eval.json"
 # the plan fields that must match when a run dir is planned again (else its results mean something else)
 PLAN_KEYS = ("budget", "model", "steps", "batch_size", "lr", "warmup_steps", "seed", "overrides")
@@ -42,6 +42,7 @@ class Settings:
     sizes: list[float] | None = None          # target parameter counts, the same at every budget
     per_budget: int = 5                       # else: this many sizes per budget, centred on ~20 tokens/param
     span: float = 10.0                        # ...spread log-evenly over a factor `span` of parameters
+    tokens_per_param: float = CHINCHILLA_TOKENS_PER_PARAM   # ...around the N that sees this many tokens
     batch_size: int = 16
     context: int = 128
     seed: int = 1337
@@ -98,11 +99,12 @@ def train_tokens(data: str) -> int:
 
 
 def sizes_for_budget(s: Settings, budget: float, vocab_size: int) -> list[ModelConfig]:
-    """The shapes trained at `budget`: --sizes, or per_budget sizes around ~20 tokens per parameter."""
+    """The shapes trained at `budget`: --sizes, or per_budget sizes around s.tokens_per_param tokens per
+    parameter (Chinchilla's ~20 by default)."""
     if s.sizes:
         targets = s.sizes
     else:
-        centre = chinchilla_params(budget, vocab_size, s.context)
+        centre = centre_params(budget, vocab_size, s.context, s.tokens_per_param)
         k = s.per_budget
         targets = [centre * s.span ** ((i / (k - 1)) - 0.5) for i in range(k)] if k > 1 else [centre]
     out, seen = [], set()
@@ -114,13 +116,14 @@ def sizes_for_budget(s: Settings, budget: float, vocab_size: int) -> list[ModelC
     return sorted(out, key=sizing.n_params)
 
 
-def chinchilla_params(budget: float, vocab_size: int, context: int) -> float:
-    """N with flops_per_token(N) x 20 N = budget, interpolated (log-log) between the rule's shapes."""
+def centre_params(budget: float, vocab_size: int, context: int, tokens_per_param: float) -> float:
+    """N with flops_per_token(N) x tokens_per_param x N = budget, interpolated (log-log) between the rule's
+    shapes."""
     import numpy as np
 
-    cands = shapes.candidates(vocab_size, context, 2 * math.sqrt(budget / (6 * CHINCHILLA_TOKENS_PER_PARAM)))
+    cands = shapes.candidates(vocab_size, context, 2 * math.sqrt(budget / (6 * tokens_per_param)))
     n = np.array([p for p, _ in cands], dtype=float)
-    g = np.array([shapes.flops_per_token(c) * CHINCHILLA_TOKENS_PER_PARAM * p for p, c in cands])
+    g = np.array([shapes.flops_per_token(c) * tokens_per_param * p for p, c in cands])
     order = np.argsort(g)
     return float(np.exp(np.interp(math.log(budget), np.log(g[order]), np.log(n[order]))))
 

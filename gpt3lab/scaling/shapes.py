@@ -1,7 +1,7 @@
 """The ladder's rules, stated once: model shape by size, learning rate by size, warm-up, FLOPs per token.
 
 Shape (the GPT-3 presets' proportions, Brown et al. 2020 Table 2.1): heads as near 64 dimensions as the
-width allows (GPT-3 Small and Medium use 64, the larger presets 80-128), width = 16·m, depth such that the aspect ratio d_model / n_layer
+width allows (GPT-3 Small and Medium use 64, the larger presets 80-128), width = 8·m, depth such that the aspect ratio d_model / n_layer
 lies in the presets' range (43 for Medium .. 128 for 6.7B-175B; we allow 32-128 so that tiny widths have
 more than one depth to choose from). For a target parameter count the rule takes the candidate shapes within
 ±15% of it and, among those, the aspect ratio closest to GPT-3 Small's 64 (768 / 12); without one in range,
@@ -24,7 +24,7 @@ from gpt3lab.config import ModelConfig
 from gpt3lab.errors import ConfigError
 
 HEAD_DIM = 64
-WIDTH_STEP = 16
+WIDTH_STEP = 8
 ASPECT = 64.0                      # GPT-3 Small: d_model 768 / 12 layers
 ASPECT_RANGE = (32.0, 128.0)
 SIZE_TOLERANCE = 0.15              # candidates within ±15% of the target count are "that size"

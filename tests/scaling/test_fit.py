@@ -83,3 +83,13 @@ def test_frontier_needs_three_budgets_and_holdout_four():
         fit.loss_frontier(BUDGETS[:2], [3.0, 2.9])
     with pytest.raises(fit.FitError, match="4 or more budgets"):
         fit.holdout(synthetic(BUDGETS[:3], [-1, 0, 1]))
+
+
+def test_an_edge_budget_can_be_left_out_and_is_named():
+    runs = synthetic(BUDGETS[:3], np.linspace(-1.2, 1.2, 7)) + synthetic(BUDGETS[3:4], [0.5, 1.0, 1.5])
+    f = fit.fit_ladder(runs, bootstrap=0, exclude_edges=True)
+    assert [o["budget"] for o in f["optima"]] == list(BUDGETS[:3])
+    assert f["excluded"][0]["budget"] == BUDGETS[3] and "extend the ladder below" in f["excluded"][0]["reason"]
+    assert f["laws"]["a"]["value"] == pytest.approx(0.5, abs=0.02)
+    with pytest.raises(fit.FitError, match="4 or more budgets"):
+        fit.holdout(runs, exclude={BUDGETS[3]})
