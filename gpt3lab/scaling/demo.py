@@ -1,12 +1,14 @@
 """`gpt3lab demo --scaling` (`make demo-scaling`): an IsoFLOP ladder on the bundled Shakespeare, bytes as tokens.
 
 Sized to fit 15 minutes on a quiet 2-core CPU (docs/BENCHMARKS.md, issue 26): four budgets a factor 2 apart,
-1e11 to 8e11 FLOPs, up to five sizes per budget around ~20 tokens per parameter (span 8), 7.0e12 FLOPs in
-all, one thread per run. Bytes (a 257-token vocabulary: 256 bytes + <|endoftext|>) rather than the demo's
-BPE-4096 because a 4096 x d embedding alone would make every model larger than these budgets' optima, and
-because the byte split holds 4.64M train tokens: the largest budget's smallest model sees 4.56M of them, so
-no run repeats data (which is also what caps the largest budget). The smallest budget is 1e11 because below
-it the rule's smallest shape (16 wide, 1 layer) is the centre of the ladder and no smaller one exists.
+1.25e10 to 1e11 FLOPs, sizes spread over a factor 12 around ~100 tokens per parameter (3-5 distinct shapes
+per budget: 4k-47k parameters, one layer each by the shape rule), 8.1e11 FLOPs in all, batches of 4 x 128
+tokens, one thread per run. Bytes (a 257-token vocabulary: 256 bytes + <|endoftext|>) rather than the
+demo's BPE-4096 because a 4096 x d embedding alone would make every model larger than these budgets'
+optima. The largest budget's smallest model reads 3.3M of the 4.64M train tokens: no run repeats data.
+Measured while choosing (docs/BENCHMARKS.md): centred on Chinchilla's ~20 tokens/param, or with batches of
+16 x 128 tokens (100-1,600 steps a run), the smallest size won at every budget (the runs were step-starved);
+batches of 4 x 128 give 400-6,500 steps a run.
 Re-running resumes: finished runs are skipped.
 """
 from __future__ import annotations
@@ -19,7 +21,7 @@ TOKENIZER = "bpe:257"                   # byte-level: 256 bytes + <|endoftext|>,
 DATA_DIR = Path("data") / "shakespeare-bytes"
 OUT_DIR = Path("runs") / "scaling"
 BUDGETS = [1.25e10, 2.5e10, 5e10, 1e11]
-PER_BUDGET, SPAN, EVAL_TOKENS, BATCH_SIZE, TOKENS_PER_PARAM = 7, 12.0, 65536, 16, 100.0
+PER_BUDGET, SPAN, EVAL_TOKENS, BATCH_SIZE, TOKENS_PER_PARAM = 7, 12.0, 65536, 4, 100.0
 PREDICT = [4e11]                        # 4x beyond the largest budget
 # models of 9k-200k parameters gain little from a second thread, and on a shared box two threads stall each
 # other (25x slower per step measured under load 13, docs/BENCHMARKS.md issue 26)
