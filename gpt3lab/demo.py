@@ -151,8 +151,10 @@ def run(args: argparse.Namespace) -> int:
         from gpt3lab.priming_demo import run as run_priming
         return run_priming(args)
     if args.scaling:
-        from gpt3lab.scaling.demo import run as run_scaling
-        return run_scaling(args, default_data=str(DATA_DIR), default_out="runs/demo")
+        from gpt3lab.scaling import demo as scaling
+        data = Path(args.data) if args.data != str(DATA_DIR) else scaling.DATA_DIR
+        out = Path(args.out) if args.out != "runs/demo" else scaling.OUT_DIR
+        return scaling.run(args, prepare_data(data, not args.no_progress, scaling.TOKENIZER), out)
     t0 = time.perf_counter()
     data = prepare_data(Path(args.data), progress=not args.no_progress)
     out = Path(args.out)

@@ -18,7 +18,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from gpt3lab.argtypes import int_range, nonneg_int, positive_float, positive_int, seed_int
+from gpt3lab.argtypes import nonneg_int, positive_float, positive_int, seed_int
 from gpt3lab.errors import ConfigError, UserError
 from gpt3lab.scaling import fit, ladder, shapes
 
@@ -50,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--sizes", type=_floats, metavar="N1,N2,...", help="parameter counts trained at every budget "
                    "(each mapped to the shape rule's nearest shape)")
-    g.add_argument("--per-budget", type=int_range(3), default=5, metavar="K", help="sizes per budget, spread over a factor "
+    g.add_argument("--per-budget", type=positive_int, default=5, metavar="K", help="sizes per budget, spread over a factor "
                    "--span of parameters around --tokens-per-param")
     p.add_argument("--span", type=positive_float, default=10.0, help="with --per-budget: the largest / smallest size")
     p.add_argument("--tokens-per-param", type=positive_float, default=20.0, help="with --per-budget: centre each "
@@ -81,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     if not (args.data and args.out and args.budgets):
         raise ConfigError("gpt3lab scaling needs --data DATA_DIR, --out DIR and --budgets C1,C2,... "
                           "(or --fit DIR to fit an existing ladder)")
+    if args.per_budget < 3:
+        raise ConfigError(f"--per-budget {args.per_budget}: an IsoFLOP parabola needs at least 3 sizes per budget")
     s = ladder.Settings(data=args.data, budgets=sorted(args.budgets), sizes=args.sizes, per_budget=args.per_budget,
                         span=args.span, tokens_per_param=args.tokens_per_param, batch_size=args.batch_size, context=args.context, seed=args.seed,
                         eval_tokens=args.eval_tokens, overrides=list(args.set))

@@ -28,18 +28,14 @@ PREDICT = [8e11]                        # 4x beyond the largest budget
 THREADS = 1
 
 
-def run(args: argparse.Namespace, default_data: str, default_out: str) -> int:
-    from gpt3lab.demo import prepare_data
+def run(args: argparse.Namespace, data: Path, out: Path) -> int:
+    """Train (or resume) the demo ladder on `data` (prepared by gpt3lab.demo) into `out`, fit, plot, predict."""
     from gpt3lab.scaling.cli import run_ladder
     from gpt3lab.scaling.ladder import Settings
 
     t0 = time.perf_counter()
-    data = DATA_DIR if args.data == default_data else Path(args.data)
-    out = OUT_DIR if args.out == default_out else Path(args.out)
-    data = prepare_data(data, progress=not args.no_progress, tokenizer=TOKENIZER)
     s = Settings(data=str(data), budgets=BUDGETS, per_budget=PER_BUDGET, span=SPAN, eval_tokens=EVAL_TOKENS,
-                 batch_size=BATCH_SIZE, tokens_per_param=TOKENS_PER_PARAM,
-                 overrides=list(args.set))
+                 batch_size=BATCH_SIZE, tokens_per_param=TOKENS_PER_PARAM, overrides=list(args.set))
     run_ladder(out, s, predict=PREDICT, threads=THREADS)
     print(f"demo: scaling ladder done in {time.perf_counter() - t0:.0f} s; plot {out / 'scaling.png'}")
     return 0
