@@ -198,8 +198,8 @@ def load_ladder(out: Path) -> tuple[Settings, list[RunPlan]]:
     if not (out / LADDER_FILE).is_file():
         raise UserError(f"--fit {out}: no {LADDER_FILE} there; point it at the --out of a `gpt3lab scaling` ladder")
     s = Settings(**read_json(out / LADDER_FILE))
-    runs = [RunPlan(**read_json(p)) for p in sorted((out / "runs").glob(f"*/{RUN_FILE}"))]
-    return s, runs
+    runs = [RunPlan(**read_json(p)) for p in (out / "runs").glob(f"*/{RUN_FILE}")]
+    return s, sorted(runs, key=lambda r: (r.budget, r.params))      # plan()'s order
 
 
 def checkpoint_step(path: Path) -> int:

@@ -65,6 +65,8 @@ def test_second_call_skips_finished_runs(finished, monkeypatch):
     monkeypatch.setattr(ladder, "launch", lambda *a, **k: pytest.fail("a finished run was launched again"))
     run_quietly(finished, settings(json.loads((finished / "ladder.json").read_text())["data"]))
     assert (finished / "results.json").read_bytes() == before
+    main(["scaling", "--fit", str(finished), "--bootstrap", "20"])              # the same fit from the files
+    assert (finished / "results.json").read_bytes() == before
 
 
 def test_interrupted_ladder_resumes_to_the_same_results(finished, tiny_data, tmp_path, monkeypatch):
