@@ -19,7 +19,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from gpt3lab.argtypes import nonneg_int, positive_float, positive_int, seed_int
-from gpt3lab.errors import ConfigError, UserError
+from gpt3lab.errors import ConfigError
 from gpt3lab.scaling import fit, ladder, shapes
 
 # published exponents, for the report (Hoffmann et al. 2022 Table 2; Kaplan et al. 2020; Brown et al. 2020 Fig. 3.1)
