@@ -8,7 +8,7 @@ RUNTIME := $(VENV)/.installed-runtime
 # torch is pinned and installed first so pip never resolves a (CUDA) build from the registry.
 TORCH   := torch==2.13.0
 
-.PHONY: install demo demo-priming test test-slow bench clean
+.PHONY: install demo demo-priming demo-scaling test test-slow bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,6 +32,10 @@ demo: $(RUNTIME)
 # a small model in which few-shot priming works (induction heads): accuracy at k = 0, 1, 2, 4, 8
 demo-priming: $(STAMP)
 	$(BIN)/python -m gpt3lab demo --priming
+
+# an IsoFLOP ladder on Shakespeare bytes: scaling-law fits, hold-out prediction, runs/scaling/scaling.png
+demo-scaling: $(RUNTIME)
+	$(BIN)/python -m gpt3lab demo --scaling
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -x -p no:cacheprovider

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("gpt3lab.serve.cli", "OpenAI-compatible /v1/completions + /v1/chat/completions server + playground"),
     "compress": ("gpt3lab.compress", "compress/decompress a file with the model as the coder"),
     "export": ("gpt3lab.export_cli", "single-file model.safetensors checkpoint of a (sharded) run"),
+    "scaling": ("gpt3lab.scaling.cli", "train an IsoFLOP ladder, fit the scaling laws, predict"),
 }
 
 
@@ -79,7 +80,7 @@ def build_parser(argv: list[str]) -> argparse.ArgumentParser:
 
 
 # commands that run the model for long enough that the allocator matters (see launcher.py)
-HEAVY = {"train", "generate", "demo", "eval", "finetune", "serve", "compress", "distill"}
+HEAVY = {"train", "generate", "demo", "eval", "finetune", "serve", "compress", "distill", "scaling"}
 
 
 def wants_fast_allocator(argv: list[str]) -> bool:

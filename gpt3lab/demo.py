@@ -36,9 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--priming", action="store_true", help="instead: train the in-context-learning model of "
                    "gpt3lab.priming_demo (into runs/priming) and plot its accuracy at k = 0, 1, 2, 4, 8")
+    p.add_argument("--scaling", action="store_true", help="instead: an IsoFLOP ladder on Shakespeare bytes (into "
+                   "runs/scaling, data in data/shakespeare-bytes): fit the scaling laws, plot, predict "
+                   "(gpt3lab.scaling.demo)")
 
 
-def prepare_data(data_dir: Path, progress: bool = True) -> Path:
+def prepare_data(data_dir: Path, progress: bool = True, tokenizer: str = TOKENIZER) -> Path:
     """Prepare Shakespeare into `data_dir` unless a complete preparation is already there."""
     from gpt3lab.data import load_data_tokenizer, prepare
 
@@ -49,8 +52,8 @@ def prepare_data(data_dir: Path, progress: bool = True) -> Path:
             return data_dir
         except UserError:
             pass  # incomplete or stale: prepare again
-    print(f"demo: preparing Shakespeare into {data_dir} ({TOKENIZER})")
-    prepare(["shakespeare"], data_dir, tokenizer=TOKENIZER, progress=progress)
+    print(f"demo: preparing Shakespeare into {data_dir} ({tokenizer})")
+    prepare(["shakespeare"], data_dir, tokenizer=tokenizer, progress=progress)
     return data_dir
 
 
@@ -147,6 +150,11 @@ def run(args: argparse.Namespace) -> int:
     if args.priming:
         from gpt3lab.priming_demo import run as run_priming
         return run_priming(args)
+    if args.scaling:
+        from gpt3lab.scaling import demo as scaling
+        data = Path(args.data) if args.data != str(DATA_DIR) else scaling.DATA_DIR
+        out = Path(args.out) if args.out != "runs/demo" else scaling.OUT_DIR
+        return scaling.run(args, prepare_data(data, not args.no_progress, scaling.TOKENIZER), out)
     t0 = time.perf_counter()
     data = prepare_data(Path(args.data), progress=not args.no_progress)
     out = Path(args.out)

@@ -22,12 +22,13 @@ PREFIX = {"prepare": ["src", "--out", "o"], "tokenizer train": ["src", "--out", 
           "train": ["--out", "o"], "generate": ["ck"], "size": ["gpt3-small"], "demo": [], "eval": ["ck"],
           "finetune": ["--out", "o"], "distill": ["--out", "o"], "serve": ["ck"], "compress": ["ck", "in", "out"],
           "convert": ["--to-hf", "ck", "o"], "plot": ["run"], "tokenizer encode": [], "tokenizer decode": [],
-          "tokenizer info": []}
+          "tokenizer info": [], "scaling": []}
 # (command, flag) where 0 is a meaningful value; every other numeric option refuses it
 ZERO_OK = {("serve", "--port"), ("serve", "--shutdown-timeout"), ("demo", "--sample-tokens"),
            ("generate", "--max-tokens"), ("generate", "--top-k"), ("generate", "--temperature"),
            ("generate", "--seed"), ("eval", "--seed"), ("prepare", "--seed"), ("prepare", "--val-fraction"),
-           ("finetune", "--val-fraction"), ("finetune", "--lora-dropout"), ("distill", "--alpha")}
+           ("finetune", "--val-fraction"), ("finetune", "--lora-dropout"), ("distill", "--alpha"),
+           ("scaling", "--seed"), ("scaling", "--eval-tokens"), ("scaling", "--bootstrap")}
 # (command, flag) where a huge value is harmless: top_k >= the vocabulary means no filtering, like 0
 HUGE_OK = {("generate", "--top-k")}
 
@@ -72,7 +73,7 @@ def _parse(cmd: str, flag: str, value: str):
 
 def test_the_table_covers_every_command_with_numeric_options():
     assert {c.split()[0] for c, _, _ in OPTIONS} == {"prepare", "tokenizer", "train", "generate", "size", "demo",
-                                                      "eval", "finetune", "distill", "serve", "compress"}
+                                                      "eval", "finetune", "distill", "serve", "compress", "scaling"}
     assert ("prepare", "--shard-tokens", False) in OPTIONS and len(OPTIONS) >= 40
 
 
