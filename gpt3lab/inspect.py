@@ -306,7 +306,7 @@ def priming(model, tokenizer, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, see
     """In-context learning curve of one task: the eval harness's prompts (description + k examples +
     query, gpt3lab.eval.prompts) and metric at each k, plus the mean log-probability of the gold answer.
 
-    -> {"task", "kind", "metric", "shots": [{"k", "value" (the harness's primary metric), "answer_logprob"
+    -> {"task", "kind", "metric", "chance" (a random guess's metric), "shots": [{"k", "value" (the harness's primary metric), "answer_logprob"
     (mean over items, natural log), "mean_shots" (examples that fit), "prompt" (the first item's),
     "gold", "prediction"}]}
     """
@@ -326,4 +326,6 @@ def priming(model, tokenizer, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, see
             out.append({"k": k, "value": r.metrics[PRIMARY[t.kind]], "answer_logprob": sum(lps) / len(lps),
                         "mean_shots": r.mean_shots, "prompt": ex["prompt"], "gold": ex["gold"],
                         "prediction": ex["prediction"]})
-    return {"task": task, "kind": t.kind, "metric": PRIMARY[t.kind], "shots": out}
+    chance = (sum(1 / len(it.choices) for it in t.items[:n]) / len(t.items[:n])
+              if t.kind == "multiple_choice" else 0.0)      # exact match: a random guess scores ~0
+    return {"task": task, "kind": t.kind, "metric": PRIMARY[t.kind], "chance": chance, "shots": out}

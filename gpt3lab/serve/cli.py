@@ -164,6 +164,8 @@ def run(args) -> int:
     name = args.model_name or ckpt.name          # the directory the user named (run, checkpoint or adapter)
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
                                 chat_template=chat_template(args))
+    from gpt3lab.priming_demo import trained_task
+    service.trained_task = trained_task(ckpt)
     keys = api_keys(args.api_key, args.api_key_file)
     app = create_app(service, keys, args.max_body_bytes, on_shutdown=lambda: engine.shutdown(cancel_running=True),
                      body_timeout=args.body_timeout)
