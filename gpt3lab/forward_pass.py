@@ -69,7 +69,8 @@ def _head_outputs(attn, probs: torch.Tensor, v: torch.Tensor, i: int) -> list[fl
 def _block(attn, x_in: torch.Tensor, i: int, rnd) -> dict:
     """The attention stage of one block for query i: per head the raw scores q_i·k_j/sqrt(d_head) of keys
     0..i (None where the mask hides a key), the softmax weights, ‖v_j‖ and ‖the head's output‖."""
-    probs, v = look.attention_weights(attn, x_in)                                      # (nh, T, T), (nh, T, hs)
+    x_in = x_in[:i + 1]                          # causal: rows after i change nothing for query i
+    probs, v = look.attention_weights(attn, x_in)                                      # (nh, i+1, i+1), (nh, i+1, hs)
     q, k, _ = matvec.linear(attn.c_attn, x_in).split(attn.d_attn, dim=-1)             # 2 x (T, d_attn)
     q = q[i].view(attn.n_head, attn.d_head).float()                                    # (nh, hs)
     k = k[:i + 1].view(i + 1, attn.n_head, attn.d_head).transpose(0, 1).float()      # (nh, i+1, hs)
