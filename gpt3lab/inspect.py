@@ -46,6 +46,20 @@ def prompt_ids(tokenizer, text_or_ids, limit: int) -> list[int]:
     return ids
 
 
+def last_tokens(tokenizer, text_or_ids, limit: int) -> tuple[list[int], int]:
+    """The prompt's last `limit` tokens (what a sliding window keeps) and how many were dropped in front."""
+    ids = tokenizer.encode(text_or_ids) if isinstance(text_or_ids, str) else [int(t) for t in text_or_ids]
+    return ids[-limit:], max(0, len(ids) - limit)
+
+
+def token_text(tokenizer, t: int) -> str:
+    """One token as text; bytes that are not UTF-8 on their own (a character cut between byte-level
+    tokens) are written as \\xe2 escapes instead of U+FFFD (as OpenAI's "bytes:" tokens keep them)."""
+    if not hasattr(tokenizer, "decode_bytes"):
+        return tokenizer.decode([t])
+    return tokenizer.decode_bytes([t]).decode("utf-8", errors="backslashreplace")
+
+
 def _layers(n_layer: int, layers) -> list[int]:
     if layers is None:
         return list(range(n_layer))
@@ -107,7 +121,7 @@ def _positions(tokenizer, ids: list[int], logits: torch.Tensor, top_k: int, deci
     next_p, bits = _plain(next_lp.exp(), decimals), _plain(-next_lp / math.log(2), decimals)
     out = []
     for i, tids in enumerate(top_id.tolist()):
-        out.append({"top": [{"id": t, "text": tokenizer.decode([t]), "prob": p} for t, p in zip(tids, top_p[i])],
+        out.append({"top": [{"id": t, "text": token_text(tokenizer, t), "prob": p} for t, p in zip(tids, top_p[i])],
                     "next_prob": next_p[i] if i < len(ids) - 1 else None,
                     "surprisal_bits": bits[i] if i < len(ids) - 1 else None})
     return out
@@ -146,7 +160,7 @@ def inspect(model, tokenizer, text_or_ids, *, top_k: int = 5, layers=None, max_t
     finally:
         if was_training:
             model.train()
-    return {"tokens": [{"id": t, "text": tokenizer.decode([t])} for t in ids], "positions": positions,
+    return {"tokens": [{"id": t, "text": token_text(tokenizer, t)} for t in ids], "positions": positions,
             "attention": {"n_layer": cfg.n_layer, "n_head": cfg.n_head, "layers": layers, "windows": windows,
                           "weights": weights}}
 
@@ -206,12 +220,12 @@ def lens(model, tokenizer, text_or_ids, *, top_k: int = 3, max_tokens: int = MAX
         nxt = torch.tensor(ids[1:] + [0], device=logp.device)
         next_p = _plain(logp.gather(-1, nxt.expand(logp.shape[0], -1)[..., None])[..., 0].exp(), decimals)
         top_p, norms = _plain(top_lp.exp(), decimals), _plain(resid.norm(dim=-1), decimals)
-    text = {t: tokenizer.decode([t]) for t in set(top_id.flatten().tolist())}
+    text = {t: token_text(tokenizer, t) for t in set(top_id.flatten().tolist())}
     cells = [[{"top": [{"id": t, "text": text[t], "prob": p} for t, p in zip(tids, top_p[r][i])],
                "next_prob": next_p[r][i] if i + 1 < len(ids) else None}
               for i, tids in enumerate(row)] for r, row in enumerate(top_id.tolist())]
     rows = ["embedding"] + [f"block {l}" for l in range(model.config.n_layer)]
-    return {"tokens": [{"id": t, "text": tokenizer.decode([t])} for t in ids], "rows": rows, "norms": norms,
+    return {"tokens": [{"id": t, "text": token_text(tokenizer, t)} for t in ids], "rows": rows, "norms": norms,
             "cells": cells}
 
 
@@ -291,6 +305,18 @@ class Inspector:
     def priming(self, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, seed: int = 0) -> dict:
         return priming(self._model, self.tokenizer, task, shots, n, seed)
 
+    def priming_tasks(self) -> list[str]:
+        return priming_tasks()
+
+    def last_tokens(self, text_or_ids) -> tuple[list[int], int]:
+        """The last tokens of a prompt that inspect takes (at most min(MAX_TOKENS, context)), and how many
+        were dropped."""
+        return last_tokens(self.tokenizer, text_or_ids, min(MAX_TOKENS, self._model.config.context))
+
+    def forward_pass(self, text_or_ids, position: int | None = None, **kw) -> dict:
+        from gpt3lab.forward_pass import forward_pass
+        return forward_pass(self._model, self.tokenizer, text_or_ids, position, **kw)
+
 
 # ---- priming: zero / one / few-shot ------------------------------------------------------------------
 
@@ -317,7 +343,7 @@ def priming(model, tokenizer, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, see
     """In-context learning curve of one task: the eval harness's prompts (description + k examples +
     query, gpt3lab.eval.prompts) and metric at each k, plus the mean log-probability of the gold answer.
 
-    -> {"task", "kind", "metric", "shots": [{"k", "value" (the harness's primary metric), "answer_logprob"
+    -> {"task", "kind", "metric", "chance" (a random guess's metric), "shots": [{"k", "value" (the harness's primary metric), "answer_logprob"
     (mean over items, natural log), "mean_shots" (examples that fit), "prompt" (the first item's),
     "gold", "prediction"}]}
     """
@@ -337,4 +363,6 @@ def priming(model, tokenizer, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, see
             out.append({"k": k, "value": r.metrics[PRIMARY[t.kind]], "answer_logprob": sum(lps) / len(lps),
                         "mean_shots": r.mean_shots, "prompt": ex["prompt"], "gold": ex["gold"],
                         "prediction": ex["prediction"]})
-    return {"task": task, "kind": t.kind, "metric": PRIMARY[t.kind], "shots": out}
+    chance = (sum(1 / len(it.choices) for it in t.items[:n]) / len(t.items[:n])
+              if t.kind == "multiple_choice" else 0.0)      # exact match: a random guess scores ~0
+    return {"task": task, "kind": t.kind, "metric": PRIMARY[t.kind], "chance": chance, "shots": out}

@@ -138,6 +138,17 @@ def train(out: Path, budget_s: float, max_steps: int | None = None, progress: bo
             "params": tr.model.num_params(), "model": tr.model, "tokenizer": tok}
 
 
+def trained_task(ckpt) -> str | None:
+    """"mapping" when `ckpt` is this demo's checkpoint (its config.json says so), else None: the
+    playground's Priming panel then opens on the task the model learnt."""
+    import json
+    try:
+        extra = json.loads((Path(ckpt) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return "mapping" if isinstance(extra, dict) and extra.get("demo") == "priming" else None
+
+
 def fit_steps(mcfg, budget_s: float) -> int:
     """Steps that fit in the budget on this machine now (timed by train.budget.probe), at most TRAIN's
     max_steps, so the cosine schedule ends at the budget instead of being cut off."""

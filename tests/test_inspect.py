@@ -10,7 +10,7 @@ import torch
 import gpt3lab.model.attention as attention_mod
 from gpt3lab.generate.api import InvalidRequestError
 from gpt3lab.config import ModelConfig
-from gpt3lab.inspect import MAX_TOKENS, InspectError, attention_weights, inspect
+from gpt3lab.inspect import MAX_TOKENS, InspectError, attention_weights, inspect, token_text
 from gpt3lab.model import GPT
 from gpt3lab.tokenizer import Tokenizer
 
@@ -39,13 +39,13 @@ def test_probabilities_equal_the_models_logits(model, tok):
     ids = tok.encode(TEXT)
     info = inspect(model, tok, TEXT, top_k=4)
     assert [t["id"] for t in info["tokens"]] == ids
-    assert [t["text"] for t in info["tokens"]] == [tok.decode([i]) for i in ids]
+    assert [t["text"] for t in info["tokens"]] == [token_text(tok, i) for i in ids]
     with torch.inference_mode():
         logp = torch.log_softmax(model(torch.tensor([ids]))[0][0].float(), dim=-1)     # (T, V)
     for i, pos in enumerate(info["positions"]):
         top_lp, top_id = logp[i].topk(4)
         assert [t["id"] for t in pos["top"]] == top_id.tolist()
-        assert [t["text"] for t in pos["top"]] == [tok.decode([j]) for j in top_id.tolist()]
+        assert [t["text"] for t in pos["top"]] == [token_text(tok, j) for j in top_id.tolist()]
         torch.testing.assert_close(torch.tensor([t["prob"] for t in pos["top"]]), top_lp.exp(), rtol=1e-4, atol=0)
         if i + 1 < len(ids):
             lp = logp[i, ids[i + 1]].item()

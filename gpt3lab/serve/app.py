@@ -26,7 +26,7 @@ from gpt3lab.generate.api import EngineError
 from gpt3lab.serve.protocol import (ChatCompletionRequest, ChatCompletionResponse, CompletionRequest,
                                     CompletionResponse, DetokenizeRequest, DetokenizeResponse,
                                     ErrorResponse, InspectRequest, InspectResponse, ModelCard, ModelList,
-                                    PrimingRequest, PrimingResponse,
+                                    PrimingInfo, PrimingRequest, PrimingResponse,
                                     TokenizeRequest, TokenizeResponse)
 from gpt3lab.serve.service import ClientDisconnected, CompletionService, CompletionStream, ServeError
 
@@ -366,6 +366,11 @@ def add_routes(app: FastAPI, service: CompletionService, peers=()) -> None:
     async def priming(body: PrimingRequest):
         """Priming: the eval harness's metric at k = 0..K examples in context, for one task (gpt3lab extension)."""
         return JSONResponse(await service.priming(body))
+
+    @app.get("/v1/inspect/priming", response_model=PrimingInfo)
+    async def priming_info():
+        """The priming tasks, and the one the served checkpoint was trained for, if it says (gpt3lab extension)."""
+        return service.priming_info()
 
     @app.get("/favicon.ico", include_in_schema=False)
     async def favicon():

@@ -214,6 +214,8 @@ def run(args) -> int:
         raise ConfigError("--lora-modules needs the base model's own weights: drop --quantize")
     service = CompletionService(engine, name, max_concurrent=args.max_concurrent, max_queue=args.max_queue,
                                 chat_template=template, inspector=inspector)
+    from gpt3lab.priming_demo import trained_task
+    service.trained_task = trained_task(ckpt)
     keys = api_keys(args.api_key, args.api_key_file)
     app = serve_lora_modules(args, model, engine, service, adapters, template, keys) if adapters else create_app(
         service, keys, args.max_body_bytes, on_shutdown=lambda: engine.shutdown(cancel_running=True),

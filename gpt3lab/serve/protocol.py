@@ -184,7 +184,8 @@ class ModelList(BaseModel):
 
 class TokenizeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    prompt: StrictStr
+    prompt: StrictStr | None = None
+    messages: list["ChatMessage"] | None = None   # instead of prompt: rendered by the chat template (as vLLM)
     model: StrictStr | None = None
     add_special_tokens: StrictBool = False       # accepted for vLLM/lm-eval compatibility; GPT-2 adds none
 
@@ -193,6 +194,7 @@ class TokenizeResponse(BaseModel):
     tokens: list[int]
     count: int
     max_model_len: int
+    prompt: str | None = None                # messages given: the text the chat template rendered
 
 
 class DetokenizeRequest(BaseModel):
@@ -216,6 +218,14 @@ class InspectStepRequest(BaseModel):
     show: Annotated[StrictInt, Field(ge=1, le=50)] = 10    # candidates returned
 
 
+class InspectForwardRequest(BaseModel):
+    """One token followed through the model (gpt3lab.forward_pass)."""
+
+    model_config = ConfigDict(extra="forbid")
+    position: Annotated[StrictInt, Field(ge=0)] | None = None     # None = the last token
+    top_k: Annotated[StrictInt, Field(ge=1, le=50)] = 10         # next-token candidates at the end
+
+
 class InspectRequest(BaseModel):
     """POST /v1/inspect body (a gpt3lab extension): one prompt, what the model does with it."""
 
@@ -228,6 +238,8 @@ class InspectRequest(BaseModel):
     lens: StrictBool = False            # true: the logit lens ("tracks"), (n_layer + 1) x T x lens_top_k cells
     lens_top_k: Annotated[StrictInt, Field(ge=1, le=10)] = 3
     step: InspectStepRequest | None = None   # one step of the generation loop at the prompt's end
+    forward: InspectForwardRequest | None = None   # one token's forward pass, stage by stage
+    truncate: StrictBool = False        # a prompt over the limit: inspect its last tokens instead of a 400
 
 
 class InspectToken(BaseModel):
@@ -282,6 +294,8 @@ class InspectResponse(BaseModel):
     attention: InspectAttention
     lens: InspectLens | None = None
     step: InspectStep | None = None
+    forward: dict | None = None              # gpt3lab.forward_pass's payload (see its docstring)
+    dropped: int | None = None               # truncate=true: tokens dropped from the prompt's front
 
 
 class PrimingRequest(BaseModel):
@@ -294,6 +308,12 @@ class PrimingRequest(BaseModel):
         [0, 1, 2, 4, 8]
     n: Annotated[StrictInt, Field(ge=1, le=100)] = 20          # test items per k
     seed: Annotated[StrictInt, Field(ge=0)] = 0
+
+
+class PrimingInfo(BaseModel):
+    """GET /v1/inspect/priming: the task names, and the one the served model was trained for (if any)."""
+    tasks: list[str]
+    trained_for: str | None
 
 
 class PrimingShot(BaseModel):
@@ -311,6 +331,7 @@ class PrimingResponse(BaseModel):
     task: str
     kind: str
     metric: str
+    chance: float                            # the metric a random guess scores (multiple choice: 1 / choices)
     shots: list[PrimingShot]
 
 

@@ -127,6 +127,7 @@ class CompletionService:
         self.created = int(time.time())
         self._slots: asyncio.Semaphore | None = None    # made lazily inside the server's event loop
         self._inspect_lock: asyncio.Lock | None = None
+        self.trained_task: str | None = None        # the priming task the checkpoint says it learnt (serve/cli)
 
     # ---- models and tokenizer ---------------------------------------------------------------
     def model_card(self) -> dict:
@@ -140,8 +141,20 @@ class CompletionService:
 
     def tokenize(self, req: TokenizeRequest) -> dict:
         self.check_model(req.model)
-        ids = self.tokenizer.encode(req.prompt)
-        return {"tokens": ids, "count": len(ids), "max_model_len": self.engine.context}
+        if (req.prompt is None) == (req.messages is None):
+            raise ServeError(400, "give either prompt (a text) or messages (rendered by the chat template)",
+                             param="prompt")
+        if req.messages is None:
+            ids = self.tokenizer.encode(req.prompt)
+            return {"tokens": ids, "count": len(ids), "max_model_len": self.engine.context}
+        from gpt3lab.chat import render
+        from gpt3lab.errors import DataError
+        try:
+            text = render([{"role": m.role, "content": m.text()} for m in req.messages], self.chat_template)
+        except DataError as e:
+            raise ServeError(400, str(e), param="messages") from None
+        ids = self.tokenizer.encode(text)
+        return {"tokens": ids, "count": len(ids), "max_model_len": self.engine.context, "prompt": text}
 
     def detokenize(self, req: DetokenizeRequest) -> dict:
         self.check_model(req.model)
@@ -178,15 +191,26 @@ class CompletionService:
         return self.inspector
 
     def _inspect_all(self, look, req: InspectRequest) -> dict:
-        info = look.inspect(req.prompt, top_k=req.top_k, layers=req.layers if req.attention else [], decimals=4)
+        prompt, dropped = req.prompt, None
+        if req.truncate:            # the last tokens that fit, as a sliding window keeps them
+            prompt, dropped = look.last_tokens(prompt)
+        info = look.inspect(prompt, top_k=req.top_k, layers=req.layers if req.attention else [], decimals=4)
         if req.lens:
-            lens = look.lens(req.prompt, top_k=req.lens_top_k, decimals=4)
+            lens = look.lens(prompt, top_k=req.lens_top_k, decimals=4)
             info["lens"] = {k: lens[k] for k in ("rows", "norms", "cells")}
         if req.step is not None:
             s = req.step
-            info["step"] = look.next_step(req.prompt, temperature=s.temperature, top_k=s.top_k or None,
+            info["step"] = look.next_step(prompt, temperature=s.temperature, top_k=s.top_k or None,
                                           top_p=s.top_p, seed=s.seed, show=s.show)
+        if req.forward is not None:
+            info["forward"] = look.forward_pass(prompt, req.forward.position, top_k=req.forward.top_k, decimals=4)
+        if dropped is not None:
+            info["dropped"] = dropped
         return info
+
+    def priming_info(self) -> dict:
+        """GET /v1/inspect/priming: the task names and the served model's own task (None: it names none)."""
+        return {"tasks": self._look().priming_tasks(), "trained_for": self.trained_task}
 
     async def priming(self, req) -> dict:
         """POST /v1/inspect/priming: the harness's metric vs k for one built-in task (the inspector)."""

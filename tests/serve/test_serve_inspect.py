@@ -150,6 +150,57 @@ def test_priming_route_runs_the_harness_curve(http, model_and_tokenizer):
     assert [s["k"] for s in got["shots"]] == [0, 2] and got["metric"] == "acc"
     assert len(got["shots"][1]["prompt"]) == 2 * 3 + 2 and len(got["shots"][0]["prompt"]) == 2   # 3-char lines
     assert all(s["answer_logprob"] < 0 for s in got["shots"])
+    assert got["chance"] == pytest.approx(0.25)           # 4 values to choose from
+
+
+def test_priming_info_names_the_task_the_checkpoint_was_trained_for(http, server, tmp_path):
+    from gpt3lab.priming_demo import trained_task
+    info = http.get("/v1/inspect/priming").json()
+    assert info["trained_for"] is None and info["tasks"][0] == "mapping" and "lambada" in info["tasks"]
+    (tmp_path / "config.json").write_text('{"model": {}, "demo": "priming"}')
+    assert trained_task(tmp_path) == "mapping" and trained_task(tmp_path / "missing") is None
+    server.service.trained_task = "mapping"
+    try:
+        assert http.get("/v1/inspect/priming").json()["trained_for"] == "mapping"
+    finally:
+        server.service.trained_task = None
+
+
+def test_forward_field_is_what_forward_pass_computes(http, model_and_tokenizer):
+    from gpt3lab.forward_pass import forward_pass
+    model, tok = model_and_tokenizer
+    r = http.post("/v1/inspect", json={"model": MODEL, "prompt": PROMPT, "attention": False,
+                                       "forward": {"position": 4, "top_k": 3}})
+    assert r.status_code == 200, r.text
+    got = r.json()["forward"]
+    assert got == forward_pass(model, tok, PROMPT, 4, top_k=3, decimals=4)
+    assert got["position"] == 4 and len(got["blocks"]) == model.config.n_layer and len(got["final"]["top"]) == 3
+    e = openai_error(http.post("/v1/inspect", json={"model": MODEL, "prompt": "hi", "forward": {"position": 9}}),
+                     400, "forward")
+    assert "outside the prompt" in e["message"]
+
+
+def test_truncate_inspects_the_last_tokens_instead_of_refusing(http, model_and_tokenizer):
+    model, tok = model_and_tokenizer
+    ids = [int(t) for t in torch.randint(0, tok.vocab_size, (300,), generator=torch.Generator().manual_seed(0))]
+    r = http.post("/v1/inspect", json={"model": MODEL, "prompt": ids, "truncate": True, "lens": True,
+                                       "forward": {}})
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert [t["id"] for t in got["tokens"]] == ids[-128:] and got["dropped"] == 172
+    assert len(got["lens"]["cells"][0]) == 128 and got["forward"]["position"] == 127
+    short = http.post("/v1/inspect", json={"model": MODEL, "prompt": ids[:5], "truncate": True}).json()
+    assert short["dropped"] == 0 and len(short["tokens"]) == 5
+
+
+def test_tokenize_messages_applies_the_chat_template(http):
+    from gpt3lab.chat import render
+    msgs = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
+    r = http.post("/tokenize", json={"model": MODEL, "messages": msgs})
+    assert r.status_code == 200, r.text
+    assert r.json()["prompt"] == render(msgs, None) and r.json()["prompt"].endswith("Assistant:")
+    openai_error(http.post("/tokenize", json={"model": MODEL}), 400, "prompt")
+    openai_error(http.post("/tokenize", json={"model": MODEL, "prompt": "a", "messages": msgs}), 400, "prompt")
 
 
 @pytest.mark.parametrize("body,param", [
