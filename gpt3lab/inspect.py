@@ -284,40 +284,6 @@ def next_step(model, tokenizer, text_or_ids, *, temperature: float = 1.0, top_k:
     return {"top": [entry(t) for t in order], "kept": kept, "token": entry(toks[0])}
 
 
-class Inspector:
-    """The read-only look inside one model that the server's /v1/inspect calls (Engine.inspector() makes it):
-    the server never holds the model itself."""
-
-    InspectError = InspectError
-
-    def __init__(self, model, tokenizer):
-        self._model, self.tokenizer = model, tokenizer
-
-    def inspect(self, text_or_ids, **kw) -> dict:
-        return inspect(self._model, self.tokenizer, text_or_ids, **kw)
-
-    def lens(self, text_or_ids, **kw) -> dict:
-        return lens(self._model, self.tokenizer, text_or_ids, **kw)
-
-    def next_step(self, text_or_ids, **kw) -> dict:
-        return next_step(self._model, self.tokenizer, text_or_ids, **kw)
-
-    def priming(self, task: str, shots=(0, 1, 2, 4, 8), n: int = 20, seed: int = 0) -> dict:
-        return priming(self._model, self.tokenizer, task, shots, n, seed)
-
-    def priming_tasks(self) -> list[str]:
-        return priming_tasks()
-
-    def last_tokens(self, text_or_ids) -> tuple[list[int], int]:
-        """The last tokens of a prompt that inspect takes (at most min(MAX_TOKENS, context)), and how many
-        were dropped."""
-        return last_tokens(self.tokenizer, text_or_ids, min(MAX_TOKENS, self._model.config.context))
-
-    def forward_pass(self, text_or_ids, position: int | None = None, **kw) -> dict:
-        from gpt3lab.forward_pass import forward_pass
-        return forward_pass(self._model, self.tokenizer, text_or_ids, position, **kw)
-
-
 # ---- priming: zero / one / few-shot ------------------------------------------------------------------
 
 PRIMING_TASK = "mapping"      # the priming demo's held-out key->value mappings (gpt3lab.eval.mapping)

@@ -123,7 +123,7 @@ def build_engine(checkpoint: str, device: str, config=None, tokenizer=None, quan
     gpt3lab.generate.core). The model goes only to the adapters' engines (--lora-modules), never to the service."""
     from gpt3lab import load
     from gpt3lab.generate.engine import Engine
-    from gpt3lab.inspect import Inspector
+    from gpt3lab.inspector import Inspector
     model, tok = load(checkpoint, device=resolve_device(device), tokenizer=tokenizer, quantize=quantize,
                       compile=compile)
     return Engine(model, tok, config), Inspector(model, tok), Path(checkpoint).resolve(), model

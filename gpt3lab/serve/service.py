@@ -6,7 +6,7 @@ stream chunks are reshaped into the chat form; sampling, admission and streaming
 
 Knows the HTTP-facing contract (OpenAI's legacy Completions API) and the engine's contract
 (gpt3lab.generate.api); imports no model code and never holds the model (POST /v1/inspect goes through
-the inspector object it is given, gpt3lab.inspect.Inspector; tests/test_imports.py enforces both). Admission control lives here: at most
+the inspector object it is given, gpt3lab.inspector.Inspector; tests/test_imports.py enforces both). Admission control lives here: at most
 `max_concurrent` requests hold a slot, at most `max_queue` wait for one, the rest get 429. A client
 that goes away (polled through `is_disconnected`) has its generations cancelled at once.
 """
@@ -115,7 +115,7 @@ class CompletionService:
 
     def __init__(self, engine, model_name: str, max_concurrent: int = 64, max_queue: int = 256,
                  metrics: Metrics | None = None, chat_template: str | None = None, inspector=None):
-        """inspector: what /v1/inspect reads (gpt3lab.inspect.Inspector over the engine's model; serve/cli.py
+        """inspector: what /v1/inspect reads (gpt3lab.inspector.Inspector over the engine's model; serve/cli.py
         builds both); None: the inspect routes answer 404."""
         self.engine = engine
         self.inspector = inspector

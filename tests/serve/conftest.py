@@ -78,7 +78,7 @@ def make_server(model_and_tokenizer, api_keys=(), max_concurrent=64, max_queue=2
     else:
         from fake_engine import FakeEngine
         engine = FakeEngine(model, tok, max_queue=engine_queue, step_delay=step_delay)
-    from gpt3lab.inspect import Inspector
+    from gpt3lab.inspector import Inspector
     service = CompletionService(engine, MODEL, max_concurrent=max_concurrent, max_queue=max_queue,
                                 inspector=Inspector(model, tok))
     app = create_app(service, list(api_keys), max_body_bytes, on_shutdown=lambda: engine.shutdown(True),

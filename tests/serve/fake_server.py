@@ -19,7 +19,7 @@ def main(argv: list[str]) -> None:
     ckpt, delay = argv[0], float(argv[1])
     model, tok = load(ckpt)
     engine = FakeEngine(model, tok, step_delay=delay)
-    from gpt3lab.inspect import Inspector
+    from gpt3lab.inspector import Inspector
     service = CompletionService(engine, Path(ckpt).name, max_concurrent=64, max_queue=1024,
                                 inspector=Inspector(model, tok))
     app = create_app(service, argv[3:4] if argv[2:3] == ["--api-key"] else [],
