@@ -62,6 +62,19 @@ class ModelConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
 
+    def rederive(self, changes: dict) -> dict:
+        """`changes` (an override) plus d_head / d_ff reset to their defaults where a new d_model or n_head would
+        leave them stale: `--set model.d_model=32` on a 768-wide config must not keep d_head=64 and
+        d_ff=3072. A value that differs from what the old shape derives (set on purpose, e.g. the 13B row's
+        d_head=128) is kept."""
+        out = dict(changes)
+        if ({"d_model", "n_head"} & changes.keys()) and "d_head" not in changes \
+                and self.d_head == self.d_model // self.n_head:
+            out["d_head"] = None
+        if "d_model" in changes and "d_ff" not in changes and self.d_ff == 4 * self.d_model:
+            out["d_ff"] = None
+        return out
+
     @property
     def d_attn(self) -> int:
         """Width of the concatenated heads (= d_model for every GPT-2 checkpoint)."""
@@ -235,6 +248,8 @@ def apply_overrides(cfg: Any, overrides: list[str], prefix: str) -> Any:
         if key not in names:
             continue
         changes[key] = _parse_value(value.strip(), hints[key], key)
+    if changes and hasattr(cfg, "rederive"):      # fields derived from the changed ones follow them
+        changes = cfg.rederive(changes)
     return dataclasses.replace(cfg, **changes) if changes else cfg
 
 

@@ -35,3 +35,17 @@ def test_unknown_keys_are_refused_with_the_valid_ones():
 def test_model_config_refuses_bad_shapes(kw, match):
     with pytest.raises(ConfigError, match=match):
         ModelConfig(**kw)
+
+
+def test_set_d_model_rederives_head_width_and_mlp_width():
+    """--set model.d_model without a preset used to keep d_head=64 and d_ff=3072 of the 768-wide default."""
+    from gpt3lab.config import ModelConfig, apply_overrides
+
+    c = apply_overrides(ModelConfig(), ["model.d_model=32", "model.n_head=2"], "model")
+    assert (c.d_head, c.d_ff, c.d_attn) == (16, 128, 32)
+    c = apply_overrides(ModelConfig(n_head=40, d_model=5140, d_head=128), ["model.n_layer=2"], "model")
+    assert c.d_head == 128                                   # set on purpose (the 13B row): kept
+    c = apply_overrides(ModelConfig(d_model=64, n_head=2, d_head=8), ["model.d_model=128"], "model")
+    assert c.d_head == 8                                     # differs from the derived 32: kept
+    c = apply_overrides(ModelConfig(), ["model.d_model=64", "model.n_head=4", "model.d_ff=100"], "model")
+    assert c.d_ff == 100
