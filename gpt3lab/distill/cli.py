@@ -87,7 +87,8 @@ def distill_spec(teacher, data_dir, out_dir, *, resume: bool = False, **given) -
 
     record = {**settings, "teacher": str(Path(teacher).resolve()), "teacher_fingerprint": digest}
     return train_cli.TrainSpec(loss_fn=loss, model_defaults=asdict(model.config),
-                               init_model=init if state is not None else None, extra_config={"distill": record})
+                               init_model=init if state is not None else None, extra_config={"distill": record},
+                               check_model=loss.check_student)
 
 
 def _resumed_settings(out_dir, teacher, data_dir, given: dict) -> tuple[dict, str, str | None]:

@@ -74,6 +74,9 @@ class DistillLoss:
         self.alpha, self.temperature, self.kind, self.precision = alpha, temperature, kind, teacher_precision
 
     def __call__(self, model, x: torch.Tensor, y: torch.Tensor):
+        if self.alpha == 0.0:       # no distillation term: the teacher's forward and the KL would cost 2.2x the step
+            _, ce = model(x, y)
+            return ce, {"ce_loss": ce}
         t_logits = self.teacher_logits(x)                                                # (B, T, Vt)
         logits, ce = model(x, y)                                                         # (B, T, V), ()
         if t_logits.size(-1) < logits.size(-1):
@@ -85,12 +88,19 @@ class DistillLoss:
         loss = (1.0 - self.alpha) * ce + self.alpha * self.temperature ** 2 * kd
         return loss, {"ce_loss": ce, "kd_loss": kd}
 
+    def check_student(self, cfg) -> None:
+        """Refuse a student whose windows the teacher cannot read, before the run starts."""
+        self._check_context(cfg.context)
+
+    def _check_context(self, T: int) -> None:
+        if T > self.teacher.config.context:
+            raise ConfigError(f"the student trains on {T}-token windows, longer than the teacher's context "
+                              f"of {self.teacher.config.context}; set model.context={self.teacher.config.context}")
+
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
         """The teacher's logits for x (B, T) -> (B, T, V), at the teacher's precision."""
-        if x.size(1) > self.teacher.config.context:
-            raise ConfigError(f"the student trains on {x.size(1)}-token windows, longer than the teacher's context "
-                              f"of {self.teacher.config.context}; set model.context={self.teacher.config.context}")
+        self._check_context(x.size(1))
         self._to(x.device)
         # "auto": the step's autocast applies; otherwise the teacher's own dtype decides, autocast off
         ctx = (contextlib.nullcontext() if self.precision == "auto"

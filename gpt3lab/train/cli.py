@@ -160,6 +160,7 @@ class TrainSpec:
     model_defaults: dict | None = None   # a new run's model config below --config/--set (None: ModelConfig's)
     init_model: object = None            # init_model(model): a new run's model after its random init
     extra_config: dict | None = None     # more config.json keys
+    check_model: object = None           # check_model(model_cfg): refuse a resolved shape before anything runs
 
 
 @dataclass
@@ -298,6 +299,8 @@ def train(data_dir, out_dir, *, preset: str | None = None, config_file: str | No
     r = resolve_run(data_dir, out_dir, preset=preset, config_file=config_file, overrides=overrides,
                     max_steps=max_steps, resume=resume, reschedule=reschedule, model_defaults=spec.model_defaults)
     out, mcfg, tcfg, data, tok, ckpt = Path(out_dir), r.mcfg, r.tcfg, r.data, r.tok, r.ckpt
+    if spec.check_model is not None:
+        spec.check_model(mcfg)
     if resume and spec.loss_fn is None and "distill" in ckpt_io.read_config(ckpt):   # resumed without its teacher
         raise CheckpointError(f"{ckpt} is a distillation run: resume it with `gpt3lab distill --out {out} --resume`")
     device = local_device(tcfg.device)

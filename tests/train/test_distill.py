@@ -80,7 +80,7 @@ def test_alpha_zero_equals_a_plain_train_run_bit_for_bit(tiny_data, teacher, tmp
     for key in ("loss", "val_loss", "grad_norm", "lr"):
         assert [r.get(key) for r in kd0] == [r.get(key) for r in plain]       # exact float equality
     assert [r["ce_loss"] for r in kd0] == [r["loss"] for r in plain]
-    assert all(r["kd_loss"] > 0 for r in kd0)          # the teacher ran; its term just had no weight
+    assert all("kd_loss" not in r for r in kd0)        # alpha = 0: the teacher is never run (2.2x the steps/s)
     a, b = ckpt_io.load_state(ckpt_io.resolve(tmp_path / "plain")), ckpt_io.load_state(ckpt_io.resolve(tmp_path / "kd0"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     # with weight on the teacher the run differs, and its logged loss is the weighted sum of the parts
