@@ -19,25 +19,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import CONFIGS, step_times, to_hf  # noqa: E402
+from bench_engine import throughput as engine_throughput  # noqa: E402
 
 from gpt3lab.config import ModelConfig  # noqa: E402
 from gpt3lab.generate import generate  # noqa: E402
-from gpt3lab.generate.api import SamplingParams  # noqa: E402
 from gpt3lab.generate.engine import Engine  # noqa: E402
 from gpt3lab.model import GPT  # noqa: E402
 from gpt3lab.model.quant import prepare_for_inference  # noqa: E402
 from gpt3lab.tokenizer import Tokenizer  # noqa: E402
-
-
-def engine_throughput(engine: Engine, concurrent: int, new_tokens: int, seed: int) -> float:
-    g = torch.Generator().manual_seed(seed)
-    no_eot = {engine.tokenizer.eot_id: -100}
-    t = time.perf_counter()
-    hs = [engine.submit(torch.randint(0, 50000, (32,), generator=g).tolist(),
-                        SamplingParams(max_tokens=new_tokens, temperature=0, logit_bias=no_eot))
-          for _ in range(concurrent)]
-    n = sum(len(ev.tokens) for h in hs for ev in h)
-    return n / (time.perf_counter() - t)
 
 
 def main() -> int:
